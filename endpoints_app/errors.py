@@ -1,0 +1,103 @@
+"""One place that renders every error, in MLflow's shape or in OpenAI's envelope.
+
+MLflow routes: `{"detail": ...}` with the error's status (429 uses MLflow's `{"error": ...}`).
+/v1 routes: `{"error": {"message", "type", "param", "code"}}`, statuses chosen so the `openai` SDK
+raises the matching exception. No request ever gets an HTML or text/plain error page.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import orjson
+from django.http import HttpRequest, HttpResponse
+from rest_framework import exceptions as drf_exceptions
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+from providers.errors import GatewayError, RateLimited, RequestValidationError
+
+logger = logging.getLogger(__name__)
+
+JSON = "application/json"
+
+
+def dumps(data: Any) -> bytes:
+    return orjson.dumps(data, default=str)
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> HttpResponse:
+    response = HttpResponse(dumps(data), status=status, content_type=JSON)
+    for key, value in (headers or {}).items():
+        response[key] = value
+    return response
+
+
+def _headers(error: GatewayError) -> dict[str, str]:
+    headers = dict(error.headers)
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    return headers
+
+
+def mlflow_body(error: GatewayError) -> dict[str, Any]:
+    if isinstance(error, RateLimited):
+        return {"error": error.message}
+    return {"detail": error.detail}
+
+
+def mlflow_error(error: GatewayError) -> HttpResponse:
+    _log(error)
+    return json_response(mlflow_body(error), error.status, _headers(error))
+
+
+def openai_status(error: GatewayError) -> int:
+    # The SDK maps 400 → BadRequestError, 404 → NotFoundError, 422 → UnprocessableEntityError, ...
+    return error.status
+
+
+def openai_body(error: GatewayError) -> dict[str, Any]:
+    param = error.param
+    if param is None and isinstance(error, RequestValidationError) and isinstance(error.detail, list) and error.detail:
+        loc = [str(p) for p in error.detail[0].get("loc", []) if p != "body"]
+        param = ".".join(loc) or None
+    return {"error": {"message": error.message, "type": error.openai_type, "param": param, "code": error.code}}
+
+
+def openai_error(error: GatewayError) -> HttpResponse:
+    _log(error)
+    return json_response(openai_body(error), openai_status(error), _headers(error))
+
+
+def _log(error: GatewayError) -> None:
+    if error.status >= 500:
+        logger.warning("%s %s: %s", error.status, error.code, error.message)
+
+
+def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF views render GatewayErrors and DRF's own errors as `{"detail": ...}`."""
+    if isinstance(exc, GatewayError):
+        _log(exc)
+        return Response(mlflow_body(exc), status=exc.status, headers=_headers(exc))
+    response = exception_handler(exc, context)
+    if response is not None and isinstance(exc, drf_exceptions.MethodNotAllowed):
+        response.data = {"detail": "Method Not Allowed"}
+    return response
+
+
+# Django-level fallbacks (unknown URL, crash): JSON, never an HTML page.
+def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    return json_response({"detail": "Not Found"}, 404)
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    return json_response({"detail": "Internal Server Error"}, 500)
+
+
+def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    return json_response({"detail": "Bad Request"}, 400)
+
+
+def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    return json_response({"detail": "Forbidden"}, 403)

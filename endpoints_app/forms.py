@@ -1,0 +1,141 @@
+"""Admin forms. They build the same definition a YAML entry is and run the same validator."""
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from django import forms
+from django.core.exceptions import ValidationError
+
+from endpoints_app.models import Endpoint, TrafficRoute
+from endpoints_app.validation import EntryError, validate_endpoint, validate_route
+from providers import config as provider_config
+from providers import registry
+
+CONFIG_HELP = (
+    "The provider's <code>model.config</code> as YAML, exactly as in a config file. Write API keys as "
+    "<code>$ENV_VAR</code> references, key-file paths, or literal keys (stored encrypted). A stored literal "
+    "key is shown as a placeholder: leave the placeholder to keep it."
+)
+
+# Which form field shows an error about which part of the definition.
+_FIELD_FOR_PREFIX = (
+    ("model.config", "config_text"), ("model.provider", "provider"), ("model.name", "model_name"),
+    ("model", "config_text"), ("limit.calls", "limit_calls"), ("limit.renewal_period", "limit_renewal_period"),
+    ("limit", "limit_calls"), ("timeouts.connect", "connect_timeout"), ("timeouts.read", "read_timeout"),
+    ("timeouts.retries", "max_retries"), ("endpoint_type", "endpoint_type"), ("name", "name"),
+)
+
+
+def _form_field(path: str) -> str | None:
+    for prefix, form_field in _FIELD_FOR_PREFIX:
+        if path == prefix or path.startswith(prefix + "."):
+            return form_field
+    return None
+
+
+class EndpointForm(forms.ModelForm):
+    provider = forms.ChoiceField(choices=registry.choices)
+    config_text = forms.CharField(label="Provider config", required=False, help_text=CONFIG_HELP,
+                                  widget=forms.Textarea(attrs={"rows": 6, "cols": 80, "class": "vLargeTextField"}))
+
+    class Meta:
+        model = Endpoint
+        fields = ["name", "endpoint_type", "provider", "model_name", "config_text", "limit_calls",
+                  "limit_renewal_period", "limit_key", "connect_timeout", "read_timeout", "max_retries", "enabled"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        instance = self.instance
+        if instance.pk and not self.is_bound:
+            try:
+                fields = registry.get(instance.provider).config_class.fields
+                shown = provider_config.export(fields, instance.config, reveal=False)
+            except registry.UnknownProvider:
+                shown = {}
+            self.initial["config_text"] = yaml.safe_dump(shown, sort_keys=False).strip() if shown else ""
+        self.spec = None
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if self.errors:
+            return data
+        try:
+            config = yaml.safe_load(data.get("config_text") or "") or {}
+        except yaml.YAMLError as exc:
+            self.add_error("config_text", f"Not valid YAML: {exc}")
+            return data
+        raw: dict[str, Any] = {
+            "name": data.get("name"),
+            "endpoint_type": data.get("endpoint_type"),
+            "model": {"provider": data.get("provider"), "name": data.get("model_name") or None, "config": config},
+            "enabled": bool(data.get("enabled")),
+        }
+        if data.get("limit_calls") is not None or data.get("limit_renewal_period"):
+            raw["limit"] = {"calls": data.get("limit_calls"), "renewal_period": data.get("limit_renewal_period"),
+                            "key": data.get("limit_key") or None}
+        timeouts = {k: data.get(f) for k, f in (("connect", "connect_timeout"), ("read", "read_timeout"),
+                                               ("retries", "max_retries")) if data.get(f) is not None}
+        if timeouts:
+            raw["timeouts"] = timeouts
+        try:
+            spec, _ = validate_endpoint(raw, existing_config=self.instance.config if self.instance.pk else None)
+        except EntryError as exc:
+            field = _form_field(exc.field)
+            message = f"{exc.field}: {exc.message}" if field in (None, "config_text") and exc.field else exc.message
+            self.add_error(field, message)
+            return data
+        if TrafficRoute.objects.filter(name=spec.name).exists():
+            self.add_error("name", f"A traffic route is already named {spec.name!r}: names must be unique across "
+                           "endpoints and routes.")
+        self.spec = spec
+        return data
+
+    def save(self, commit: bool = True) -> Endpoint:
+        endpoint = super().save(commit=False)
+        spec = self.spec
+        assert spec is not None
+        endpoint.provider = spec.provider
+        endpoint.config = spec.config
+        endpoint.model_name = spec.model_name
+        if spec.limit is None:
+            endpoint.limit_calls, endpoint.limit_renewal_period, endpoint.limit_key = None, "", None
+        if commit:
+            endpoint.save()
+        return endpoint
+
+
+class TrafficRouteForm(forms.ModelForm):
+    class Meta:
+        model = TrafficRoute
+        fields = ["name", "task_type", "routing_strategy", "enabled"]
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"]
+        if Endpoint.objects.filter(name=name).exists():
+            raise ValidationError(f"An endpoint is already named {name!r}: names must be unique across endpoints "
+                                  "and routes.")
+        return name
+
+
+class DestinationFormSet(forms.BaseInlineFormSet):
+    """Checks the destinations with the YAML validator's route rules."""
+
+    def clean(self) -> None:
+        super().clean()
+        if any(self.errors):
+            return
+        route_form_data = getattr(self.instance, "name", None)
+        destinations = []
+        for form in self.forms:
+            if not form.cleaned_data or form.cleaned_data.get("DELETE"):
+                continue
+            endpoint = form.cleaned_data.get("endpoint")
+            destinations.append({"name": endpoint.name if endpoint else None,
+                                 "traffic_percentage": form.cleaned_data.get("traffic_percentage")})
+        types = dict(Endpoint.objects.values_list("name", "endpoint_type"))
+        raw = {"name": route_form_data or "route", "task_type": self.instance.task_type, "destinations": destinations}
+        try:
+            validate_route(raw, types)
+        except EntryError as exc:
+            raise ValidationError(exc.message) from None

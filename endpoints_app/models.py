@@ -1,0 +1,91 @@
+"""Endpoints and traffic routes: the rows that YAML, the admin and the API all show."""
+from __future__ import annotations
+
+from django.core.validators import RegexValidator
+from django.db import models
+
+from providers.shapes import ENDPOINT_TYPES
+
+NAME_PATTERN = r"^[a-zA-Z0-9_.\-]+\Z"
+name_validator = RegexValidator(
+    NAME_PATTERN, "Names may contain only ASCII letters, digits, '_', '-' and '.' (they become part of a URL)."
+)
+ENDPOINT_TYPE_CHOICES = [(t, t) for t in ENDPOINT_TYPES]
+
+
+class Source(models.TextChoices):
+    YAML = "yaml", "YAML file"
+    ADMIN = "admin", "Admin"
+
+
+class Endpoint(models.Model):
+    name = models.CharField(max_length=255, unique=True, validators=[name_validator])
+    endpoint_type = models.CharField(max_length=32, choices=ENDPOINT_TYPE_CHOICES)
+    # Validated against providers.registry (no choices here, so a new provider needs no migration).
+    provider = models.CharField(max_length=64)
+    model_name = models.CharField("upstream model", max_length=255, blank=True, null=True)
+    # The provider config in stored form: secrets as {"$env"|"$file"|"$enc": ...}, never in clear.
+    config = models.JSONField(default=dict, blank=True)
+    limit_calls = models.PositiveIntegerField(null=True, blank=True)
+    limit_renewal_period = models.CharField(max_length=32, blank=True, default="")
+    limit_key = models.CharField(max_length=255, blank=True, null=True)
+    connect_timeout = models.FloatField(null=True, blank=True, help_text="Seconds; empty for the default.")
+    read_timeout = models.FloatField(null=True, blank=True, help_text="Seconds (idle time for streams).")
+    max_retries = models.PositiveSmallIntegerField(null=True, blank=True)
+    enabled = models.BooleanField(default=True)
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.ADMIN)
+    source_path = models.CharField(max_length=1024, blank=True, default="")
+    position = models.PositiveIntegerField(default=0, help_text="Order in the exported YAML.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["position", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def has_limit(self) -> bool:
+        return self.limit_calls is not None and bool(self.limit_renewal_period)
+
+
+class TrafficRoute(models.Model):
+    """MLflow 3.x's top-level `routes`: one name, traffic split between endpoints of one type."""
+
+    name = models.CharField(max_length=255, unique=True, validators=[name_validator])
+    task_type = models.CharField(max_length=32, choices=ENDPOINT_TYPE_CHOICES)
+    routing_strategy = models.CharField(max_length=32, default="TRAFFIC_SPLIT",
+                                        choices=[("TRAFFIC_SPLIT", "TRAFFIC_SPLIT")])
+    enabled = models.BooleanField(default=True)
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.ADMIN)
+    source_path = models.CharField(max_length=1024, blank=True, default="")
+    position = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["position", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class TrafficDestination(models.Model):
+    route = models.ForeignKey(TrafficRoute, related_name="destinations", on_delete=models.CASCADE)
+    endpoint = models.ForeignKey(Endpoint, related_name="route_destinations", on_delete=models.PROTECT)
+    traffic_percentage = models.PositiveSmallIntegerField()
+    position = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["position", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint.name} ({self.traffic_percentage}%)"
+
+
+class ConfigState(models.Model):
+    """One row: the config version, bumped by every change so that every process reloads."""
+
+    version = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)

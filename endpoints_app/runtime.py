@@ -1,0 +1,230 @@
+"""The in-memory endpoint table and the invocation service.
+
+Each process keeps every enabled endpoint and route in memory, with its provider adapter built
+once. An invocation reads only this table: no database query once warm. The table is rebuilt when
+this process changes the config (signals) or when a poller thread sees the shared config version
+move (another worker, instance, the admin or `load_config`), within GATEWAY_CONFIG_POLL_SECONDS.
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections
+
+from endpoints_app.limits import describe, period_seconds
+from endpoints_app.models import Endpoint, TrafficRoute
+from endpoints_app.ratelimit import RateLimit, RateState, hit
+from providers import registry
+from providers.base import BaseProvider
+from providers.errors import EndpointNotFound, WrongEndpointType
+from providers.http import Timeouts
+from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LiveEndpoint:
+    name: str
+    endpoint_type: str
+    provider_name: str
+    model_name: str | None
+    provider: BaseProvider
+    limit: RateLimit | None
+    limit_info: dict[str, Any] | None  # as the listing shows it
+    streaming: bool
+
+
+@dataclass(frozen=True)
+class LiveRoute:
+    name: str
+    task_type: str
+    destinations: tuple[str, ...]
+    cumulative: tuple[float, ...]
+
+    def pick(self) -> str:
+        point = random.random() * self.cumulative[-1]
+        return self.destinations[bisect.bisect_right(self.cumulative, point)]
+
+
+@dataclass
+class EndpointTable:
+    version: int
+    endpoints: dict[str, LiveEndpoint] = field(default_factory=dict)
+    routes: dict[str, LiveRoute] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)  # endpoint names in config order
+
+    def resolve(self, name: str) -> LiveEndpoint:
+        endpoint = self.endpoints.get(name)
+        if endpoint is not None:
+            return endpoint
+        route = self.routes.get(name)
+        if route is not None:
+            return self.endpoints[route.pick()]
+        raise EndpointNotFound(
+            f"The endpoint '{name}' is not present or active on the server. Please verify the endpoint name."
+        )
+
+    def type_of(self, name: str) -> str | None:
+        if name in self.endpoints:
+            return self.endpoints[name].endpoint_type
+        if name in self.routes:
+            return self.routes[name].task_type
+        return None
+
+
+def _timeouts(endpoint: Endpoint) -> Timeouts:
+    connect = endpoint.connect_timeout or settings.GATEWAY_CONNECT_TIMEOUT
+    read = endpoint.read_timeout or settings.GATEWAY_READ_TIMEOUT
+    retries = endpoint.max_retries if endpoint.max_retries is not None else settings.GATEWAY_MAX_RETRIES
+    return Timeouts(connect=connect, read=read, total=max(read, connect), retries=retries)
+
+
+def build_table() -> EndpointTable:
+    from endpoints_app.services import config_version
+
+    version = config_version()
+    table = EndpointTable(version=version)
+    for endpoint in Endpoint.objects.filter(enabled=True):
+        try:
+            provider_cls = registry.get(endpoint.provider)
+        except registry.UnknownProvider:
+            logger.error("endpoint %s names unknown provider %r; skipped", endpoint.name, endpoint.provider)
+            continue
+        limit = None
+        limit_info = None
+        if endpoint.has_limit:
+            assert endpoint.limit_calls is not None
+            limit = RateLimit(endpoint.limit_calls, period_seconds(endpoint.limit_renewal_period),
+                              describe(endpoint.limit_calls, endpoint.limit_renewal_period))
+            limit_info = {"calls": endpoint.limit_calls, "key": endpoint.limit_key,
+                          "renewal_period": endpoint.limit_renewal_period}
+        provider = provider_cls(provider_name=endpoint.provider, model_name=endpoint.model_name,
+                                config=endpoint.config, timeouts=_timeouts(endpoint))
+        table.endpoints[endpoint.name] = LiveEndpoint(
+            name=endpoint.name, endpoint_type=endpoint.endpoint_type, provider_name=endpoint.provider,
+            model_name=endpoint.model_name, provider=provider, limit=limit, limit_info=limit_info,
+            streaming=endpoint.endpoint_type in provider_cls.streaming_types,
+        )
+        table.order.append(endpoint.name)
+    for route in TrafficRoute.objects.filter(enabled=True).prefetch_related("destinations__endpoint"):
+        destinations = [(d.endpoint.name, d.traffic_percentage) for d in route.destinations.all()
+                        if d.endpoint.name in table.endpoints and d.traffic_percentage > 0]
+        if not destinations:
+            continue
+        cumulative: list[float] = []
+        total = 0.0
+        for _, pct in destinations:
+            total += pct
+            cumulative.append(total)
+        table.routes[route.name] = LiveRoute(route.name, route.task_type, tuple(n for n, _ in destinations),
+                                             tuple(cumulative))
+    return table
+
+
+# -- the process-wide table ----------------------------------------------------------------------------
+_lock = threading.Lock()
+_table: EndpointTable | None = None
+_stale = True
+_poller_pid: int | None = None
+
+
+def invalidate() -> None:
+    global _stale
+    _stale = True
+
+
+def current_table() -> EndpointTable:
+    """The live table; rebuilt only when stale (zero queries on the warm path)."""
+    global _table, _stale
+    table = _table
+    if table is not None and not _stale:
+        return table
+    with _lock:
+        if _table is None or _stale:
+            _stale = False
+            try:
+                _table = build_table()
+            except Exception:
+                _stale = True
+                raise
+            _ensure_poller()
+        return _table
+
+
+def served_version() -> int | None:
+    return _table.version if _table is not None else None
+
+
+def _ensure_poller() -> None:
+    global _poller_pid
+    interval = settings.GATEWAY_CONFIG_POLL_SECONDS
+    if interval <= 0 or _poller_pid == os.getpid():
+        return
+    _poller_pid = os.getpid()
+    threading.Thread(target=_poll, args=(interval,), name="gateway-config-poller", daemon=True).start()
+
+
+def _poll(interval: float) -> None:
+    from endpoints_app.services import config_version
+
+    while True:
+        time.sleep(interval)
+        try:
+            version = config_version()
+        except Exception:  # the database may be briefly away; keep serving the table we have
+            logger.warning("config version check failed", exc_info=True)
+            close_old_connections()
+            continue
+        table = _table
+        if table is not None and version != table.version:
+            logger.info("config version %s → %s: reloading endpoint table", table.version, version)
+            invalidate()
+
+
+# -- invocation -----------------------------------------------------------------------------------------
+_TYPE_WORDS = {CHAT: "a chat", COMPLETIONS: "a completions", EMBEDDINGS: "an embeddings"}
+
+
+@dataclass
+class Invocation:
+    endpoint: LiveEndpoint
+    rate: RateState | None
+
+
+def wrong_type(name: str, expected_type: str) -> WrongEndpointType:
+    return WrongEndpointType(f"Endpoint '{name}' is not {_TYPE_WORDS[expected_type]} endpoint.", param="model")
+
+
+def prepare(name: str) -> Invocation:
+    """Look the endpoint (or route destination) up and count it against its rate limit."""
+    endpoint = current_table().resolve(name)
+    rate = hit(endpoint.name, endpoint.limit) if endpoint.limit is not None else None
+    return Invocation(endpoint, rate)
+
+
+def call(invocation: Invocation, payload: dict[str, Any], *, stream: bool) -> Any:
+    """Run the provider operation: a response dict, or an iterator of chunk dicts when streaming."""
+    endpoint = invocation.endpoint
+    provider = endpoint.provider
+    if endpoint.endpoint_type == EMBEDDINGS:
+        return provider.embeddings(payload)
+    if endpoint.endpoint_type == CHAT:
+        return provider.chat_stream(payload) if stream else provider.chat(payload)
+    return provider.completions_stream(payload) if stream else provider.completions(payload)
+
+
+def stream_with_first(chunks: Iterator[dict[str, Any]]) -> tuple[dict[str, Any] | None, Iterator[dict[str, Any]]]:
+    """Pull the first chunk now, so failures before the first byte become normal HTTP errors."""
+    iterator = iter(chunks)
+    first = next(iterator, None)
+    return first, iterator

@@ -1,0 +1,293 @@
+"""The wire schemas: chat, completions and embeddings requests and responses, defined once.
+
+They are pydantic models, as MLflow's are, so validation errors have exactly the shape MLflow
+(FastAPI) clients know (422 `{"detail": [{"type", "loc", "msg", "input", "ctx"}]}`), and
+drf-spectacular renders them in the OpenAPI document. Unknown request fields are kept and forwarded.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from providers.errors import InvalidParameter, RequestValidationError
+from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class JsonSchemaFormat(_Open):
+    name: str
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = True
+
+
+class ResponseFormat(_Open):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class ImageUrl(_Open):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class InputAudio(_Open):
+    data: str
+    format: Literal["wav", "mp3"]
+
+
+class TextPart(_Open):
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(_Open):
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+class AudioPart(_Open):
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+class SummaryText(_Open):
+    type: Literal["summary_text"]
+    text: str
+
+
+class ReasoningPart(_Open):
+    type: Literal["reasoning"]
+    summary: list[SummaryText]
+
+
+ContentPart = TextPart | ImagePart | AudioPart | ReasoningPart
+
+
+class FunctionCall(_Open):
+    name: str
+    arguments: str
+
+
+class ToolCall(_Open):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(_Open):
+    role: str
+    content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCall] | None = None
+    refusal: str | None = None
+    tool_call_id: str | None = None
+
+
+class ParamProperty(_Open):
+    type: str | list[str] | None = None
+    description: str | None = None
+    enum: list[Any] | None = None
+    items: dict[str, Any] | None = None
+    properties: dict[str, Any] | None = None
+    required: list[str] | None = None
+
+
+class FunctionParams(_Open):
+    type: Literal["object"] = "object"
+    properties: dict[str, ParamProperty] = Field(default_factory=dict)
+    required: list[str] | None = None
+    additionalProperties: bool | None = None
+
+
+class FunctionDef(_Open):
+    name: str
+    description: str | None = None
+    parameters: FunctionParams | None = None
+    strict: bool | None = None
+
+
+class UCFunction(_Open):
+    name: str
+
+
+class Tool(_Open):
+    type: Literal["function", "uc_function"]
+    function: FunctionDef | None = None
+    uc_function: UCFunction | None = None
+
+
+class NamedToolFunction(_Open):
+    name: str
+
+
+class NamedToolChoice(_Open):
+    type: Literal["function"]
+    function: NamedToolFunction
+
+
+class _CommonRequest(_Open):
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    n: int = Field(default=1, ge=1)
+    stop: list[str] | None = Field(default=None, min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = None
+    model: str | None = None
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    top_k: int | None = Field(default=None, ge=1)
+    response_format: ResponseFormat | None = None
+
+
+class ChatRequest(_CommonRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+
+
+class CompletionsRequest(_CommonRequest):
+    prompt: str
+
+
+class EmbeddingsRequest(_Open):
+    input: str | list[str] | list[int] | list[list[int]]
+    model: str | None = None
+
+
+# -- responses (documentation; providers build them as dicts in providers.shapes) --------------------
+class Usage(_Open):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+
+
+class ResponseMessage(_Closed):
+    role: str
+    content: str | list[Any] | None = None
+    tool_calls: list[ToolCall] | None = None
+    refusal: str | None = None
+
+
+class ChatChoice(_Closed):
+    index: int
+    message: ResponseMessage
+    finish_reason: str | None = None
+
+
+class ChatResponse(_Closed):
+    id: str | None = None
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str | None = None
+    choices: list[ChatChoice]
+    usage: Usage
+    provider: str
+
+
+class ChunkDelta(_Closed):
+    role: str | None = None
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class ChatChunkChoice(_Closed):
+    index: int
+    finish_reason: str | None = None
+    delta: ChunkDelta
+
+
+class ChatChunk(_Closed):
+    id: str | None = None
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str | None = None
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+    provider: str
+
+
+class TextChoice(_Closed):
+    index: int
+    text: str
+    finish_reason: str | None = None
+
+
+class CompletionsResponse(_Closed):
+    id: str | None = None
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str | None = None
+    choices: list[TextChoice]
+    usage: Usage
+
+
+class EmbeddingItem(_Closed):
+    object: Literal["embedding"] = "embedding"
+    embedding: list[float] | str
+    index: int
+
+
+class EmbeddingsUsage(_Closed):
+    prompt_tokens: int | None = None
+    total_tokens: int | None = None
+
+
+class EmbeddingsResponse(_Closed):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingItem]
+    model: str | None = None
+    usage: EmbeddingsUsage
+
+
+REQUEST_MODELS: dict[str, type[BaseModel]] = {
+    CHAT: ChatRequest, COMPLETIONS: CompletionsRequest, EMBEDDINGS: EmbeddingsRequest,
+}
+RESPONSE_MODELS: dict[str, type[BaseModel]] = {
+    CHAT: ChatResponse, COMPLETIONS: CompletionsResponse, EMBEDDINGS: EmbeddingsResponse,
+}
+
+
+def validate_request(endpoint_type: str, body: Any, *, allow_model: bool) -> dict[str, Any]:
+    """Validate a request body for `endpoint_type`; return the payload to hand to the provider.
+
+    Raises RequestValidationError (422, FastAPI's detail list) or InvalidParameter for a `model`
+    on the MLflow routes (the endpoint already defines it).
+    """
+    if not isinstance(body, dict):
+        raise RequestValidationError([{
+            "type": "model_attributes_type", "loc": ["body"],
+            "msg": "Input should be a valid dictionary or object to extract fields from", "input": body,
+        }])
+    try:
+        request = REQUEST_MODELS[endpoint_type].model_validate(body)
+    except ValidationError as exc:
+        raise RequestValidationError(_fastapi_errors(exc)) from None
+    payload = request.model_dump(exclude_none=True, by_alias=True)
+    model = payload.pop("model", None)
+    if model is not None and not allow_model:
+        raise InvalidParameter(
+            "The parameter 'model' is not permitted to be passed. The route being queried already defines a "
+            "model instance."
+        )
+    return payload
+
+
+def _fastapi_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    errors = []
+    for error in exc.errors(include_url=False):
+        item: dict[str, Any] = {"type": error["type"], "loc": ["body", *error["loc"]], "msg": error["msg"],
+                                "input": error.get("input")}
+        if error.get("ctx"):
+            item["ctx"] = {k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+                           for k, v in error["ctx"].items()}
+        errors.append(item)
+    return errors

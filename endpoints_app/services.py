@@ -1,0 +1,249 @@
+"""The work behind the commands, the admin and the API: import, export and invocation."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from django.db import transaction
+from django.db.models import F
+
+from endpoints_app.models import ConfigState, Endpoint, Source, TrafficDestination, TrafficRoute
+from endpoints_app.validation import (
+    ConfigDocument,
+    ConfigError,
+    EndpointSpec,
+    Issue,
+    RouteSpec,
+    parse_yaml,
+    validate_document,
+)
+from providers import config as provider_config
+from providers import registry
+
+
+# -- import ------------------------------------------------------------------------------------------
+@dataclass
+class ImportReport:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated or self.deleted)
+
+
+class _DryRunRollback(Exception):
+    pass
+
+
+def read_config_file(path: str) -> ConfigDocument:
+    """Read and validate a YAML file in full, touching nothing. Raises ConfigError."""
+    if not os.path.exists(path):
+        raise ConfigError([Issue("", "", f"{path} does not exist")], path)
+    if os.path.isdir(path):
+        raise ConfigError([Issue("", "", f"{path} is a directory, not a YAML file")], path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([Issue("", "", f"cannot be read: {exc}")], path) from None
+    return validate_text(text, path)
+
+
+def validate_text(text: str, source: str) -> ConfigDocument:
+    doc = parse_yaml(text, source)
+    existing = dict(Endpoint.objects.values_list("name", "config"))
+    outside = dict(Endpoint.objects.exclude(source=Source.YAML).values_list("name", "endpoint_type"))
+    return validate_document(doc, source, existing_configs=existing, extra_endpoint_types=outside)
+
+
+def import_config(path: str, *, dry_run: bool = False, prune: bool = False) -> ImportReport:
+    """Validate `path` in full, then upsert every endpoint and route in one transaction.
+
+    With `prune`, YAML-made endpoints and routes missing from the file are deleted (those made in
+    the admin are kept). With `dry_run`, the same work runs and is rolled back. Raises ConfigError;
+    on any error the database is unchanged.
+    """
+    document = read_config_file(path)
+    return apply_document(document, source_path=os.path.abspath(path), dry_run=dry_run, prune=prune)
+
+
+def apply_document(document: ConfigDocument, *, source_path: str, dry_run: bool = False,
+                   prune: bool = False) -> ImportReport:
+    report = ImportReport(warnings=list(document.warnings), dry_run=dry_run)
+    try:
+        with transaction.atomic():
+            _apply(document, source_path, prune, report)
+            if dry_run:
+                raise _DryRunRollback
+    except _DryRunRollback:
+        pass
+    return report
+
+
+def _apply(document: ConfigDocument, source_path: str, prune: bool, report: ImportReport) -> None:
+    existing = {e.name: e for e in Endpoint.objects.select_for_update().all()}
+    for position, spec in enumerate(document.endpoints):
+        endpoint = existing.get(spec.name)
+        values = _endpoint_values(spec, position, source_path)
+        if endpoint is None:
+            Endpoint.objects.create(name=spec.name, **values)
+            report.created.append(spec.name)
+        elif _differs(endpoint, values):
+            for key, value in values.items():
+                setattr(endpoint, key, value)
+            endpoint.save()
+            report.updated.append(spec.name)
+        else:
+            report.unchanged.append(spec.name)
+
+    routes = {r.name: r for r in TrafficRoute.objects.prefetch_related("destinations__endpoint")}
+    in_file = {spec.name for spec in document.routes}
+    # A route that names an endpoint about to be pruned must go first (destinations PROTECT endpoints).
+    if prune:
+        for name, route in routes.items():
+            if name not in in_file and route.source == Source.YAML:
+                route.delete()
+                report.deleted.append(name)
+    for position, route_spec in enumerate(document.routes):
+        _upsert_route(route_spec, routes.get(route_spec.name), position, source_path, report)
+    if prune:
+        wanted = {spec.name for spec in document.endpoints}
+        for name, endpoint in existing.items():
+            if name not in wanted and endpoint.source == Source.YAML:
+                if endpoint.route_destinations.exists():
+                    raise ConfigError([Issue("", "", f"cannot prune endpoint {name!r}: traffic routes still send "
+                                             "traffic to it")], source_path)
+                endpoint.delete()
+                report.deleted.append(name)
+    if report.changed:
+        bump_config_version()
+
+
+def _endpoint_values(spec: EndpointSpec, position: int, source_path: str) -> dict[str, Any]:
+    limit = spec.limit
+    return {
+        "endpoint_type": spec.endpoint_type,
+        "provider": spec.provider,
+        "model_name": spec.model_name,
+        "config": spec.config,
+        "limit_calls": limit.calls if limit else None,
+        "limit_renewal_period": limit.renewal_period if limit else "",
+        "limit_key": limit.key if limit else None,
+        "connect_timeout": spec.timeouts.connect,
+        "read_timeout": spec.timeouts.read,
+        "max_retries": spec.timeouts.retries,
+        "enabled": spec.enabled,
+        "source": Source.YAML,
+        "source_path": source_path,
+        "position": position,
+    }
+
+
+def _differs(endpoint: Endpoint, values: dict[str, Any]) -> bool:
+    # Literal secrets are re-encrypted on every read (Fernet tokens differ), so compare them clear.
+    for key, value in values.items():
+        current = getattr(endpoint, key)
+        if key == "config":
+            if _comparable_config(endpoint.provider, current) != _comparable_config(values["provider"], value):
+                return True
+        elif current != value:
+            return True
+    return False
+
+
+def _comparable_config(provider: str, stored: dict[str, Any]) -> Any:
+    try:
+        fields = registry.get(provider).config_class.fields
+    except registry.UnknownProvider:
+        return stored
+    return provider_config.export(fields, stored, reveal=True)
+
+
+def _upsert_route(spec: RouteSpec, route: TrafficRoute | None, position: int, source_path: str,
+                  report: ImportReport) -> None:
+    wanted = [(d.name, d.traffic_percentage) for d in spec.destinations]
+    if route is None:
+        route = TrafficRoute.objects.create(name=spec.name, task_type=spec.task_type, routing_strategy=spec.routing_strategy,
+                                            source=Source.YAML, source_path=source_path, position=position)
+        report.created.append(spec.name)
+    else:
+        current = [(d.endpoint.name, d.traffic_percentage) for d in route.destinations.all()]
+        if (route.task_type, route.routing_strategy, route.position, route.source, current) == (
+                spec.task_type, spec.routing_strategy, position, Source.YAML, wanted) and route.source_path == source_path:
+            report.unchanged.append(spec.name)
+            return
+        route.task_type, route.routing_strategy, route.position = spec.task_type, spec.routing_strategy, position
+        route.source, route.source_path = Source.YAML, source_path
+        route.save()
+        route.destinations.all().delete()
+        report.updated.append(spec.name)
+    endpoints = {e.name: e for e in Endpoint.objects.filter(name__in=[n for n, _ in wanted])}
+    TrafficDestination.objects.bulk_create(
+        TrafficDestination(route=route, endpoint=endpoints[name], traffic_percentage=pct, position=i)
+        for i, (name, pct) in enumerate(wanted)
+    )
+
+
+def bump_config_version() -> None:
+    """Mark the config as changed for every process (they poll the version)."""
+    updated = ConfigState.objects.filter(pk=1).update(version=F("version") + 1)
+    if not updated:
+        ConfigState.objects.create(pk=1, version=1)
+
+
+def config_version() -> int:
+    state = ConfigState.objects.filter(pk=1).values_list("version", flat=True).first()
+    return int(state or 0)
+
+
+# -- export ------------------------------------------------------------------------------------------
+def endpoint_to_yaml(endpoint: Endpoint, *, reveal_secrets: bool = False) -> dict[str, Any]:
+    try:
+        fields = registry.get(endpoint.provider).config_class.fields
+        config = provider_config.export(fields, endpoint.config, reveal=reveal_secrets)
+    except registry.UnknownProvider:
+        config = {}
+    model: dict[str, Any] = {"provider": endpoint.provider, "name": endpoint.model_name, "config": config}
+    if endpoint.model_name is None:
+        del model["name"]
+    entry: dict[str, Any] = {"name": endpoint.name, "endpoint_type": endpoint.endpoint_type, "model": model}
+    if endpoint.has_limit:
+        limit: dict[str, Any] = {"calls": endpoint.limit_calls, "renewal_period": endpoint.limit_renewal_period}
+        if endpoint.limit_key is not None:
+            limit["key"] = endpoint.limit_key
+        entry["limit"] = limit
+    timeouts = {k: v for k, v in (("connect", endpoint.connect_timeout), ("read", endpoint.read_timeout),
+                                  ("retries", endpoint.max_retries)) if v is not None}
+    if timeouts:
+        entry["timeouts"] = timeouts
+    if not endpoint.enabled:
+        entry["enabled"] = False
+    return entry
+
+
+def route_to_yaml(route: TrafficRoute) -> dict[str, Any]:
+    return {
+        "name": route.name,
+        "task_type": route.task_type,
+        "destinations": [{"name": d.endpoint.name, "traffic_percentage": d.traffic_percentage}
+                         for d in route.destinations.all()],
+        "routing_strategy": route.routing_strategy,
+    }
+
+
+def export_config(*, reveal_secrets: bool = False) -> str:
+    """The whole config in MLflow's YAML schema: references as written, literal keys hidden."""
+    document: dict[str, Any] = {
+        "endpoints": [endpoint_to_yaml(e, reveal_secrets=reveal_secrets) for e in Endpoint.objects.all()],
+    }
+    routes = [route_to_yaml(r) for r in TrafficRoute.objects.prefetch_related("destinations__endpoint")]
+    if routes:
+        document["routes"] = routes
+    return yaml.safe_dump(document, sort_keys=False, default_flow_style=False, allow_unicode=True)

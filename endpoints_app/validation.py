@@ -1,0 +1,355 @@
+"""The one validator for endpoint and route definitions.
+
+`load_config`, `start_server`'s file watcher and the admin forms all call these functions, so a
+definition is accepted or refused the same way wherever it comes from. Everything is checked before
+anything is written; errors name the file, the entry (index and name) and the field.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from endpoints_app.limits import parse_period
+from endpoints_app.models import NAME_PATTERN
+from providers import registry
+from providers.config import ConfigValidationError
+from providers.shapes import ENDPOINT_TYPES
+
+_NAME = re.compile(NAME_PATTERN)
+
+
+@dataclass(frozen=True)
+class Issue:
+    location: str  # "endpoints[2] 'chat'" or "routes[0] 'split'" or "" for the document
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = " ".join(part for part in (self.location, self.field and f"field {self.field!r}") if part)
+        return f"{where}: {self.message}" if where else self.message
+
+
+class ConfigError(ValueError):
+    """One or more issues in a config document; str() lists them all, one per line."""
+
+    def __init__(self, issues: list[Issue], source: str = "") -> None:
+        self.issues = issues
+        self.source = source
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        prefix = f"{self.source}: " if self.source else ""
+        return "\n".join(f"{prefix}{issue}" for issue in self.issues)
+
+
+@dataclass(frozen=True)
+class LimitSpec:
+    calls: int
+    renewal_period: str
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class TimeoutSpec:
+    connect: float | None = None
+    read: float | None = None
+    retries: int | None = None
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    name: str
+    endpoint_type: str
+    provider: str
+    model_name: str | None
+    config: dict[str, Any]
+    limit: LimitSpec | None = None
+    timeouts: TimeoutSpec = field(default_factory=TimeoutSpec)
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class DestinationSpec:
+    name: str
+    traffic_percentage: int
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    name: str
+    task_type: str
+    destinations: tuple[DestinationSpec, ...]
+    routing_strategy: str = "TRAFFIC_SPLIT"
+
+
+@dataclass
+class ConfigDocument:
+    endpoints: list[EndpointSpec]
+    routes: list[RouteSpec]
+    warnings: list[str] = field(default_factory=list)
+
+
+class _EntryError(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+
+
+# -- single definitions (also used by the admin) ---------------------------------------------------
+def validate_name(name: Any) -> str:
+    if not isinstance(name, str) or not name:
+        raise _EntryError("name", "a non-empty name is required")
+    if not _NAME.match(name):
+        raise _EntryError("name", f"invalid name {name!r}: use only ASCII letters, digits, '_', '-' and '.'")
+    return name
+
+
+def validate_endpoint_type(value: Any, field_name: str = "endpoint_type") -> str:
+    if value not in ENDPOINT_TYPES:
+        raise _EntryError(field_name, f"The endpoint_type {value!r} is not supported; use one of {', '.join(ENDPOINT_TYPES)}")
+    return str(value)
+
+
+def validate_limit(raw: Any) -> LimitSpec | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise _EntryError("limit", "limit must be a mapping with calls and renewal_period")
+    unknown = set(raw) - {"calls", "renewal_period", "key"}
+    if unknown:
+        raise _EntryError(f"limit.{sorted(unknown)[0]}", "unknown limit key; use calls, renewal_period and key")
+    calls = raw.get("calls")
+    if isinstance(calls, bool) or not isinstance(calls, int) or calls < 0:
+        raise _EntryError("limit.calls", f"calls must be a whole number of 0 or more, got {calls!r}")
+    try:
+        parse_period(raw.get("renewal_period"))
+    except ValueError as exc:
+        raise _EntryError("limit.renewal_period", str(exc)) from None
+    key = raw.get("key")
+    if key is not None and not isinstance(key, str):
+        raise _EntryError("limit.key", "key must be a string")
+    return LimitSpec(calls=calls, renewal_period=str(raw["renewal_period"]).strip(), key=key)
+
+
+def validate_timeouts(raw: Any) -> TimeoutSpec:
+    if raw is None:
+        return TimeoutSpec()
+    if not isinstance(raw, Mapping):
+        raise _EntryError("timeouts", "timeouts must be a mapping with connect, read and retries")
+    unknown = set(raw) - {"connect", "read", "retries"}
+    if unknown:
+        raise _EntryError(f"timeouts.{sorted(unknown)[0]}", "unknown timeouts key; use connect, read and retries")
+    values: dict[str, Any] = {}
+    for key in ("connect", "read"):
+        value = raw.get(key)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise _EntryError(f"timeouts.{key}", f"{key} must be a positive number of seconds, got {value!r}")
+            values[key] = float(value)
+    retries = raw.get("retries")
+    if retries is not None:
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
+            raise _EntryError("timeouts.retries", f"retries must be a whole number from 0 to 10, got {retries!r}")
+        values["retries"] = retries
+    return TimeoutSpec(**values)
+
+
+def validate_endpoint(raw: Any, *, existing_config: Mapping[str, Any] | None = None,
+                      legacy: bool = False) -> tuple[EndpointSpec, list[str]]:
+    """One `endpoints[]` entry → EndpointSpec. Raises _EntryError. Returns warnings too."""
+    notes: list[str] = []
+    if not isinstance(raw, Mapping):
+        raise _EntryError("", "each endpoint must be a mapping")
+    name = validate_name(raw.get("name"))
+    if "route_type" in raw and "endpoint_type" not in raw:
+        if not legacy:
+            notes.append(f"endpoint {name!r}: 'route_type' is deprecated (MLflow 2.x); write 'endpoint_type'")
+        endpoint_type = validate_endpoint_type(raw.get("route_type"), "route_type")
+    else:
+        endpoint_type = validate_endpoint_type(raw.get("endpoint_type"))
+    model = raw.get("model")
+    if not isinstance(model, Mapping):
+        raise _EntryError("model", "model must be a mapping with provider, name and config")
+    unknown_model_keys = set(model) - {"provider", "name", "config"}
+    if unknown_model_keys:
+        raise _EntryError(f"model.{sorted(unknown_model_keys)[0]}", "unknown model key; use provider, name and config")
+    try:
+        provider = registry.canonical_name(model.get("provider"))
+    except registry.UnknownProvider as exc:
+        raise _EntryError("model.provider", f"{exc} Known providers: {', '.join(registry.names())}") from None
+    provider_cls = registry.get(provider)
+    model_name = model.get("name")
+    if model_name is not None and not isinstance(model_name, str):
+        raise _EntryError("model.name", "the model name must be a string")
+    if "config" not in model or model.get("config") is None:
+        if provider_cls.config_class.fields and any(f.required for f in provider_cls.config_class.fields):
+            raise _EntryError("model.config", f"A config must be supplied when setting a provider. "
+                              f"The provider entry for {provider} is incorrect.")
+    try:
+        provider_cls.check_endpoint(endpoint_type, model_name)
+        config = provider_cls.config_class.validate(model.get("config"), existing=existing_config)
+    except ConfigValidationError as exc:
+        target = exc.field if exc.field in {"endpoint_type", "model.name", "model.provider"} else f"model.config.{exc.field}"
+        raise _EntryError(target.replace("model.config.config", "model.config"), exc.message) from None
+    enabled = raw.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise _EntryError("enabled", "enabled must be true or false")
+    spec = EndpointSpec(
+        name=name, endpoint_type=endpoint_type, provider=provider, model_name=model_name, config=config,
+        limit=validate_limit(raw.get("limit")), timeouts=validate_timeouts(raw.get("timeouts")), enabled=enabled,
+    )
+    return spec, notes
+
+
+def validate_route(raw: Any, endpoint_types: Mapping[str, str]) -> RouteSpec:
+    """One 3.x `routes[]` entry; `endpoint_types` maps every known endpoint name to its type."""
+    if not isinstance(raw, Mapping):
+        raise _EntryError("", "each route must be a mapping")
+    name = validate_name(raw.get("name"))
+    task_type = validate_endpoint_type(raw.get("task_type"), "task_type")
+    strategy = raw.get("routing_strategy", "TRAFFIC_SPLIT") or "TRAFFIC_SPLIT"
+    if strategy != "TRAFFIC_SPLIT":
+        raise _EntryError("routing_strategy", f"routing_strategy must be 'TRAFFIC_SPLIT', got {strategy!r}")
+    destinations = raw.get("destinations")
+    if not isinstance(destinations, list) or not destinations:
+        raise _EntryError("destinations", "destinations must be a non-empty list of {name, traffic_percentage}")
+    out: list[DestinationSpec] = []
+    for index, dest in enumerate(destinations):
+        where = f"destinations[{index}]"
+        if not isinstance(dest, Mapping):
+            raise _EntryError(where, "each destination must be a mapping with name and traffic_percentage")
+        dest_name = dest.get("name")
+        if dest_name not in endpoint_types:
+            raise _EntryError(f"{where}.name", f"The route destination name must be a endpoint name, but the route "
+                              f"'{name}' has an invalid destination name '{dest_name}'.")
+        if endpoint_types[dest_name] != task_type:
+            raise _EntryError(f"{where}.name", f"The route destination endpoint types in the route '{name}' must have "
+                              f"endpoint type '{task_type}' but got endpoint type '{endpoint_types[dest_name]}'.")
+        pct = dest.get("traffic_percentage")
+        if isinstance(pct, bool) or not isinstance(pct, int) or not 0 <= pct <= 100:
+            raise _EntryError(f"{where}.traffic_percentage",
+                              "The route destination traffic percentage must between 0 and 100.")
+        out.append(DestinationSpec(str(dest_name), pct))
+    if sum(d.traffic_percentage for d in out) != 100:
+        raise _EntryError("destinations", "For each route configuration, the traffic percentage sum of destinations "
+                          f"must be 100, but got invalid configuration of route '{name}'.")
+    return RouteSpec(name=name, task_type=task_type, destinations=tuple(out), routing_strategy=strategy)
+
+
+# -- whole documents ---------------------------------------------------------------------------------
+def _is_endpoint_shaped(entry: Any) -> bool:
+    return isinstance(entry, Mapping) and ("model" in entry or "endpoint_type" in entry or "route_type" in entry)
+
+
+def _is_route_shaped(entry: Any) -> bool:
+    return isinstance(entry, Mapping) and ("destinations" in entry or "task_type" in entry)
+
+
+def parse_yaml(text: str, source: str = "") -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([Issue("", "", f"not a valid YAML file{where}: {problem}")], source) from None
+
+
+def validate_document(doc: Any, source: str = "",
+                      existing_configs: Mapping[str, Mapping[str, Any]] | None = None,
+                      extra_endpoint_types: Mapping[str, str] | None = None) -> ConfigDocument:
+    """Validate a parsed YAML document in full; raise ConfigError listing every issue.
+
+    `existing_configs` (name → stored config) lets an exported placeholder keep a stored secret.
+    `extra_endpoint_types` are endpoints outside the file (e.g. admin-made) that routes may name.
+    """
+    existing_configs = existing_configs or {}
+    issues: list[Issue] = []
+    notes: list[str] = []
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, Mapping):
+        raise ConfigError([Issue("", "", "the top level must be a mapping with an 'endpoints' list")], source)
+
+    raw_endpoints = doc.get("endpoints")
+    raw_routes = doc.get("routes")
+    legacy = False
+    if raw_endpoints is None and isinstance(raw_routes, list) and raw_routes and all(map(_is_endpoint_shaped, raw_routes)):
+        # MLflow 2.x: `routes` was the name of the endpoints list.
+        notes.append("'routes' as the list of endpoints is deprecated (MLflow 2.x); rename it to 'endpoints'")
+        raw_endpoints, raw_routes, legacy = raw_routes, None, True
+    if raw_endpoints is None:
+        raise ConfigError([Issue("", "endpoints", "the 'endpoints' list is required (it may be empty: [])")], source)
+    if not isinstance(raw_endpoints, list):
+        raise ConfigError([Issue("", "endpoints", "'endpoints' must be a list")], source)
+
+    endpoints: list[EndpointSpec] = []
+    seen: dict[str, str] = {}
+    for index, raw in enumerate(raw_endpoints):
+        label = _label("endpoints", index, raw)
+        try:
+            name = raw.get("name") if isinstance(raw, Mapping) else None
+            spec, entry_notes = validate_endpoint(
+                raw, existing_config=existing_configs.get(name) if isinstance(name, str) else None, legacy=legacy
+            )
+        except _EntryError as exc:
+            issues.append(Issue(label, exc.field, exc.message))
+            continue
+        if legacy and "route_type" in raw:
+            entry_notes = [f"endpoint {spec.name!r}: 'route_type' is deprecated (MLflow 2.x); write 'endpoint_type'"]
+        notes.extend(entry_notes)
+        if spec.name in seen:
+            issues.append(Issue(label, "name", f"duplicate name {spec.name!r} (also {seen[spec.name]}): names must be "
+                                "unique across endpoints and routes"))
+            continue
+        seen[spec.name] = label
+        endpoints.append(spec)
+
+    routes: list[RouteSpec] = []
+    if raw_routes is not None:
+        if not isinstance(raw_routes, list):
+            issues.append(Issue("", "routes", "'routes' must be a list"))
+        else:
+            types = {**(extra_endpoint_types or {}), **{e.name: e.endpoint_type for e in endpoints}}
+            for index, raw in enumerate(raw_routes):
+                label = _label("routes", index, raw)
+                if not _is_route_shaped(raw) and _is_endpoint_shaped(raw):
+                    issues.append(Issue(label, "", "looks like an endpoint: MLflow 2.x 'routes' lists cannot be mixed "
+                                        "with 'endpoints'; move it under 'endpoints'"))
+                    continue
+                try:
+                    route = validate_route(raw, types)
+                except _EntryError as exc:
+                    issues.append(Issue(label, exc.field, exc.message))
+                    continue
+                if route.name in seen:
+                    issues.append(Issue(label, "name", f"duplicate name {route.name!r} (also {seen[route.name]}): names "
+                                        "must be unique across endpoints and routes"))
+                    continue
+                seen[route.name] = label
+                routes.append(route)
+    if issues:
+        raise ConfigError(issues, source)
+    for note in notes:
+        warnings.warn(note, FutureWarning, stacklevel=2)
+    return ConfigDocument(endpoints=endpoints, routes=routes, warnings=notes)
+
+
+def _label(kind: str, index: int, raw: Any) -> str:
+    name = raw.get("name") if isinstance(raw, Mapping) else None
+    return f"{kind}[{index}]" + (f" {name!r}" if isinstance(name, str) else "")
+
+
+def entry_error(exc: Exception) -> tuple[str, str]:
+    """(field, message) of an _EntryError, for callers outside this module (the admin)."""
+    if isinstance(exc, _EntryError):
+        return exc.field, exc.message
+    raise exc
+
+
+EntryError = _EntryError

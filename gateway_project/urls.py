@@ -1,0 +1,44 @@
+"""Routes: MLflow's (§3.1), OpenAI's /v1, the docs and the admin."""
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import path, re_path
+from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from endpoints_app import views
+
+NAME = r"(?P<name>[a-zA-Z0-9_.\-]+)"
+
+handler400 = "endpoints_app.errors.handler400"
+handler403 = "endpoints_app.errors.handler403"
+handler404 = "endpoints_app.errors.handler404"
+handler500 = "endpoints_app.errors.handler500"
+
+urlpatterns = [
+    path("", views.root_redirect),
+    path("health", views.HealthView.as_view(), name="health"),
+    path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi"),
+    path("docs", SpectacularSwaggerView.as_view(url_name="openapi"), name="docs"),
+    path("redoc", SpectacularRedocView.as_view(url_name="openapi"), name="redoc"),
+    # MLflow deployments API
+    path("api/2.0/endpoints", RedirectView.as_view(url="/api/2.0/endpoints/", permanent=False, query_string=True)),
+    path("api/2.0/endpoints/", views.EndpointListView.as_view(), name="endpoint-list"),
+    re_path(r"^api/2\.0/endpoints/limits/?$", views.LimitsView.as_view()),
+    re_path(rf"^api/2\.0/endpoints/limits/{NAME}$", views.LimitsView.as_view()),
+    re_path(rf"^api/2\.0/endpoints/{NAME}$", views.EndpointDetailView.as_view(), name="endpoint-detail"),
+    re_path(rf"^api/3\.0/gateway/endpoint/{NAME}$", views.EndpointDetailView.as_view()),
+    re_path(rf"^api/3\.0/gateway/route/{NAME}$", views.TrafficRouteDetailView.as_view()),
+    path("api/2.0/gateway/routes/", views.LegacyRouteListView.as_view()),
+    re_path(r"^api/2\.0/gateway/limits/?$", views.LimitsView.as_view()),
+    re_path(rf"^api/2\.0/gateway/limits/{NAME}$", views.LimitsView.as_view()),
+    re_path(rf"^api/2\.0/gateway/routes/{NAME}$", views.LegacyRouteDetailView.as_view()),
+    re_path(rf"^endpoints/{NAME}/invocations$", views.endpoint_invocations, name="invocations"),
+    re_path(rf"^gateway/{NAME}/invocations$", views.endpoint_invocations),
+    # OpenAI-compatible
+    path("v1/chat/completions", views.openai_chat),
+    path("v1/completions", views.openai_completions),
+    path("v1/embeddings", views.openai_embeddings),
+    path("v1/models", views.ModelListView.as_view()),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,121 @@
+"""The gateway's error hierarchy.
+
+Every error a request can meet is one of these. Each carries an HTTP status, a machine-readable
+code and a detail; one handler (endpoints_app.errors) renders them in MLflow's shape on the MLflow
+routes and in OpenAI's envelope on the /v1 routes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    status = 500
+    code = "internal_error"
+    openai_type = "server_error"
+
+    def __init__(self, detail: Any, *, status: int | None = None, code: str | None = None,
+                 retry_after: float | None = None, param: str | None = None) -> None:
+        super().__init__(detail if isinstance(detail, str) else repr(detail))
+        self.detail = detail
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
+        self.retry_after = retry_after
+        self.param = param
+        self.headers: dict[str, str] = {}
+
+    @property
+    def message(self) -> str:
+        """A one-line human message, whatever the shape of detail."""
+        detail = self.detail
+        if isinstance(detail, str):
+            return detail
+        if isinstance(detail, dict):
+            for key in ("message", "detail", "error"):
+                value = detail.get(key)
+                if isinstance(value, str):
+                    return value
+                if isinstance(value, dict) and isinstance(value.get("message"), str):
+                    return str(value["message"])
+        if isinstance(detail, list) and detail and isinstance(detail[0], dict) and "msg" in detail[0]:
+            return "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e['msg']}" for e in detail)
+        return str(detail)
+
+
+class RequestValidationError(GatewayError):
+    """The client's body does not fit the endpoint type's schema (FastAPI-style detail list)."""
+
+    status = 422
+    code = "invalid_request"
+    openai_type = "invalid_request_error"
+
+
+class InvalidParameter(GatewayError):
+    """A gateway rule that a provider enforces (n must be 1, native parameter names, ...)."""
+
+    status = 422
+    code = "invalid_parameter"
+    openai_type = "invalid_request_error"
+
+
+class EndpointNotFound(GatewayError):
+    status = 404
+    code = "endpoint_not_found"
+    openai_type = "invalid_request_error"
+
+
+class WrongEndpointType(GatewayError):
+    status = 400
+    code = "wrong_endpoint_type"
+    openai_type = "invalid_request_error"
+
+
+class NotSupported(GatewayError):
+    """The provider does not offer this operation (chat, completions, embeddings, streaming)."""
+
+    status = 501
+    code = "not_supported"
+    openai_type = "invalid_request_error"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    code = "rate_limit_exceeded"
+    openai_type = "rate_limit_error"
+
+
+class ConfigurationError(GatewayError):
+    """The endpoint's configuration cannot be used (e.g. an environment variable is unset)."""
+
+    status = 500
+    code = "configuration_error"
+    openai_type = "server_error"
+
+
+class UpstreamError(GatewayError):
+    """The provider answered with an error status; status and message are passed through."""
+
+    code = "upstream_error"
+    openai_type = "api_error"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    code = "upstream_timeout"
+    openai_type = "timeout"
+
+
+class UpstreamUnavailable(GatewayError):
+    status = 502
+    code = "upstream_unreachable"
+    openai_type = "api_connection_error"
+
+
+class UpstreamBadResponse(GatewayError):
+    """The provider's answer could not be understood (wrong content type, bad JSON, bad shape)."""
+
+    status = 502
+    code = "bad_upstream_response"
+    openai_type = "api_error"

@@ -1,0 +1,294 @@
+"""The one HTTP seam: every upstream call goes through here.
+
+One urllib3 PoolManager per process keeps keep-alive connections per upstream host. This module
+maps transport failures to the gateway's errors (timeout 504, unreachable 502, bad body 502,
+upstream error status passed through), retries only where it is safe (connection failures and
+429/502/503 before any byte reached the client, with backoff and jitter, bounded by the endpoint's
+timeout), and decodes streams (SSE, NDJSON, raw) chunk by chunk as they arrive.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
+
+from providers.errors import (
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_STATUSES = frozenset({429, 502, 503})
+_MAX_RETRY_AFTER = 30.0
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """connect: to open a connection; read: the longest wait for the next byte (idle for streams);
+    total: the whole call including retries (non-stream) or until the first byte (stream)."""
+
+    connect: float = 10.0
+    read: float = 300.0
+    total: float = 300.0
+    retries: int = 2
+
+
+@dataclass
+class UpstreamRequest:
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    json: Any = None
+    body: bytes | None = None
+    method: str = "POST"
+
+    def encoded_body(self) -> bytes | None:
+        if self.body is not None:
+            return self.body
+        if self.json is None:
+            return None
+        return orjson.dumps(self.json)
+
+
+ErrorMessageExtractor = Callable[[Any], Any]
+
+
+class Transport:
+    """Sends UpstreamRequests with pooling, timeouts and safe retries."""
+
+    def __init__(self, *, maxsize: int = 64) -> None:
+        self._pool = urllib3.PoolManager(num_pools=64, maxsize=maxsize, block=False, retries=False)
+
+    # -- non-streaming -------------------------------------------------------------------------
+    def send_json(self, request: UpstreamRequest, timeouts: Timeouts,
+                  extract_error: ErrorMessageExtractor | None = None) -> Any:
+        """POST and return the parsed JSON body. Raises the gateway's Upstream* errors."""
+        response = self._request(request, timeouts, stream=False)
+        data = response.data
+        status = response.status
+        content_type = response.headers.get("content-type", "")
+        response.release_conn()
+        if status >= 400:
+            raise error_from_response(status, content_type, data, response.headers, extract_error)
+        return parse_json_body(data, content_type)
+
+    # -- streaming -----------------------------------------------------------------------------
+    def open_stream(self, request: UpstreamRequest, timeouts: Timeouts,
+                    extract_error: ErrorMessageExtractor | None = None) -> urllib3.BaseHTTPResponse:
+        """Open a streaming response; error statuses raise before any byte goes to the client."""
+        response = self._request(request, timeouts, stream=True)
+        if response.status >= 400:
+            data = response.read()
+            content_type = response.headers.get("content-type", "")
+            response.release_conn()
+            raise error_from_response(response.status, content_type, data, response.headers, extract_error)
+        return response
+
+    def _request(self, request: UpstreamRequest, timeouts: Timeouts, *, stream: bool) -> urllib3.BaseHTTPResponse:
+        body = request.encoded_body()
+        headers = request.headers
+        if body is not None and "content-type" not in {k.lower() for k in headers}:
+            headers = {**headers, "Content-Type": "application/json"}
+        deadline = time.monotonic() + timeouts.total
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise UpstreamTimeout(f"The upstream did not answer within {timeouts.total:g} s.")
+            timeout = urllib3.Timeout(connect=min(timeouts.connect, remaining), read=min(timeouts.read, remaining))
+            try:
+                response = self._pool.request(
+                    request.method, request.url, body=body, headers=headers, timeout=timeout,
+                    preload_content=not stream, decode_content=True, redirect=False,
+                )
+            except (ConnectTimeoutError, NewConnectionError) as exc:
+                error: Exception = UpstreamUnavailable(f"The upstream at {_origin(request.url)} is unreachable: {_reason(exc)}")
+                retry_after = None
+            except ReadTimeoutError:
+                raise UpstreamTimeout(
+                    f"The upstream at {_origin(request.url)} did not answer within {timeouts.read:g} s."
+                ) from None
+            except (ProtocolError, HTTPError) as exc:
+                # The request may have reached the upstream: not safe to repeat a POST.
+                raise UpstreamUnavailable(f"The connection to {_origin(request.url)} failed: {_reason(exc)}") from None
+            else:
+                if response.status not in RETRYABLE_STATUSES or attempt >= timeouts.retries:
+                    return response
+                retry_after = _retry_after_seconds(response.headers.get("retry-after"))
+                if response.status != 503 and response.status != 502 and retry_after is None:
+                    return response  # a 429 without Retry-After is the caller's to handle
+                response.drain_conn()
+                response.release_conn()
+                error = UpstreamError(f"upstream status {response.status}", status=response.status)
+            if attempt >= timeouts.retries:
+                raise error
+            delay = _backoff(attempt, retry_after)
+            if time.monotonic() + delay >= deadline:
+                raise error
+            logger.info("retrying upstream %s after %.2fs (attempt %d): %s", _origin(request.url), delay,
+                        attempt + 1, error)
+            time.sleep(delay)
+            attempt += 1
+
+
+def _backoff(attempt: int, retry_after: float | None) -> float:
+    if retry_after is not None:
+        return min(retry_after, _MAX_RETRY_AFTER)
+    base = 0.1 * (2 ** attempt)
+    return base + random.uniform(0, base)  # full jitter on top of the exponential step
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _origin(url: str) -> str:
+    parsed = urllib3.util.parse_url(url)
+    return f"{parsed.scheme}://{parsed.netloc}"
+
+
+def _reason(exc: Exception) -> str:
+    reason = getattr(exc, "reason", None) or exc
+    text = str(reason)
+    return text.split(": ", 1)[-1] if "Connection refused" in text else text
+
+
+def parse_json_body(data: bytes, content_type: str) -> Any:
+    if content_type and "json" not in content_type and not content_type.startswith("text/plain"):
+        raise UpstreamBadResponse(
+            "The returned data type from the route service is not supported. "
+            f"Received content type: {content_type}"
+        )
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamBadResponse("The upstream returned a body that is not valid JSON.") from None
+
+
+def default_error_message(body: Any) -> Any:
+    """MLflow's rule: `error.message` if present, else the whole JSON body."""
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"]
+        if isinstance(error, str):
+            return error
+        if isinstance(body.get("message"), str):
+            return body["message"]
+    return body
+
+
+def error_from_response(status: int, content_type: str, data: bytes, headers: Any,
+                        extract_error: ErrorMessageExtractor | None) -> Exception:
+    retry_after = _retry_after_seconds(headers.get("retry-after")) if headers is not None else None
+    if "json" in content_type or (not content_type and data[:1] in (b"{", b"[")):
+        try:
+            body = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return UpstreamBadResponse(f"The upstream answered {status} with a body that is not valid JSON.")
+        detail = (extract_error or default_error_message)(body)
+        return UpstreamError(detail, status=status, retry_after=retry_after)
+    if content_type.startswith("text/plain"):
+        return UpstreamError({"message": data.decode("utf-8", "replace")}, status=status, retry_after=retry_after)
+    return UpstreamBadResponse(
+        "The returned data type from the route service is not supported. "
+        f"Received content type: {content_type or 'none'} (upstream status {status})"
+    )
+
+
+# -- stream decoders ------------------------------------------------------------------------------
+def iter_lines(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+    """Lines as they arrive (without line endings), handling \\n, \\r\\n and split chunks."""
+    buffer = b""
+    try:
+        for chunk in response.stream(8192, decode_content=True):
+            buffer += chunk
+            while True:
+                index = buffer.find(b"\n")
+                if index < 0:
+                    break
+                line, buffer = buffer[:index], buffer[index + 1:]
+                yield line.rstrip(b"\r")
+        if buffer:
+            yield buffer.rstrip(b"\r")
+    except ReadTimeoutError:
+        raise UpstreamTimeout("The upstream stream went idle for longer than the read timeout.") from None
+    except (ProtocolError, HTTPError) as exc:
+        raise UpstreamUnavailable(f"The upstream stream broke: {_reason(exc)}") from None
+    finally:
+        response.release_conn()
+
+
+@dataclass
+class SSEEvent:
+    data: str
+    event: str | None = None
+
+
+def iter_sse(response: urllib3.BaseHTTPResponse) -> Iterator[SSEEvent]:
+    """Server-Sent Events: joins multi-line data, keeps the event name, skips comments."""
+    data_lines: list[str] = []
+    event: str | None = None
+    for raw in iter_lines(response):
+        line = raw.decode("utf-8")
+        if not line:
+            if data_lines:
+                yield SSEEvent("\n".join(data_lines), event)
+            data_lines, event = [], None
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            data_lines.append(value)
+        elif name == "event":
+            event = value
+    if data_lines:
+        yield SSEEvent("\n".join(data_lines), event)
+
+
+def iter_ndjson(response: urllib3.BaseHTTPResponse) -> Iterator[Any]:
+    for line in iter_lines(response):
+        if line.strip():
+            try:
+                yield orjson.loads(line)
+            except orjson.JSONDecodeError:
+                raise UpstreamBadResponse("The upstream stream sent a line that is not valid JSON.") from None
+
+
+_transport: Transport | None = None
+_transport_lock = threading.Lock()
+
+
+def get_transport() -> Transport:
+    """The process-wide pooled transport (created lazily, after any fork)."""
+    global _transport
+    if _transport is None:
+        with _transport_lock:
+            if _transport is None:
+                from django.conf import settings
+
+                _transport = Transport(maxsize=getattr(settings, "GATEWAY_POOL_MAXSIZE", 64))
+    return _transport

@@ -1,0 +1,221 @@
+"""The OpenAI wire format, and the base for every OpenAI-compatible vendor.
+
+The pure functions here translate between the gateway's shapes and OpenAI's Chat Completions,
+Completions and Embeddings APIs (request bodies, responses, SSE chunks). `OpenAICompatibleProvider`
+sends them; a compatible vendor (Groq, DeepSeek, Ollama, ...) is a subclass that names itself and
+its default base URL.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import orjson
+
+from providers import shapes
+from providers.base import BaseProvider
+from providers.config import ConfigField, ProviderConfig
+from providers.errors import UpstreamBadResponse
+from providers.http import SSEEvent, UpstreamRequest
+from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
+
+
+# -- pure translation -------------------------------------------------------------------------------
+def request_body(payload: dict[str, Any], model: str | None, *, stream: bool = False) -> dict[str, Any]:
+    """Our request → OpenAI's body: the configured model first, every other field as given."""
+    body: dict[str, Any] = {"model": model} if model is not None else {}
+    body.update((k, v) for k, v in payload.items() if v is not None and k != "model")
+    if stream:
+        body["stream"] = True
+        options = body.get("stream_options")
+        if not isinstance(options, dict) or "include_usage" not in options:
+            body["stream_options"] = {**(options or {}), "include_usage": True}
+    else:
+        body.pop("stream", None)
+    return body
+
+
+def _usage(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        return shapes.usage()
+    extra = {k: v for k, v in raw.items() if k not in {"prompt_tokens", "completion_tokens", "total_tokens"}}
+    return shapes.usage(raw.get("prompt_tokens"), raw.get("completion_tokens"), raw.get("total_tokens"), **extra)
+
+
+def _tool_calls(raw: Any) -> list[dict[str, Any]] | None:
+    if not raw:
+        return None
+    return [
+        {"id": call.get("id"), "type": call.get("type", "function"),
+         "function": {"name": call.get("function", {}).get("name"),
+                      "arguments": call.get("function", {}).get("arguments")}}
+        for call in raw
+    ]
+
+
+def parse_chat(body: Any, provider: str) -> dict[str, Any]:
+    try:
+        choices = [
+            shapes.chat_choice(
+                index,
+                shapes.message(choice["message"].get("content"), role=choice["message"].get("role") or "assistant",
+                               tool_calls=_tool_calls(choice["message"].get("tool_calls"))),
+                choice.get("finish_reason"),
+            )
+            for index, choice in enumerate(body["choices"])
+        ]
+        return shapes.chat_response(id=body.get("id"), model=body.get("model"), created=body.get("created"),
+                                    choices=choices, usage=_usage(body.get("usage")), provider=provider)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise UpstreamBadResponse(f"The upstream chat response is missing {exc}.") from None
+
+
+def _chunk_tool_calls(raw: Any) -> list[dict[str, Any]] | None:
+    if not raw:
+        return None
+    out = []
+    for call in raw:
+        function = call.get("function") or {}
+        out.append({"index": call.get("index", 0), "id": call.get("id"), "type": call.get("type"),
+                    "function": {"name": function.get("name"), "arguments": function.get("arguments")}})
+    return out
+
+
+def parse_chat_chunk(data: Any, provider: str) -> dict[str, Any]:
+    try:
+        choices = [
+            shapes.chunk_choice(
+                choice.get("index", index),
+                shapes.delta(role=(choice.get("delta") or {}).get("role"),
+                             content=(choice.get("delta") or {}).get("content"),
+                             tool_calls=_chunk_tool_calls((choice.get("delta") or {}).get("tool_calls"))),
+                choice.get("finish_reason"),
+            )
+            for index, choice in enumerate(data.get("choices") or [])
+        ]
+        usage = _usage(data["usage"]) if data.get("usage") else None
+        return shapes.chat_chunk(id=data.get("id"), model=data.get("model"), created=data.get("created"),
+                                 choices=choices, usage=usage, provider=provider)
+    except (TypeError, AttributeError) as exc:
+        raise UpstreamBadResponse(f"The upstream sent a chat chunk of an unexpected shape: {exc}") from None
+
+
+def parse_completions(body: Any) -> dict[str, Any]:
+    try:
+        choices = [
+            shapes.text_choice(
+                index,
+                choice["text"] if "text" in choice else choice["message"]["content"],
+                choice.get("finish_reason"),
+            )
+            for index, choice in enumerate(body["choices"])
+        ]
+        return shapes.completions_response(id=body.get("id"), model=body.get("model"), created=body.get("created"),
+                                           choices=choices, usage=_usage(body.get("usage")))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise UpstreamBadResponse(f"The upstream completions response is missing {exc}.") from None
+
+
+def parse_completions_chunk(data: Any) -> dict[str, Any]:
+    """Real /v1/completions chunks carry choices[].text (MLflow reads delta.content and breaks)."""
+    choices = []
+    for index, choice in enumerate(data.get("choices") or []):
+        text = choice.get("text")
+        if text is None:
+            text = (choice.get("delta") or {}).get("content")
+        choices.append(shapes.text_choice(choice.get("index", index), text or "", choice.get("finish_reason")))
+    usage = _usage(data["usage"]) if data.get("usage") else None
+    return shapes.completions_chunk(id=data.get("id"), model=data.get("model"), created=data.get("created"),
+                                    choices=choices, usage=usage)
+
+
+def parse_embeddings(body: Any) -> dict[str, Any]:
+    try:
+        vectors = [item["embedding"] for item in sorted(body["data"], key=lambda item: item.get("index", 0))]
+        raw_usage = body.get("usage") or {}
+        return shapes.embeddings_response(
+            vectors=vectors, model=body.get("model"),
+            usage={"prompt_tokens": raw_usage.get("prompt_tokens"), "total_tokens": raw_usage.get("total_tokens")},
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise UpstreamBadResponse(f"The upstream embeddings response is missing {exc}.") from None
+
+
+def sse_json(events: Iterator[SSEEvent]) -> Iterator[Any]:
+    """The JSON payloads of an OpenAI-style SSE stream, stopping at [DONE]."""
+    for event in events:
+        data = event.data.strip()
+        if not data:
+            continue
+        if data == "[DONE]":
+            return
+        try:
+            yield orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamBadResponse("The upstream stream sent an event that is not valid JSON.") from None
+
+
+# -- the provider --------------------------------------------------------------------------------------
+class OpenAICompatibleConfig(ProviderConfig):
+    fields = (
+        ConfigField("api_key", required=True, kind="secret", help="API key ($ENV, file path or literal)"),
+        ConfigField("api_base", kind="url", help="Base URL, e.g. https://host/v1"),
+    )
+
+
+class OpenAICompatibleProvider(BaseProvider):
+    """Speaks OpenAI's API at `default_api_base` (or the config's `api_base`)."""
+
+    name = "openai-compatible"
+    display_name = "OpenAI-compatible"
+    config_class: ClassVar[type[ProviderConfig]] = OpenAICompatibleConfig
+    endpoint_types = frozenset({CHAT, COMPLETIONS, EMBEDDINGS})
+    streaming_types = frozenset({CHAT, COMPLETIONS})
+    supports_tools = True
+    default_api_base: ClassVar[str | None] = None
+
+    # -- what differs between compatible vendors ----------------------------------------------
+    def base_url(self, config: dict[str, Any]) -> str:
+        base = config.get("api_base") or self.default_api_base
+        if not base:
+            from providers.errors import ConfigurationError
+
+            raise ConfigurationError(f"The {self.name} provider needs config.api_base.")
+        return str(base).rstrip("/")
+
+    def url(self, config: dict[str, Any], path: str) -> str:
+        return f"{self.base_url(config)}/{path}"
+
+    def headers(self, config: dict[str, Any]) -> dict[str, str]:
+        key = config.get("api_key")
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def body_model(self, config: dict[str, Any]) -> str | None:
+        return self.model_name
+
+    def build_request(self, path: str, payload: dict[str, Any], *, stream: bool = False) -> UpstreamRequest:
+        config = self.config
+        return UpstreamRequest(
+            url=self.url(config, path),
+            headers=self.headers(config),
+            json=request_body(payload, self.body_model(config), stream=stream),
+        )
+
+    # -- operations --------------------------------------------------------------------------
+    def chat(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return parse_chat(self.post_json(self.build_request("chat/completions", payload)), self.provider_name)
+
+    def chat_stream(self, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        events = self.post_sse(self.build_request("chat/completions", payload, stream=True))
+        provider = self.provider_name
+        return (parse_chat_chunk(data, provider) for data in sse_json(events))
+
+    def completions(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return parse_completions(self.post_json(self.build_request("completions", payload)))
+
+    def completions_stream(self, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        events = self.post_sse(self.build_request("completions", payload, stream=True))
+        return (parse_completions_chunk(data) for data in sse_json(events))
+
+    def embeddings(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return parse_embeddings(self.post_json(self.build_request("embeddings", payload)))

@@ -1,0 +1,143 @@
+"""Secrets: stored as references or encrypted, resolved only when a request is made.
+
+A secret value from YAML or the admin is one of (MLflow §1.6):
+- `$NAME`: an environment variable, stored as {"$env": "NAME"};
+- a path to an existing file: stored as {"$file": "/abs/path"}; the file is read at call time
+  and its trailing newline stripped (MLflow keeps it, which breaks headers);
+- anything else: a literal key, stored Fernet-encrypted as {"$enc": "<token>"}.
+URL fields take `$NAME` references too (MLflow resolves none of them).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+# What export_config writes in place of a literal key. Loading it back keeps the stored key.
+PLACEHOLDER = "<literal key stored encrypted; not exported>"
+
+
+class SecretError(ValueError):
+    """A secret cannot be stored or resolved. `field` names the config key."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+@lru_cache(maxsize=1)
+def _fernet() -> MultiFernet:
+    from django.conf import settings
+
+    keys = list(getattr(settings, "GATEWAY_ENCRYPTION_KEYS", []) or [])
+    if not keys:
+        digest = hashlib.sha256(("gateway-secrets:" + settings.SECRET_KEY).encode()).digest()
+        keys = [base64.urlsafe_b64encode(digest).decode()]
+    try:
+        return MultiFernet([Fernet(key.encode() if isinstance(key, str) else key) for key in keys])
+    except ValueError as exc:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(f"GATEWAY_ENCRYPTION_KEY is not a valid Fernet key: {exc}") from exc
+
+
+def is_reference(value: Any) -> bool:
+    return isinstance(value, Mapping) and len(value) == 1 and next(iter(value)) in {"$env", "$file", "$enc"}
+
+
+def store_secret(value: Any, field: str, existing: Any = None) -> dict[str, str]:
+    if is_reference(value):
+        return dict(value)  # already stored form (admin round trip)
+    if not isinstance(value, str):
+        raise SecretError(
+            field,
+            f"{field!r}: the api key provided is not a string. Please provide either an environment "
+            "variable key ($NAME), a path to a file containing the api key, or the api key itself",
+        )
+    value = value.strip()
+    if value == PLACEHOLDER:
+        if is_reference(existing) and "$enc" in existing:
+            return dict(existing)
+        raise SecretError(field, f"{field!r} holds the export placeholder, not a key: write the key or a $ENV reference")
+    if value.startswith("$"):
+        name = value[1:].strip("{}")
+        if not name or not name.replace("_", "a").isalnum():
+            raise SecretError(field, f"{field!r}: {value!r} is not a valid environment variable reference")
+        return {"$env": name}
+    if _is_existing_file(value):
+        return {"$file": os.path.abspath(value)}
+    return {"$enc": _fernet().encrypt(value.encode()).decode()}
+
+
+def store_reference_or_plain(value: str) -> Any:
+    value = value.strip()
+    if value.startswith("$") and len(value) > 1:
+        return {"$env": value[1:].strip("{}")}
+    return value
+
+
+def _is_existing_file(value: str) -> bool:
+    try:
+        return os.path.isfile(value)
+    except (OSError, ValueError):
+        return False
+
+
+def resolve(stored: Any, field: str) -> Any:
+    """The clear value of a stored secret or URL field, read now. Raises SecretError."""
+    if not isinstance(stored, Mapping):
+        return stored
+    if "$env" in stored:
+        name = stored["$env"]
+        value = os.environ.get(name)
+        if not value:
+            raise SecretError(field, f"Environment variable '{name}' is not set (needed by {field})")
+        return value
+    if "$file" in stored:
+        path = stored["$file"]
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read().rstrip("\r\n")
+        except OSError as exc:
+            raise SecretError(field, f"The key file for {field} cannot be read: {exc.strerror}") from None
+    if "$enc" in stored:
+        return decrypt(stored["$enc"], field)
+    return stored
+
+
+@lru_cache(maxsize=1024)
+def decrypt(token: str, field: str) -> str:
+    try:
+        return _fernet().decrypt(token.encode()).decode()
+    except InvalidToken:
+        raise SecretError(
+            field, f"The stored key for {field} cannot be decrypted: was SECRET_KEY or GATEWAY_ENCRYPTION_KEY changed?"
+        ) from None
+
+
+def export(stored: Any, *, reveal: bool) -> Any:
+    if not isinstance(stored, Mapping):
+        return stored
+    if "$env" in stored:
+        return "$" + stored["$env"]
+    if "$file" in stored:
+        return stored["$file"]
+    if "$enc" in stored:
+        return decrypt(stored["$enc"], "secret") if reveal else PLACEHOLDER
+    return stored
+
+
+def describe(stored: Any) -> str:
+    if not isinstance(stored, Mapping):
+        return "set"
+    if "$env" in stored:
+        return f"from environment variable ${stored['$env']}"
+    if "$file" in stored:
+        return f"from file {stored['$file']}"
+    return "set (encrypted)"

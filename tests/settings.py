@@ -1,0 +1,13 @@
+"""Test settings: the real settings, read from the environment as in production, with the few
+test-only defaults set first (a throwaway secret key, no background config poller: in-process
+signals invalidate the table; the propagation tests start real servers that poll)."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production-" + "x" * 20)
+os.environ.setdefault("GATEWAY_CONFIG_POLL_SECONDS", "0")
+
+from gateway_project.settings import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests
