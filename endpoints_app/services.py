@@ -66,8 +66,8 @@ def validate_text(text: str, source: str) -> ConfigDocument:
 def import_config(path: str, *, dry_run: bool = False, prune: bool = False) -> ImportReport:
     """Validate `path` in full, then upsert every endpoint and route in one transaction.
 
-    With `prune`, YAML-made endpoints and routes missing from the file are deleted (those made in
-    the admin are kept). With `dry_run`, the same work runs and is rolled back. Raises ConfigError;
+    With `prune`, endpoints and routes that an earlier load of this same file created, and that the
+    file no longer has, are deleted (those made in the admin or loaded from other files are kept). With `dry_run`, the same work runs and is rolled back. Raises ConfigError;
     on any error the database is unchanged.
     """
     document = read_config_file(path)
@@ -108,7 +108,7 @@ def _apply(document: ConfigDocument, source_path: str, prune: bool, report: Impo
     # A route that names an endpoint about to be pruned must go first (destinations PROTECT endpoints).
     if prune:
         for name, route in routes.items():
-            if name not in in_file and route.source == Source.YAML:
+            if name not in in_file and _owned(route, source_path):
                 route.delete()
                 report.deleted.append(name)
     for position, route_spec in enumerate(document.routes):
@@ -116,7 +116,7 @@ def _apply(document: ConfigDocument, source_path: str, prune: bool, report: Impo
     if prune:
         wanted = {spec.name for spec in document.endpoints}
         for name, endpoint in existing.items():
-            if name not in wanted and endpoint.source == Source.YAML:
+            if name not in wanted and _owned(endpoint, source_path):
                 if endpoint.route_destinations.exists():
                     raise ConfigError([Issue("", "", f"cannot prune endpoint {name!r}: traffic routes still send "
                                              "traffic to it")], source_path)
@@ -124,6 +124,10 @@ def _apply(document: ConfigDocument, source_path: str, prune: bool, report: Impo
                 report.deleted.append(name)
     if report.changed:
         bump_config_version()
+
+
+def _owned(row: Endpoint | TrafficRoute, source_path: str) -> bool:
+    return row.source == Source.YAML and row.source_path == source_path
 
 
 def _endpoint_values(spec: EndpointSpec, position: int, source_path: str) -> dict[str, Any]:
