@@ -4,6 +4,7 @@ MLflow routes: `{"detail": ...}` with the error's status (429 uses MLflow's `{"e
 /v1 routes: `{"error": {"message", "type", "param", "code"}}`, statuses chosen so the `openai` SDK
 raises the matching exception. No request ever gets an HTML or text/plain error page.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,7 +17,7 @@ from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from providers.errors import GatewayError, RateLimited, RequestValidationError
+from providers.errors import GatewayError, InvalidParameter, RateLimited, RequestValidationError
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,9 @@ def mlflow_error(error: GatewayError) -> HttpResponse:
 
 
 def openai_status(error: GatewayError) -> int:
-    # The SDK maps 400 → BadRequestError, 404 → NotFoundError, 422 → UnprocessableEntityError, ...
+    """OpenAI answers an invalid request with 400 (the SDK's BadRequestError), never 422."""
+    if isinstance(error, (RequestValidationError, InvalidParameter)):
+        return 400
     return error.status
 
 

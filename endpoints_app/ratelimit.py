@@ -4,6 +4,7 @@ Fixed windows counted with atomic increments in the shared cache (Redis when RED
 in-process cache only for the single-process default). The window starts on multiples of the
 period, so every process agrees on it without coordination.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,6 +60,9 @@ def hit(endpoint_name: str, limit: RateLimit) -> RateState:
 
 def _limited(limit: RateLimit, reset: int) -> RateLimited:
     error = RateLimited(f"Rate limit exceeded: {limit.description}", retry_after=reset)
-    error.headers = {"X-RateLimit-Limit": str(limit.calls), "X-RateLimit-Remaining": "0",
-                     "X-RateLimit-Reset": str(reset)}
+    error.headers = {
+        "X-RateLimit-Limit": str(limit.calls),
+        "X-RateLimit-Remaining": "0",
+        "X-RateLimit-Reset": str(reset),
+    }
     return error

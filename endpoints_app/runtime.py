@@ -5,6 +5,7 @@ once. An invocation reads only this table: no database query once warm. The tabl
 this process changes the config (signals) or when a poller thread sees the shared config version
 move (another worker, instance, the admin or `load_config`), within GATEWAY_CONFIG_POLL_SECONDS.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -104,21 +105,39 @@ def build_table() -> EndpointTable:
         limit_info = None
         if endpoint.has_limit:
             assert endpoint.limit_calls is not None
-            limit = RateLimit(endpoint.limit_calls, period_seconds(endpoint.limit_renewal_period),
-                              describe(endpoint.limit_calls, endpoint.limit_renewal_period))
-            limit_info = {"calls": endpoint.limit_calls, "key": endpoint.limit_key,
-                          "renewal_period": endpoint.limit_renewal_period}
-        provider = provider_cls(provider_name=endpoint.provider, model_name=endpoint.model_name,
-                                config=endpoint.config, timeouts=_timeouts(endpoint))
+            limit = RateLimit(
+                endpoint.limit_calls,
+                period_seconds(endpoint.limit_renewal_period),
+                describe(endpoint.limit_calls, endpoint.limit_renewal_period),
+            )
+            limit_info = {
+                "calls": endpoint.limit_calls,
+                "key": endpoint.limit_key,
+                "renewal_period": endpoint.limit_renewal_period,
+            }
+        provider = provider_cls(
+            provider_name=endpoint.provider,
+            model_name=endpoint.model_name,
+            config=endpoint.config,
+            timeouts=_timeouts(endpoint),
+        )
         table.endpoints[endpoint.name] = LiveEndpoint(
-            name=endpoint.name, endpoint_type=endpoint.endpoint_type, provider_name=endpoint.provider,
-            model_name=endpoint.model_name, provider=provider, limit=limit, limit_info=limit_info,
+            name=endpoint.name,
+            endpoint_type=endpoint.endpoint_type,
+            provider_name=endpoint.provider,
+            model_name=endpoint.model_name,
+            provider=provider,
+            limit=limit,
+            limit_info=limit_info,
             streaming=endpoint.endpoint_type in provider_cls.streaming_types,
         )
         table.order.append(endpoint.name)
     for route in TrafficRoute.objects.filter(enabled=True).prefetch_related("destinations__endpoint"):
-        destinations = [(d.endpoint.name, d.traffic_percentage) for d in route.destinations.all()
-                        if d.endpoint.name in table.endpoints and d.traffic_percentage > 0]
+        destinations = [
+            (d.endpoint.name, d.traffic_percentage)
+            for d in route.destinations.all()
+            if d.endpoint.name in table.endpoints and d.traffic_percentage > 0
+        ]
         if not destinations:
             continue
         cumulative: list[float] = []
@@ -126,8 +145,9 @@ def build_table() -> EndpointTable:
         for _, pct in destinations:
             total += pct
             cumulative.append(total)
-        table.routes[route.name] = LiveRoute(route.name, route.task_type, tuple(n for n, _ in destinations),
-                                             tuple(cumulative))
+        table.routes[route.name] = LiveRoute(
+            route.name, route.task_type, tuple(n for n, _ in destinations), tuple(cumulative)
+        )
     return table
 
 

@@ -4,6 +4,7 @@ They are pydantic models, as MLflow's are, so validation errors have exactly the
 (FastAPI) clients know (422 `{"detail": [{"type", "loc", "msg", "input", "ctx"}]}`), and
 drf-spectacular renders them in the OpenAPI document. Unknown request fields are kept and forwarded.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -249,10 +250,14 @@ class EmbeddingsResponse(_Closed):
 
 
 REQUEST_MODELS: dict[str, type[BaseModel]] = {
-    CHAT: ChatRequest, COMPLETIONS: CompletionsRequest, EMBEDDINGS: EmbeddingsRequest,
+    CHAT: ChatRequest,
+    COMPLETIONS: CompletionsRequest,
+    EMBEDDINGS: EmbeddingsRequest,
 }
 RESPONSE_MODELS: dict[str, type[BaseModel]] = {
-    CHAT: ChatResponse, COMPLETIONS: CompletionsResponse, EMBEDDINGS: EmbeddingsResponse,
+    CHAT: ChatResponse,
+    COMPLETIONS: CompletionsResponse,
+    EMBEDDINGS: EmbeddingsResponse,
 }
 
 
@@ -263,10 +268,16 @@ def validate_request(endpoint_type: str, body: Any, *, allow_model: bool) -> dic
     on the MLflow routes (the endpoint already defines it).
     """
     if not isinstance(body, dict):
-        raise RequestValidationError([{
-            "type": "model_attributes_type", "loc": ["body"],
-            "msg": "Input should be a valid dictionary or object to extract fields from", "input": body,
-        }])
+        raise RequestValidationError(
+            [
+                {
+                    "type": "model_attributes_type",
+                    "loc": ["body"],
+                    "msg": "Input should be a valid dictionary or object to extract fields from",
+                    "input": body,
+                }
+            ]
+        )
     try:
         request = REQUEST_MODELS[endpoint_type].model_validate(body)
     except ValidationError as exc:
@@ -284,10 +295,15 @@ def validate_request(endpoint_type: str, body: Any, *, allow_model: bool) -> dic
 def _fastapi_errors(exc: ValidationError) -> list[dict[str, Any]]:
     errors = []
     for error in exc.errors(include_url=False):
-        item: dict[str, Any] = {"type": error["type"], "loc": ["body", *error["loc"]], "msg": error["msg"],
-                                "input": error.get("input")}
+        item: dict[str, Any] = {
+            "type": error["type"],
+            "loc": ["body", *error["loc"]],
+            "msg": error["msg"],
+            "input": error.get("input"),
+        }
         if error.get("ctx"):
-            item["ctx"] = {k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
-                           for k, v in error["ctx"].items()}
+            item["ctx"] = {
+                k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v) for k, v in error["ctx"].items()
+            }
         errors.append(item)
     return errors

@@ -2,6 +2,7 @@
 
 The invocation schemas (chat, completions, embeddings) are the pydantic models in schemas.py.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -77,7 +78,7 @@ class ModelObjectSerializer(serializers.Serializer):
 
 class ModelListSerializer(serializers.Serializer):
     object = serializers.CharField()
-    data = ModelObjectSerializer(many=True)
+    data = ModelObjectSerializer(many=True)  # type: ignore[assignment]  # OpenAI's key, not Serializer.data
 
 
 class DetailSerializer(serializers.Serializer):

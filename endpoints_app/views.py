@@ -5,6 +5,7 @@ purpose: they are the hot path (see bench/README.md), they parse with orjson, va
 pydantic wire schemas, call runtime, and render JSON or SSE. Their OpenAPI entries come from the
 same schemas (endpoints_app.openapi).
 """
+
 from __future__ import annotations
 
 import base64
@@ -16,7 +17,7 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
@@ -45,7 +46,9 @@ class GatewayAPIView(APIView):
 
 
 class HealthView(GatewayAPIView):
-    @extend_schema(responses=serializers.HealthSerializer, summary="Liveness, and the config version served")
+    @extend_schema(
+        operation_id="health", responses=serializers.HealthSerializer, summary="Liveness, and the config version served"
+    )
     def get(self, request: Request) -> Response:
         try:
             runtime.current_table()
@@ -55,10 +58,19 @@ class HealthView(GatewayAPIView):
         return Response({"status": "OK", "config_version": runtime.served_version(), "pid": os.getpid()})
 
 
-def root_redirect(request: HttpRequest) -> HttpResponse:
-    response = HttpResponseRedirect("/docs")
-    response.status_code = 307
+def _temporary_redirect(location: str) -> HttpResponse:
+    response = HttpResponseRedirect(location)
+    response.status_code = 307  # as MLflow (FastAPI) answers
     return response
+
+
+def root_redirect(request: HttpRequest) -> HttpResponse:
+    return _temporary_redirect("/docs")
+
+
+def endpoint_list_redirect(request: HttpRequest) -> HttpResponse:
+    query = request.META.get("QUERY_STRING", "")
+    return _temporary_redirect("/api/2.0/endpoints/" + (f"?{query}" if query else ""))
 
 
 def _page_size() -> int:
@@ -73,11 +85,13 @@ def _decode_page_token(token: str | None) -> int:
         data = orjson.loads(base64.b64decode(token.encode(), validate=True))
         index = data["index"]
     except (binascii.Error, ValueError, orjson.JSONDecodeError, KeyError, TypeError):
-        raise GatewayError("Invalid page_token: it is not a token this server issued.", status=400,
-                           code="invalid_page_token") from None
+        raise GatewayError(
+            "Invalid page_token: it is not a token this server issued.", status=400, code="invalid_page_token"
+        ) from None
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise GatewayError("Invalid page_token: the index must be a non-negative integer.", status=400,
-                           code="invalid_page_token")
+        raise GatewayError(
+            "Invalid page_token: the index must be a non-negative integer.", status=400, code="invalid_page_token"
+        )
     return index
 
 
@@ -95,8 +109,12 @@ PAGE_TOKEN = OpenApiParameter("page_token", str, description="Token from the pre
 
 
 class EndpointListView(GatewayAPIView):
-    @extend_schema(parameters=[PAGE_TOKEN], responses=serializers.EndpointListSerializer,
-                   summary="List endpoints (MLflow list_endpoints)")
+    @extend_schema(
+        operation_id="list_endpoints",
+        parameters=[PAGE_TOKEN],
+        responses=serializers.EndpointListSerializer,
+        summary="List endpoints (MLflow list_endpoints)",
+    )
     def get(self, request: Request) -> Response:
         table = runtime.current_table()
         page, token = _paginate(request, [table.endpoints[name] for name in table.order])
@@ -104,8 +122,11 @@ class EndpointListView(GatewayAPIView):
 
 
 class EndpointDetailView(GatewayAPIView):
-    @extend_schema(responses={200: serializers.EndpointSerializer, 404: serializers.DetailSerializer},
-                   summary="Get one endpoint (MLflow get_endpoint)")
+    @extend_schema(
+        operation_id="get_endpoint",
+        responses={200: serializers.EndpointSerializer, 404: serializers.DetailSerializer},
+        summary="Get one endpoint (MLflow get_endpoint)",
+    )
     def get(self, request: Request, name: str) -> Response:
         endpoint = runtime.current_table().endpoints.get(name)
         if endpoint is None:
@@ -116,8 +137,12 @@ class EndpointDetailView(GatewayAPIView):
 
 
 class LegacyRouteListView(GatewayAPIView):
-    @extend_schema(parameters=[PAGE_TOKEN], responses=serializers.LegacyRouteListSerializer,
-                   summary="List endpoints as MLflow 2.x routes (legacy)")
+    @extend_schema(
+        operation_id="list_legacy_routes",
+        parameters=[PAGE_TOKEN],
+        responses=serializers.LegacyRouteListSerializer,
+        summary="List endpoints as MLflow 2.x routes (legacy)",
+    )
     def get(self, request: Request) -> Response:
         table = runtime.current_table()
         page, token = _paginate(request, [table.endpoints[name] for name in table.order])
@@ -125,8 +150,11 @@ class LegacyRouteListView(GatewayAPIView):
 
 
 class LegacyRouteDetailView(GatewayAPIView):
-    @extend_schema(responses={200: serializers.LegacyRouteSerializer, 404: serializers.DetailSerializer},
-                   summary="Get one endpoint as an MLflow 2.x route (legacy)")
+    @extend_schema(
+        operation_id="get_legacy_route",
+        responses={200: serializers.LegacyRouteSerializer, 404: serializers.DetailSerializer},
+        summary="Get one endpoint as an MLflow 2.x route (legacy)",
+    )
     def get(self, request: Request, name: str) -> Response:
         endpoint = runtime.current_table().endpoints.get(name)
         if endpoint is None:
@@ -137,8 +165,11 @@ class LegacyRouteDetailView(GatewayAPIView):
 
 
 class TrafficRouteDetailView(GatewayAPIView):
-    @extend_schema(responses={200: serializers.TrafficRouteSerializer, 404: serializers.DetailSerializer},
-                   summary="Get a traffic route (MLflow 3.x)")
+    @extend_schema(
+        operation_id="get_traffic_route",
+        responses={200: serializers.TrafficRouteSerializer, 404: serializers.DetailSerializer},
+        summary="Get a traffic route (MLflow 3.x)",
+    )
     def get(self, request: Request, name: str) -> Response:
         route = runtime.current_table().routes.get(name)
         if route is None:
@@ -150,31 +181,48 @@ class TrafficRouteDetailView(GatewayAPIView):
         for dest, cumulative in zip(route.destinations, route.cumulative, strict=True):
             destinations.append({"name": dest, "traffic_percentage": int(cumulative - previous)})
             previous = cumulative
-        return Response({"name": route.name, "task_type": route.task_type, "destinations": destinations,
-                         "routing_strategy": "TRAFFIC_SPLIT"})
+        return Response(
+            {
+                "name": route.name,
+                "task_type": route.task_type,
+                "destinations": destinations,
+                "routing_strategy": "TRAFFIC_SPLIT",
+            }
+        )
 
 
+@extend_schema(exclude=True)
 class LimitsView(GatewayAPIView):
-    """MLflow's limits API is declared but not available (501); we keep that contract."""
+    """MLflow's limits API is declared but not available (501); we keep that contract (hidden)."""
 
-    @extend_schema(responses={501: serializers.DetailSerializer}, summary="Not available (as in MLflow)")
     def get(self, request: Request, name: str | None = None) -> Response:
         raise NotSupported("The get_limits API is not available yet.")
 
-    @extend_schema(request=None, responses={501: serializers.DetailSerializer}, summary="Not available (as in MLflow)")
     def post(self, request: Request, name: str | None = None) -> Response:
         raise NotSupported("The set_limits API is not available yet.")
 
 
+@extend_schema(exclude=True)
+class EndpointDetailAliasView(EndpointDetailView):
+    """MLflow 3.x's hidden alias /api/3.0/gateway/endpoint/<name>."""
+
+
 class ModelListView(GatewayAPIView):
-    @extend_schema(responses=serializers.ModelListSerializer, summary="OpenAI-style list of endpoints and routes")
+    @extend_schema(
+        operation_id="list_models",
+        responses=serializers.ModelListSerializer,
+        summary="OpenAI-style list of endpoints and routes",
+    )
     def get(self, request: Request) -> Response:
         table = runtime.current_table()
         created = now()
-        data = [{"id": name, "object": "model", "created": created, "owned_by": table.endpoints[name].provider_name}
-                for name in table.order]
-        data += [{"id": name, "object": "model", "created": created, "owned_by": "traffic-route"}
-                 for name in table.routes]
+        data = [
+            {"id": name, "object": "model", "created": created, "owned_by": table.endpoints[name].provider_name}
+            for name in table.order
+        ]
+        data += [
+            {"id": name, "object": "model", "created": created, "owned_by": "traffic-route"} for name in table.routes
+        ]
         return Response({"object": "list", "data": data})
 
 
@@ -185,18 +233,30 @@ def read_json_body(request: HttpRequest) -> Any:
         raise RequestValidationError([{"type": "missing", "loc": ["body"], "msg": "Field required", "input": None}])
     content_type = request.content_type or ""
     if content_type != "application/json" and not content_type.endswith("+json"):
-        raise RequestValidationError([{
-            "type": "model_attributes_type", "loc": ["body"],
-            "msg": "Input should be a valid dictionary or object to extract fields from",
-            "input": body.decode("utf-8", "replace"),
-        }])
+        raise RequestValidationError(
+            [
+                {
+                    "type": "model_attributes_type",
+                    "loc": ["body"],
+                    "msg": "Input should be a valid dictionary or object to extract fields from",
+                    "input": body.decode("utf-8", "replace"),
+                }
+            ]
+        )
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise RequestValidationError([{
-            "type": "json_invalid", "loc": ["body", exc.pos], "msg": "JSON decode error", "input": {},
-            "ctx": {"error": exc.msg},
-        }]) from None
+        raise RequestValidationError(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ["body", exc.pos],
+                    "msg": "JSON decode error",
+                    "input": {},
+                    "ctx": {"error": exc.msg},
+                }
+            ]
+        ) from None
 
 
 def _rate_headers(rate: RateState | None) -> dict[str, str] | None:
@@ -204,8 +264,13 @@ def _rate_headers(rate: RateState | None) -> dict[str, str] | None:
 
 
 def _error_event(error: GatewayError) -> bytes:
-    return b"data: " + dumps({"error": {"message": error.message, "type": error.openai_type,
-                                        "code": error.code, "status": error.status}}) + b"\n\n"
+    return (
+        b"data: "
+        + dumps(
+            {"error": {"message": error.message, "type": error.openai_type, "code": error.code, "status": error.status}}
+        )
+        + b"\n\n"
+    )
 
 
 def sse_response(chunks: Iterator[dict[str, Any]], rate: RateState | None) -> StreamingHttpResponse:
@@ -237,7 +302,7 @@ def sse_response(chunks: Iterator[dict[str, Any]], rate: RateState | None) -> St
     return response
 
 
-def _invoke(name: str, endpoint_type: str, payload: dict[str, Any]) -> HttpResponse:
+def _invoke(name: str, endpoint_type: str, payload: dict[str, Any]) -> HttpResponseBase:
     stream = endpoint_type != EMBEDDINGS and bool(payload.pop("stream", False))
     invocation = runtime.prepare(name)
     result = runtime.call(invocation, payload, stream=stream)
@@ -253,7 +318,7 @@ def _method_not_allowed(render: Callable[[GatewayError], HttpResponse]) -> HttpR
 
 
 @csrf_exempt
-def endpoint_invocations(request: HttpRequest, name: str) -> HttpResponse:
+def endpoint_invocations(request: HttpRequest, name: str) -> HttpResponseBase:
     """POST /endpoints/<name>/invocations (and /gateway/<name>/invocations): MLflow's route."""
     if request.method != "POST":
         return _method_not_allowed(mlflow_error)
@@ -267,21 +332,26 @@ def endpoint_invocations(request: HttpRequest, name: str) -> HttpResponse:
         return mlflow_error(error)
 
 
-def _openai_view(expected_type: str) -> Callable[[HttpRequest], HttpResponse]:
+def _openai_view(expected_type: str) -> Callable[[HttpRequest], HttpResponseBase]:
     @csrf_exempt
-    def view(request: HttpRequest) -> HttpResponse:
+    def view(request: HttpRequest) -> HttpResponseBase:
         if request.method != "POST":
             return _method_not_allowed(openai_error)
         try:
             body = read_json_body(request)
             model = body.get("model") if isinstance(body, dict) else None
             if not isinstance(model, str) or not model:
-                raise GatewayError("You must provide a model parameter (the endpoint name).", status=400,
-                                   code="missing_model", param="model")
+                raise GatewayError(
+                    "You must provide a model parameter (the endpoint name).",
+                    status=400,
+                    code="missing_model",
+                    param="model",
+                )
             actual = runtime.current_table().type_of(model)
             if actual is None:
-                raise EndpointNotFound(f"The model '{model}' does not exist: no endpoint or route has that name.",
-                                       param="model")
+                raise EndpointNotFound(
+                    f"The model '{model}' does not exist: no endpoint or route has that name.", param="model"
+                )
             if actual != expected_type:
                 raise runtime.wrong_type(model, expected_type)
             payload = validate_request(expected_type, body, allow_model=True)

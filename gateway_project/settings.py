@@ -4,6 +4,7 @@ With no environment at all the gateway runs on SQLite and an in-process cache (t
 default). Production sets DATABASE_URL (PostgreSQL), REDIS_URL (shared cache, rate limits and
 config propagation), SECRET_KEY, ALLOWED_HOSTS and DEBUG=false.
 """
+
 from __future__ import annotations
 
 import os
@@ -185,6 +186,13 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": False,
+    # 3.1 speaks JSON Schema 2020-12, the dialect pydantic writes (nullable as type null).
+    "OAS_VERSION": "3.1.0",
+    "ENUM_NAME_OVERRIDES": {"EndpointTypeEnum": "providers.shapes.ENDPOINT_TYPES"},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "endpoints_app.openapi.add_invocation_paths",
+    ],
 }
 
 # Secrets typed as literal keys in YAML or the admin are encrypted at rest with Fernet. The key

@@ -1,9 +1,9 @@
 """Routes: MLflow's (§3.1), OpenAI's /v1, the docs and the admin."""
+
 from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import path, re_path
-from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from endpoints_app import views
@@ -22,12 +22,12 @@ urlpatterns = [
     path("docs", SpectacularSwaggerView.as_view(url_name="openapi"), name="docs"),
     path("redoc", SpectacularRedocView.as_view(url_name="openapi"), name="redoc"),
     # MLflow deployments API
-    path("api/2.0/endpoints", RedirectView.as_view(url="/api/2.0/endpoints/", permanent=False, query_string=True)),
+    path("api/2.0/endpoints", views.endpoint_list_redirect),
     path("api/2.0/endpoints/", views.EndpointListView.as_view(), name="endpoint-list"),
     re_path(r"^api/2\.0/endpoints/limits/?$", views.LimitsView.as_view()),
     re_path(rf"^api/2\.0/endpoints/limits/{NAME}$", views.LimitsView.as_view()),
     re_path(rf"^api/2\.0/endpoints/{NAME}$", views.EndpointDetailView.as_view(), name="endpoint-detail"),
-    re_path(rf"^api/3\.0/gateway/endpoint/{NAME}$", views.EndpointDetailView.as_view()),
+    re_path(rf"^api/3\.0/gateway/endpoint/{NAME}$", views.EndpointDetailAliasView.as_view()),
     re_path(rf"^api/3\.0/gateway/route/{NAME}$", views.TrafficRouteDetailView.as_view()),
     path("api/2.0/gateway/routes/", views.LegacyRouteListView.as_view()),
     re_path(r"^api/2\.0/gateway/limits/?$", views.LimitsView.as_view()),

@@ -1,4 +1,5 @@
 """WSGI entry point (granian, gunicorn or any WSGI server)."""
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ fixed-size vectors derived from a hash of each input, and streams come in severa
 optional latency (config `latency_ms`, and `chunk_delay_ms` between stream chunks) imitates a real
 upstream.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,7 +48,7 @@ def echo_text(payload: dict[str, Any]) -> str:
 
 def split_text(text: str, parts: int) -> list[str]:
     size = max(1, -(-len(text) // parts))
-    return [text[i:i + size] for i in range(0, len(text), size)] or [""]
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
 
 
 def vector_for(text: str, dimensions: int) -> list[float]:
@@ -88,9 +89,11 @@ class MockProvider(BaseProvider):
         self._sleep("latency_ms")
         text = echo_text(payload)
         return shapes.chat_response(
-            id=f"chatcmpl-mock-{uuid.uuid4().hex[:12]}", model=self.model_name,
+            id=f"chatcmpl-mock-{uuid.uuid4().hex[:12]}",
+            model=self.model_name,
             choices=[shapes.chat_choice(0, shapes.message(text), "stop")],
-            usage=shapes.usage(self._prompt_tokens(payload), _count_tokens(text)), provider=self.provider_name,
+            usage=shapes.usage(self._prompt_tokens(payload), _count_tokens(text)),
+            provider=self.provider_name,
         )
 
     def chat_stream(self, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -106,10 +109,16 @@ class MockProvider(BaseProvider):
             if index:
                 self._sleep("chunk_delay_ms")
             role = "assistant" if index == 0 else None
-            yield shapes.chat_chunk(id=chunk_id, model=self.model_name, provider=self.provider_name,
-                                    choices=[shapes.chunk_choice(0, shapes.delta(role=role, content=piece))])
+            yield shapes.chat_chunk(
+                id=chunk_id,
+                model=self.model_name,
+                provider=self.provider_name,
+                choices=[shapes.chunk_choice(0, shapes.delta(role=role, content=piece))],
+            )
         yield shapes.chat_chunk(
-            id=chunk_id, model=self.model_name, provider=self.provider_name,
+            id=chunk_id,
+            model=self.model_name,
+            provider=self.provider_name,
             choices=[shapes.chunk_choice(0, shapes.delta(), "stop")],
             usage=shapes.usage(self._prompt_tokens(payload), _count_tokens(text)),
         )
@@ -119,7 +128,8 @@ class MockProvider(BaseProvider):
         n = int(payload.get("n") or 1)
         text = echo_text(payload)
         return shapes.completions_response(
-            id=f"cmpl-mock-{uuid.uuid4().hex[:12]}", model=self.model_name,
+            id=f"cmpl-mock-{uuid.uuid4().hex[:12]}",
+            model=self.model_name,
             choices=[shapes.text_choice(i, text, "stop") for i in range(n)],
             usage=shapes.usage(self._prompt_tokens(payload), n * _count_tokens(text)),
         )
@@ -136,11 +146,15 @@ class MockProvider(BaseProvider):
         for index, piece in enumerate(pieces):
             if index:
                 self._sleep("chunk_delay_ms")
-            yield shapes.completions_chunk(id=chunk_id, model=self.model_name,
-                                           choices=[shapes.text_choice(0, piece, None)])
-        yield shapes.completions_chunk(id=chunk_id, model=self.model_name,
-                                       choices=[shapes.text_choice(0, "", "stop")],
-                                       usage=shapes.usage(self._prompt_tokens(payload), _count_tokens(text)))
+            yield shapes.completions_chunk(
+                id=chunk_id, model=self.model_name, choices=[shapes.text_choice(0, piece, None)]
+            )
+        yield shapes.completions_chunk(
+            id=chunk_id,
+            model=self.model_name,
+            choices=[shapes.text_choice(0, "", "stop")],
+            usage=shapes.usage(self._prompt_tokens(payload), _count_tokens(text)),
+        )
 
     def embeddings(self, payload: dict[str, Any]) -> dict[str, Any]:
         self._sleep("latency_ms")
@@ -149,5 +163,6 @@ class MockProvider(BaseProvider):
         dimensions = int(self.config["dimensions"])
         vectors = [vector_for(str(item), dimensions) for item in inputs]
         tokens = sum(_count_tokens(str(item)) for item in inputs)
-        return shapes.embeddings_response(vectors=vectors, model=self.model_name,
-                                          usage={"prompt_tokens": tokens, "total_tokens": tokens})
+        return shapes.embeddings_response(
+            vectors=vectors, model=self.model_name, usage={"prompt_tokens": tokens, "total_tokens": tokens}
+        )

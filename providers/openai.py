@@ -1,4 +1,5 @@
 """OpenAI and Azure OpenAI (`provider: openai`), with every MLflow config key and rule (§2.1)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -30,7 +31,9 @@ class OpenAIConfig(ProviderConfig):
                     "openai_organization",
                     f"'openai_organization' cannot be set when 'openai_api_type' is {api_type!r}",
                 )
-            missing = [k for k in ("openai_api_base", "openai_deployment_name", "openai_api_version") if k not in stored]
+            missing = [
+                k for k in ("openai_api_base", "openai_deployment_name", "openai_api_version") if k not in stored
+            ]
             if missing:
                 raise ConfigValidationError(
                     missing[0],

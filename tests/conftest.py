@@ -1,5 +1,6 @@
 """Shared fixtures: named endpoints built in code, SSE parsing, and the CI rule that services
 (PostgreSQL, Redis, Chromium) must be present under CI instead of being skipped."""
+
 from __future__ import annotations
 
 import os
@@ -41,22 +42,40 @@ MakeEndpoint = Callable[..., Endpoint]
 def make_endpoint(db: None) -> MakeEndpoint:
     """Create an endpoint through the same validator YAML uses. Keyword args mirror the YAML."""
 
-    def make(name: str, endpoint_type: str, provider: str, model_name: str | None = None,
-             config: dict[str, Any] | None = None, limit: dict[str, Any] | None = None,
-             timeouts: dict[str, Any] | None = None, enabled: bool = True) -> Endpoint:
-        raw: dict[str, Any] = {"name": name, "endpoint_type": endpoint_type, "enabled": enabled,
-                               "model": {"provider": provider, "name": model_name, "config": config or {}}}
+    def make(
+        name: str,
+        endpoint_type: str,
+        provider: str,
+        model_name: str | None = None,
+        config: dict[str, Any] | None = None,
+        limit: dict[str, Any] | None = None,
+        timeouts: dict[str, Any] | None = None,
+        enabled: bool = True,
+    ) -> Endpoint:
+        raw: dict[str, Any] = {
+            "name": name,
+            "endpoint_type": endpoint_type,
+            "enabled": enabled,
+            "model": {"provider": provider, "name": model_name, "config": config or {}},
+        }
         if limit is not None:
             raw["limit"] = limit
         if timeouts is not None:
             raw["timeouts"] = timeouts
         spec, _ = validate_endpoint(raw)
         return Endpoint.objects.create(
-            name=spec.name, endpoint_type=spec.endpoint_type, provider=spec.provider, model_name=spec.model_name,
-            config=spec.config, enabled=spec.enabled, source=Source.ADMIN,
+            name=spec.name,
+            endpoint_type=spec.endpoint_type,
+            provider=spec.provider,
+            model_name=spec.model_name,
+            config=spec.config,
+            enabled=spec.enabled,
+            source=Source.ADMIN,
             limit_calls=spec.limit.calls if spec.limit else None,
             limit_renewal_period=spec.limit.renewal_period if spec.limit else "",
-            connect_timeout=spec.timeouts.connect, read_timeout=spec.timeouts.read, max_retries=spec.timeouts.retries,
+            connect_timeout=spec.timeouts.connect,
+            read_timeout=spec.timeouts.read,
+            max_retries=spec.timeouts.retries,
         )
 
     return make
@@ -75,7 +94,7 @@ def parse_sse_text(raw: str) -> list[Any]:
         if not block:
             continue
         assert block.startswith("data: "), block
-        data = block[len("data: "):]
+        data = block[len("data: ") :]
         events.append(data if data == "[DONE]" else orjson.loads(data))
     return events
 

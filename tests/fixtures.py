@@ -1,4 +1,5 @@
 """Recorded vendor payloads from fixtures/providers/<provider>/."""
+
 from __future__ import annotations
 
 import json

@@ -1,0 +1,204 @@
+"""OpenAPI entries for the invocation routes, generated from the pydantic wire schemas.
+
+The invocation views are plain Django views (the hot path), so drf-spectacular cannot see them;
+this postprocessing hook adds their paths with the same request and response models that validate
+the traffic, plus one concrete path per configured endpoint with exactly its type's schemas (as
+MLflow's document lists one POST per endpoint).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from endpoints_app import schemas
+from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
+
+REF = "#/components/schemas/{model}"
+
+_MODELS: list[type[BaseModel]] = [
+    schemas.ChatRequest,
+    schemas.CompletionsRequest,
+    schemas.EmbeddingsRequest,
+    schemas.ChatResponse,
+    schemas.ChatChunk,
+    schemas.CompletionsResponse,
+    schemas.EmbeddingsResponse,
+]
+_TYPE_MODELS = {
+    CHAT: ("ChatRequest", "ChatResponse", "ChatChunk"),
+    COMPLETIONS: ("CompletionsRequest", "CompletionsResponse", None),
+    EMBEDDINGS: ("EmbeddingsRequest", "EmbeddingsResponse", None),
+}
+_ERRORS = {
+    "MLflowError": {
+        "type": "object",
+        "required": ["detail"],
+        "properties": {"detail": {}},
+        "description": "MLflow's error body: a message, or FastAPI's validation list.",
+    },
+    "RateLimitError": {
+        "type": "object",
+        "properties": {"error": {"type": "string"}},
+        "example": {"error": "Rate limit exceeded: 2 per 1 minute"},
+    },
+    "OpenAIError": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": {"type": "string", "nullable": True},
+                    "code": {"type": "string", "nullable": True},
+                },
+            }
+        },
+    },
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF.format(model=name)}
+
+
+def _components() -> dict[str, Any]:
+    out: dict[str, Any] = dict(_ERRORS)
+    for model in _MODELS:
+        schema = model.model_json_schema(
+            ref_template=REF,
+            mode="serialization" if "Response" in model.__name__ or "Chunk" in model.__name__ else "validation",
+        )
+        for name, sub in schema.pop("$defs", {}).items():
+            out.setdefault(name, sub)
+        out[model.__name__] = schema
+    return out
+
+
+def _responses(endpoint_type: str | None, error_schema: str) -> dict[str, Any]:
+    error = {"application/json": {"schema": _ref(error_schema)}}
+    if endpoint_type is None:
+        ok_schema: dict[str, Any] = {
+            "oneOf": [_ref(n) for n in ("ChatResponse", "CompletionsResponse", "EmbeddingsResponse")]
+        }
+        stream_schema: dict[str, Any] | None = _ref("ChatChunk")
+    else:
+        _, response, chunk = _TYPE_MODELS[endpoint_type]
+        ok_schema = _ref(response)
+        stream_schema = _ref(chunk) if chunk else ({"type": "string"} if endpoint_type == COMPLETIONS else None)
+    content: dict[str, Any] = {"application/json": {"schema": ok_schema}}
+    if stream_schema is not None:
+        content["text/event-stream"] = {
+            "schema": {
+                "type": "string",
+                "description": 'With "stream": true: `data: {chunk}` events, then `data: [DONE]`.',
+            }
+        }
+    return {
+        "200": {"description": "The provider's answer in the gateway's shape", "content": content},
+        "400": {"description": "Bad request (wrong endpoint type on /v1, malformed page token)", "content": error},
+        "404": {"description": "No such endpoint or route", "content": error},
+        "422": {"description": "The body does not fit the endpoint type's schema", "content": error},
+        "429": {
+            "description": "Rate limit exceeded (Retry-After and X-RateLimit-* headers)",
+            "content": {
+                "application/json": {
+                    "schema": _ref("RateLimitError" if error_schema == "MLflowError" else error_schema)
+                }
+            },
+        },
+        "501": {"description": "The provider does not offer this operation", "content": error},
+        "502": {"description": "The upstream is unreachable or answered something unusable", "content": error},
+        "504": {"description": "The upstream timed out", "content": error},
+    }
+
+
+def _request_body(endpoint_type: str | None) -> dict[str, Any]:
+    if endpoint_type is None:
+        schema: dict[str, Any] = {
+            "oneOf": [_ref(n) for n in ("ChatRequest", "CompletionsRequest", "EmbeddingsRequest")]
+        }
+    else:
+        schema = _ref(_TYPE_MODELS[endpoint_type][0])
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _operation(
+    operation_id: str,
+    summary: str,
+    tag: str,
+    endpoint_type: str | None,
+    error_schema: str,
+    parameters: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "operationId": operation_id,
+        "summary": summary,
+        "tags": [tag],
+        "requestBody": _request_body(endpoint_type),
+        "responses": _responses(endpoint_type, error_schema),
+    }
+    if parameters:
+        op["parameters"] = parameters
+    return op
+
+
+def add_invocation_paths(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook."""
+    result.setdefault("components", {}).setdefault("schemas", {}).update(_components())
+    paths = result.setdefault("paths", {})
+    name_param = [
+        {
+            "name": "name",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": "Endpoint or traffic route name",
+        }
+    ]
+    paths["/endpoints/{name}/invocations"] = {
+        "post": _operation(
+            "invoke_endpoint",
+            "Invoke an endpoint or traffic route (MLflow predict)",
+            "invocations",
+            None,
+            "MLflowError",
+            name_param,
+        )
+    }
+    for path, endpoint_type, op_id, summary in (
+        ("/v1/chat/completions", CHAT, "openai_chat_completions", "OpenAI-compatible chat (model = endpoint name)"),
+        ("/v1/completions", COMPLETIONS, "openai_completions", "OpenAI-compatible completions"),
+        ("/v1/embeddings", EMBEDDINGS, "openai_embeddings", "OpenAI-compatible embeddings"),
+    ):
+        paths[path] = {"post": _operation(op_id, summary, "openai", endpoint_type, "OpenAIError")}
+    for name, endpoint_type in _configured_endpoints():
+        paths[f"/endpoints/{name}/invocations"] = {
+            "post": _operation(
+                f"invoke_{_identifier(name)}",
+                f"Invoke '{name}' ({endpoint_type})",
+                "endpoints",
+                endpoint_type,
+                "MLflowError",
+            )
+        }
+    return result
+
+
+def _configured_endpoints() -> list[tuple[str, str]]:
+    from endpoints_app import runtime
+
+    try:
+        table = runtime.current_table()
+    except Exception:  # the schema must render even when the database is not ready
+        return []
+    items = [(name, table.endpoints[name].endpoint_type) for name in table.order]
+    items += [(name, route.task_type) for name, route in table.routes.items()]
+    return items
+
+
+def _identifier(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name)
