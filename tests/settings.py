@@ -18,3 +18,6 @@ _worker = os.environ.get("PYTEST_XDIST_WORKER", "")
 if REDIS_URL and _worker.startswith("gw"):  # noqa: F405
     _base = REDIS_URL.rsplit("/", 1)[0] if REDIS_URL.count("/") > 2 else REDIS_URL  # noqa: F405
     CACHES["default"]["LOCATION"] = f"{_base}/{10 + int(_worker[2:])}"  # noqa: F405
+
+# Server threads of live-server tests must not keep connections that block dropping the test database.
+DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
