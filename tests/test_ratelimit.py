@@ -1,0 +1,52 @@
+"""Rate-limit periods and fixed-window counting."""
+
+from __future__ import annotations
+
+import pytest
+
+from endpoints_app.limits import describe, parse_period, period_seconds
+from endpoints_app.ratelimit import RateLimit, hit
+from providers.errors import RateLimited
+
+
+@pytest.mark.parametrize(
+    ("text", "expected_seconds", "expected_words"),
+    [
+        ("second", 1, "1 second"),
+        ("minute", 60, "1 minute"),
+        ("minutes", 60, "1 minute"),
+        ("5 minutes", 300, "5 minute"),
+        ("Hour", 3600, "1 hour"),
+        ("2 days", 172800, "2 day"),
+        ("month", 30 * 86400, "1 month"),
+        ("year", 360 * 86400, "1 year"),
+    ],
+)
+def test_it_reads_mlflow_periods(text: str, expected_seconds: int, expected_words: str) -> None:
+    assert period_seconds(text) == expected_seconds
+    assert describe(7, text) == f"7 per {expected_words}"
+
+
+@pytest.mark.parametrize("text", ["", "fortnight", "0 minutes", "-1 minute", "minute 5", "5minutes", None, 60])
+def test_it_refuses_other_periods(text: object) -> None:
+    with pytest.raises(ValueError, match="renewal_period"):
+        parse_period(text)
+
+
+def test_it_counts_calls_in_a_window_and_then_refuses_with_retry_after() -> None:
+    limit = RateLimit(calls=2, period_seconds=3600, description="2 per 1 hour")
+    first = hit("unit-endpoint", limit)
+    assert (first.limit, first.remaining) == (2, 1)
+    assert 0 < first.reset_seconds <= 3600
+    assert hit("unit-endpoint", limit).remaining == 0
+    with pytest.raises(RateLimited) as raised:
+        hit("unit-endpoint", limit)
+    assert raised.value.message == "Rate limit exceeded: 2 per 1 hour"
+    assert raised.value.retry_after is not None and 0 < raised.value.retry_after <= 3600
+    assert raised.value.headers["X-RateLimit-Remaining"] == "0"
+
+
+def test_counters_are_per_endpoint() -> None:
+    limit = RateLimit(calls=1, period_seconds=60, description="1 per 1 minute")
+    hit("endpoint-a", limit)
+    assert hit("endpoint-b", limit).remaining == 0
