@@ -1,16 +1,20 @@
 """Per-endpoint rate limits, shared by every route family, worker and instance.
 
-Fixed windows counted with atomic increments in the shared cache (Redis when REDIS_URL is set; the
-in-process cache only for the single-process default). The window starts on multiples of the
-period, so every process agrees on it without coordination.
+Fixed windows counted with atomic increments: in Redis when REDIS_URL is set (one round trip:
+INCR and EXPIRE NX in a pipeline), otherwise in the in-process cache, which is right only for a
+single process (the embedded default). The window starts on multiples of the period, so every
+process agrees on it without coordination.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
+from django.conf import settings
 from django.core.cache import cache
 
 from providers.errors import RateLimited
@@ -37,6 +41,56 @@ class RateState:
         }
 
 
+class _RedisCounter:
+    def __init__(self, url: str, prefix: str) -> None:
+        import redis
+
+        self._client = redis.Redis.from_url(url)
+        self._prefix = prefix
+
+    def incr(self, key: str, ttl: int) -> int:
+        pipe = self._client.pipeline(transaction=False)
+        pipe.incr(f"{self._prefix}:{key}")
+        pipe.expire(f"{self._prefix}:{key}", ttl, nx=True)
+        count, _ = pipe.execute()
+        return int(count)
+
+
+class _CacheCounter:
+    def incr(self, key: str, ttl: int) -> int:
+        if cache.add(key, 1, timeout=ttl):
+            return 1
+        try:
+            return int(cache.incr(key))
+        except ValueError:  # expired between add and incr
+            cache.add(key, 1, timeout=ttl)
+            return 1
+
+
+_counter: Any = None
+_counter_lock = threading.Lock()
+
+
+def _get_counter() -> Any:
+    global _counter
+    if _counter is None:
+        with _counter_lock:
+            if _counter is None:
+                location = settings.CACHES["default"]["LOCATION"]
+                if settings.CACHES["default"]["BACKEND"].endswith("RedisCache"):
+                    prefix = settings.CACHES["default"].get("KEY_PREFIX", "gateway")
+                    _counter = _RedisCounter(location, prefix)
+                else:
+                    _counter = _CacheCounter()
+    return _counter
+
+
+def reset_counter_backend() -> None:
+    """Forget the counter client (tests that change the cache settings)."""
+    global _counter
+    _counter = None
+
+
 def hit(endpoint_name: str, limit: RateLimit) -> RateState:
     """Count one call; raise RateLimited (429, Retry-After) when over the limit."""
     now = time.time()
@@ -45,14 +99,7 @@ def hit(endpoint_name: str, limit: RateLimit) -> RateState:
     if limit.calls == 0:
         raise _limited(limit, reset)
     key = f"ratelimit:{endpoint_name}:{limit.period_seconds}:{window}"
-    if cache.add(key, 1, timeout=limit.period_seconds + 1):
-        count = 1
-    else:
-        try:
-            count = cache.incr(key)
-        except ValueError:  # expired between add and incr
-            cache.add(key, 1, timeout=limit.period_seconds + 1)
-            count = 1
+    count = _get_counter().incr(key, limit.period_seconds + 1)
     if count > limit.calls:
         raise _limited(limit, reset)
     return RateState(limit=limit.calls, remaining=limit.calls - count, reset_seconds=reset)

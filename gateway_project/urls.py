@@ -16,6 +16,12 @@ handler404 = "endpoints_app.errors.handler404"
 handler500 = "endpoints_app.errors.handler500"
 
 urlpatterns = [
+    # The invocation routes come first: they are the hot path, and URL resolution tries in order.
+    re_path(rf"^endpoints/{NAME}/invocations$", views.endpoint_invocations, name="invocations"),
+    re_path(rf"^gateway/{NAME}/invocations$", views.endpoint_invocations),
+    path("v1/chat/completions", views.openai_chat),
+    path("v1/completions", views.openai_completions),
+    path("v1/embeddings", views.openai_embeddings),
     path("", views.root_redirect),
     path("health", views.HealthView.as_view(), name="health"),
     path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi"),
@@ -33,12 +39,6 @@ urlpatterns = [
     re_path(r"^api/2\.0/gateway/limits/?$", views.LimitsView.as_view()),
     re_path(rf"^api/2\.0/gateway/limits/{NAME}$", views.LimitsView.as_view()),
     re_path(rf"^api/2\.0/gateway/routes/{NAME}$", views.LegacyRouteDetailView.as_view()),
-    re_path(rf"^endpoints/{NAME}/invocations$", views.endpoint_invocations, name="invocations"),
-    re_path(rf"^gateway/{NAME}/invocations$", views.endpoint_invocations),
-    # OpenAI-compatible
-    path("v1/chat/completions", views.openai_chat),
-    path("v1/completions", views.openai_completions),
-    path("v1/embeddings", views.openai_embeddings),
     path("v1/models", views.ModelListView.as_view()),
     path("admin/", admin.site.urls),
 ]
