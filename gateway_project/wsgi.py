@@ -1,4 +1,7 @@
-"""WSGI entry point (granian, gunicorn or any WSGI server)."""
+"""WSGI entry point (granian, gunicorn or any WSGI server).
+
+Invocation POSTs take the fast path (endpoints_app.fastpath); everything else is plain Django.
+"""
 
 from __future__ import annotations
 
@@ -8,4 +11,8 @@ from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
 
-application = get_wsgi_application()
+django_application = get_wsgi_application()
+
+from endpoints_app.fastpath import InvocationFastPath  # noqa: E402  (needs Django set up first)
+
+application = InvocationFastPath(django_application)

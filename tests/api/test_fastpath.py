@@ -1,0 +1,85 @@
+"""The WSGI application the servers run: invocation POSTs take the fast path and answer exactly as
+the Django-routed views do; everything else is plain Django."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from werkzeug.test import Client
+
+from gateway_project.wsgi import application, django_application
+from providers.shapes import CHAT, EMBEDDINGS
+from tests.conftest import parse_sse_text
+
+pytestmark = pytest.mark.django_db
+
+HI = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+def endpoints(make_endpoint: Any) -> None:
+    make_endpoint("chat", CHAT, "mock", "m", limit={"calls": 100, "renewal_period": "minute"})
+    make_endpoint("emb", EMBEDDINGS, "mock", "e", {"dimensions": 3})
+
+
+def _post(app: Any, path: str, body: Any, **kwargs: Any) -> Any:
+    return Client(app).post(
+        path, data=orjson.dumps(body), content_type="application/json", headers={"Host": "127.0.0.1"}, **kwargs
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/endpoints/chat/invocations", {**HI, "temperature": 0.1}),
+        ("/gateway/chat/invocations", {"messages": []}),
+        ("/endpoints/missing/invocations", HI),
+        ("/endpoints/chat/invocations", {**HI, "model": "x"}),
+        ("/v1/chat/completions", {**HI, "model": "emb"}),
+        ("/v1/embeddings", {"model": "emb", "input": ["a", "b"]}),
+        ("/v1/completions", {"model": "nope", "prompt": "x"}),
+    ],
+)
+def test_the_fast_path_answers_like_django(endpoints: None, path: str, body: Any) -> None:
+    fast = _post(application, path, body)
+    routed = _post(django_application, path, body)
+    assert fast.status_code == routed.status_code
+    assert fast.headers["Content-Type"] == routed.headers["Content-Type"]
+    strip = {"id", "created"}
+    fast_body, routed_body = fast.get_json(), routed.get_json()
+    if isinstance(fast_body, dict) and "choices" in fast_body:
+        fast_body = {k: v for k, v in fast_body.items() if k not in strip}
+        routed_body = {k: v for k, v in routed_body.items() if k not in strip}
+    assert fast_body == routed_body
+    assert fast.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_the_fast_path_streams(endpoints: None) -> None:
+    response = _post(application, "/endpoints/chat/invocations", {**HI, "stream": True})
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+    events = parse_sse_text(response.get_data(as_text=True))
+    assert events[-1] == "[DONE]"
+    assert "".join(e["choices"][0]["delta"]["content"] or "" for e in events[:-1]) == "Echo: hi"
+    assert response.headers["X-RateLimit-Limit"] == "100"
+
+
+def test_the_fast_path_checks_the_host_header(endpoints: None) -> None:
+    response = Client(application).post(
+        "/endpoints/chat/invocations",
+        data=orjson.dumps(HI),
+        content_type="application/json",
+        headers={"Host": "evil.example"},
+    )
+    assert response.status_code == 400
+    assert response.get_json() == {"detail": "Bad Request: the Host header is not allowed."}
+
+
+def test_other_requests_go_to_django(endpoints: None) -> None:
+    client = Client(application)
+    assert client.get("/health", headers={"Host": "127.0.0.1"}).get_json()["status"] == "OK"
+    wrong_method = client.get("/endpoints/chat/invocations", headers={"Host": "127.0.0.1"})
+    assert wrong_method.status_code == 405
+    assert wrong_method.get_json() == {"detail": "Method Not Allowed"}
