@@ -69,5 +69,5 @@ class InvocationFastPath:
             response = json_response({"detail": "Internal Server Error"}, 500)
         start_response(f"{response.status_code} {response.reason_phrase}", [*response.items(), *_SECURITY_HEADERS])
         if response.streaming:
-            return response.streaming_content  # type: ignore[attr-defined,no-any-return]
+            return response.streaming_content  # type: ignore[attr-defined]
         return [response.content]  # type: ignore[attr-defined]
