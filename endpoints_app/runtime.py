@@ -236,6 +236,9 @@ def call(invocation: Invocation, payload: dict[str, Any], *, stream: bool) -> An
     """Run the provider operation: a response dict, or an iterator of chunk dicts when streaming."""
     endpoint = invocation.endpoint
     provider = endpoint.provider
+    if stream and not endpoint.streaming:
+        # Declared in the registry: refuse before any upstream call, whatever the provider's code does.
+        raise provider.not_supported(endpoint.endpoint_type, streaming=True)
     if endpoint.endpoint_type == EMBEDDINGS:
         return provider.embeddings(payload)
     if endpoint.endpoint_type == CHAT:

@@ -76,21 +76,22 @@ class BaseProvider:
 
     # -- operations (override what the vendor offers) ----------------------------------------------
     def chat(self, payload: dict[str, Any]) -> dict[str, Any]:
-        raise self._not_supported(CHAT)
+        raise self.not_supported(CHAT)
 
     def chat_stream(self, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        raise self._not_supported(CHAT, streaming=True)
+        raise self.not_supported(CHAT, streaming=True)
 
     def completions(self, payload: dict[str, Any]) -> dict[str, Any]:
-        raise self._not_supported(COMPLETIONS)
+        raise self.not_supported(COMPLETIONS)
 
     def completions_stream(self, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        raise self._not_supported(COMPLETIONS, streaming=True)
+        raise self.not_supported(COMPLETIONS, streaming=True)
 
     def embeddings(self, payload: dict[str, Any]) -> dict[str, Any]:
-        raise self._not_supported(EMBEDDINGS)
+        raise self.not_supported(EMBEDDINGS)
 
-    def _not_supported(self, endpoint_type: str, *, streaming: bool = False) -> NotSupported:
+    def not_supported(self, endpoint_type: str, *, streaming: bool = False) -> NotSupported:
+        """The 501 for an operation this provider does not offer (MLflow's wording)."""
         word = _OPERATION_WORDS[endpoint_type] + (" streaming" if streaming else "")
         return NotSupported(f"The {word} route is not implemented for {self.display_name or self.name} models.")
 
@@ -134,3 +135,21 @@ def require_n_is_one(payload: Mapping[str, Any], display_name: str) -> None:
     n = payload.get("n", 1)
     if n != 1:
         raise InvalidParameter(f"'n' must be '1' for the {display_name} provider. Received value: '{n}'.")
+
+
+def content_text(content: Any) -> str:
+    """The text of a message's content: a string as is, the text parts of a part list joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(part.get("text") or "") for part in content
+                       if isinstance(part, Mapping) and part.get("type") == "text")
+    return ""
+
+
+def parse_base64_data_url(url: str) -> tuple[str, str] | None:
+    """`data:image/png;base64,AAAA` → ("image/png", "AAAA"); None for any other URL."""
+    header, sep, data = url.partition(",")
+    if not sep or not header.startswith("data:") or not header.endswith(";base64"):
+        return None
+    return header[len("data:"):-len(";base64")] or "application/octet-stream", data

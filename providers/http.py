@@ -119,7 +119,7 @@ class Transport:
                 )
             except (ConnectTimeoutError, NewConnectionError) as exc:
                 error: Exception = UpstreamUnavailable(f"The upstream at {_origin(request.url)} is unreachable: {_reason(exc)}")
-                retry_after = None
+                delay = _backoff(attempt, None)
             except ReadTimeoutError:
                 raise UpstreamTimeout(
                     f"The upstream at {_origin(request.url)} did not answer within {timeouts.read:g} s."
@@ -133,12 +133,14 @@ class Transport:
                 retry_after = _retry_after_seconds(response.headers.get("retry-after"))
                 if response.status != 503 and response.status != 502 and retry_after is None:
                     return response  # a 429 without Retry-After is the caller's to handle
+                delay = _backoff(attempt, retry_after)
+                if time.monotonic() + delay >= deadline:
+                    return response  # no time left to retry: pass on the upstream's own answer and Retry-After
                 response.drain_conn()
                 response.release_conn()
                 error = UpstreamError(f"upstream status {response.status}", status=response.status)
             if attempt >= timeouts.retries:
                 raise error
-            delay = _backoff(attempt, retry_after)
             if time.monotonic() + delay >= deadline:
                 raise error
             logger.info("retrying upstream %s after %.2fs (attempt %d): %s", _origin(request.url), delay,
@@ -232,6 +234,20 @@ def iter_lines(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
                 yield line.rstrip(b"\r")
         if buffer:
             yield buffer.rstrip(b"\r")
+    except ReadTimeoutError:
+        raise UpstreamTimeout("The upstream stream went idle for longer than the read timeout.") from None
+    except (ProtocolError, HTTPError) as exc:
+        raise UpstreamUnavailable(f"The upstream stream broke: {_reason(exc)}") from None
+    finally:
+        response.release_conn()
+
+
+def iter_raw(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+    """The body's bytes as they arrive, for binary framings (AWS event streams); errors as in iter_lines."""
+    try:
+        for chunk in response.stream(8192, decode_content=True):
+            if chunk:
+                yield chunk
     except ReadTimeoutError:
         raise UpstreamTimeout("The upstream stream went idle for longer than the read timeout.") from None
     except (ProtocolError, HTTPError) as exc:

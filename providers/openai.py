@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 from providers.config import ConfigField, ConfigValidationError, ProviderConfig
@@ -51,7 +51,7 @@ class OpenAIConfig(ProviderConfig):
 class OpenAIProvider(OpenAICompatibleProvider):
     name = "openai"
     display_name = "OpenAI"
-    config_class = OpenAIConfig
+    config_class: ClassVar[type[ProviderConfig]] = OpenAIConfig
     default_api_base = OPENAI_API_BASE
 
     def base_url(self, config: dict[str, Any]) -> str:

@@ -11,9 +11,31 @@ from providers.base import BaseProvider
 
 # One module per provider, one class per module. Order is the order of the README table.
 PROVIDER_CLASSES: tuple[str, ...] = (
+    # MLflow's providers
     "providers.openai.OpenAIProvider",
-    "providers.mock.MockProvider",
+    "providers.azure.AzureOpenAIProvider",
+    "providers.anthropic.AnthropicProvider",
+    "providers.gemini.GeminiProvider",
+    "providers.bedrock.BedrockProvider",
+    "providers.cohere.CohereProvider",
+    "providers.mistral.MistralProvider",
+    "providers.togetherai.TogetherAIProvider",
+    "providers.huggingface.HuggingFaceTGIProvider",
+    "providers.mlflow_model_serving.MlflowModelServingProvider",
+    "providers.ai21labs.AI21LabsProvider",
+    # The OpenAI-compatible family
     "providers.openai_compatible.OpenAICompatibleProvider",
+    "providers.groq.GroqProvider",
+    "providers.deepseek.DeepSeekProvider",
+    "providers.xai.XAIProvider",
+    "providers.openrouter.OpenRouterProvider",
+    "providers.ollama.OllamaProvider",
+    "providers.databricks.DatabricksProvider",
+    # Built in
+    "providers.mock.MockProvider",
+    # Retired upstream APIs: accepted in YAML, refused at load time with the replacement named
+    "providers.palm.PaLMProvider",
+    "providers.mosaicml.MosaicMLProvider",
 )
 
 
