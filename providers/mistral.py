@@ -8,6 +8,7 @@
   temperature halved, as MLflow does. The response has no id and the configured model name.
 - Embeddings → `embeddings` with the model; the upstream index is kept; `model` is the config name.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -16,7 +17,6 @@ from typing import Any
 from providers import openai_compatible as oa
 from providers.base import content_text
 from providers.config import ConfigField, ProviderConfig
-from providers.http import UpstreamRequest
 from providers.openai_compatible import OpenAICompatibleProvider
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
 
@@ -95,18 +95,9 @@ class MistralProvider(OpenAICompatibleProvider):
     streaming_types = frozenset({CHAT})
     supports_tools = True
     default_api_base = MISTRAL_API_BASE
-
-    def base_url(self, config: dict[str, Any]) -> str:
-        return str(config.get("mistral_api_base") or MISTRAL_API_BASE).rstrip("/")
-
-    def headers(self, config: dict[str, Any]) -> dict[str, str]:
-        return {"Authorization": f"Bearer {config['mistral_api_key']}"}
-
-    def build_request(self, path: str, payload: dict[str, Any], *, stream: bool = False) -> UpstreamRequest:
-        request = super().build_request(path, payload)
-        if stream:
-            request.json["stream"] = True
-        return request
+    api_key_field = "mistral_api_key"
+    api_base_field = "mistral_api_base"
+    ask_stream_usage = False  # the vendor sends usage on its last chunk and rejects stream_options
 
     def chat(self, payload: dict[str, Any]) -> dict[str, Any]:
         return parse_chat(self.post_json(self.build_request("chat/completions", payload)), self.provider_name)

@@ -53,9 +53,8 @@ class OpenAIProvider(OpenAICompatibleProvider):
     display_name = "OpenAI"
     config_class: ClassVar[type[ProviderConfig]] = OpenAIConfig
     default_api_base = OPENAI_API_BASE
-
-    def base_url(self, config: dict[str, Any]) -> str:
-        return str(config.get("openai_api_base") or OPENAI_API_BASE).rstrip("/")
+    api_key_field = "openai_api_key"
+    api_base_field = "openai_api_base"
 
     def url(self, config: dict[str, Any], path: str) -> str:
         version = config.get("openai_api_version")

@@ -5,6 +5,7 @@ Completions and Embeddings APIs (request bodies, responses, SSE chunks). `OpenAI
 sends them; a compatible vendor (Groq, DeepSeek, Ollama, ...) is a subclass that names itself and
 its default base URL.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -21,12 +22,20 @@ from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
 
 
 # -- pure translation -------------------------------------------------------------------------------
-def request_body(payload: dict[str, Any], model: str | None, *, stream: bool = False) -> dict[str, Any]:
-    """Our request → OpenAI's body: the configured model first, every other field as given."""
+def request_body(
+    payload: dict[str, Any], model: str | None, *, stream: bool = False, ask_stream_usage: bool = True
+) -> dict[str, Any]:
+    """Our request → OpenAI's body: the configured model first, every other field as given.
+
+    Streams ask for the final usage chunk (`stream_options.include_usage`) unless the client set it or
+    the vendor rejects the field (`ask_stream_usage=False`).
+    """
     body: dict[str, Any] = {"model": model} if model is not None else {}
     body.update((k, v) for k, v in payload.items() if v is not None and k != "model")
     if stream:
         body["stream"] = True
+        if not ask_stream_usage:
+            return body
         options = body.get("stream_options")
         if not isinstance(options, dict) or "include_usage" not in options:
             body["stream_options"] = {**(options or {}), "include_usage": True}
@@ -46,9 +55,14 @@ def _tool_calls(raw: Any) -> list[dict[str, Any]] | None:
     if not raw:
         return None
     return [
-        {"id": call.get("id"), "type": call.get("type", "function"),
-         "function": {"name": call.get("function", {}).get("name"),
-                      "arguments": call.get("function", {}).get("arguments")}}
+        {
+            "id": call.get("id"),
+            "type": call.get("type", "function"),
+            "function": {
+                "name": call.get("function", {}).get("name"),
+                "arguments": call.get("function", {}).get("arguments"),
+            },
+        }
         for call in raw
     ]
 
@@ -58,14 +72,23 @@ def parse_chat(body: Any, provider: str) -> dict[str, Any]:
         choices = [
             shapes.chat_choice(
                 index,
-                shapes.message(choice["message"].get("content"), role=choice["message"].get("role") or "assistant",
-                               tool_calls=_tool_calls(choice["message"].get("tool_calls"))),
+                shapes.message(
+                    choice["message"].get("content"),
+                    role=choice["message"].get("role") or "assistant",
+                    tool_calls=_tool_calls(choice["message"].get("tool_calls")),
+                ),
                 choice.get("finish_reason"),
             )
             for index, choice in enumerate(body["choices"])
         ]
-        return shapes.chat_response(id=body.get("id"), model=body.get("model"), created=body.get("created"),
-                                    choices=choices, usage=_usage(body.get("usage")), provider=provider)
+        return shapes.chat_response(
+            id=body.get("id"),
+            model=body.get("model"),
+            created=body.get("created"),
+            choices=choices,
+            usage=_usage(body.get("usage")),
+            provider=provider,
+        )
     except (KeyError, TypeError, AttributeError) as exc:
         raise UpstreamBadResponse(f"The upstream chat response is missing {exc}.") from None
 
@@ -76,8 +99,14 @@ def _chunk_tool_calls(raw: Any) -> list[dict[str, Any]] | None:
     out = []
     for call in raw:
         function = call.get("function") or {}
-        out.append({"index": call.get("index", 0), "id": call.get("id"), "type": call.get("type"),
-                    "function": {"name": function.get("name"), "arguments": function.get("arguments")}})
+        out.append(
+            {
+                "index": call.get("index", 0),
+                "id": call.get("id"),
+                "type": call.get("type"),
+                "function": {"name": function.get("name"), "arguments": function.get("arguments")},
+            }
+        )
     return out
 
 
@@ -86,16 +115,24 @@ def parse_chat_chunk(data: Any, provider: str) -> dict[str, Any]:
         choices = [
             shapes.chunk_choice(
                 choice.get("index", index),
-                shapes.delta(role=(choice.get("delta") or {}).get("role"),
-                             content=(choice.get("delta") or {}).get("content"),
-                             tool_calls=_chunk_tool_calls((choice.get("delta") or {}).get("tool_calls"))),
+                shapes.delta(
+                    role=(choice.get("delta") or {}).get("role"),
+                    content=(choice.get("delta") or {}).get("content"),
+                    tool_calls=_chunk_tool_calls((choice.get("delta") or {}).get("tool_calls")),
+                ),
                 choice.get("finish_reason"),
             )
             for index, choice in enumerate(data.get("choices") or [])
         ]
         usage = _usage(data["usage"]) if data.get("usage") else None
-        return shapes.chat_chunk(id=data.get("id"), model=data.get("model"), created=data.get("created"),
-                                 choices=choices, usage=usage, provider=provider)
+        return shapes.chat_chunk(
+            id=data.get("id"),
+            model=data.get("model"),
+            created=data.get("created"),
+            choices=choices,
+            usage=usage,
+            provider=provider,
+        )
     except (TypeError, AttributeError) as exc:
         raise UpstreamBadResponse(f"The upstream sent a chat chunk of an unexpected shape: {exc}") from None
 
@@ -110,8 +147,13 @@ def parse_completions(body: Any) -> dict[str, Any]:
             )
             for index, choice in enumerate(body["choices"])
         ]
-        return shapes.completions_response(id=body.get("id"), model=body.get("model"), created=body.get("created"),
-                                           choices=choices, usage=_usage(body.get("usage")))
+        return shapes.completions_response(
+            id=body.get("id"),
+            model=body.get("model"),
+            created=body.get("created"),
+            choices=choices,
+            usage=_usage(body.get("usage")),
+        )
     except (KeyError, TypeError, AttributeError) as exc:
         raise UpstreamBadResponse(f"The upstream completions response is missing {exc}.") from None
 
@@ -125,8 +167,9 @@ def parse_completions_chunk(data: Any) -> dict[str, Any]:
             text = (choice.get("delta") or {}).get("content")
         choices.append(shapes.text_choice(choice.get("index", index), text or "", choice.get("finish_reason")))
     usage = _usage(data["usage"]) if data.get("usage") else None
-    return shapes.completions_chunk(id=data.get("id"), model=data.get("model"), created=data.get("created"),
-                                    choices=choices, usage=usage)
+    return shapes.completions_chunk(
+        id=data.get("id"), model=data.get("model"), created=data.get("created"), choices=choices, usage=usage
+    )
 
 
 def parse_embeddings(body: Any) -> dict[str, Any]:
@@ -134,7 +177,8 @@ def parse_embeddings(body: Any) -> dict[str, Any]:
         vectors = [item["embedding"] for item in sorted(body["data"], key=lambda item: item.get("index", 0))]
         raw_usage = body.get("usage") or {}
         return shapes.embeddings_response(
-            vectors=vectors, model=body.get("model"),
+            vectors=vectors,
+            model=body.get("model"),
             usage={"prompt_tokens": raw_usage.get("prompt_tokens"), "total_tokens": raw_usage.get("total_tokens")},
         )
     except (KeyError, TypeError, AttributeError) as exc:
@@ -173,21 +217,26 @@ class OpenAICompatibleProvider(BaseProvider):
     streaming_types = frozenset({CHAT, COMPLETIONS})
     supports_tools = True
     default_api_base: ClassVar[str | None] = None
+    #: The config keys holding the key and the base URL (MLflow names them per vendor).
+    api_key_field: ClassVar[str] = "api_key"
+    api_base_field: ClassVar[str] = "api_base"
+    #: False for vendors that reject `stream_options` (they send usage on the last chunk anyway).
+    ask_stream_usage: ClassVar[bool] = True
 
     # -- what differs between compatible vendors ----------------------------------------------
     def base_url(self, config: dict[str, Any]) -> str:
-        base = config.get("api_base") or self.default_api_base
+        base = config.get(self.api_base_field) or self.default_api_base
         if not base:
             from providers.errors import ConfigurationError
 
-            raise ConfigurationError(f"The {self.name} provider needs config.api_base.")
+            raise ConfigurationError(f"The {self.name} provider needs config.{self.api_base_field}.")
         return str(base).rstrip("/")
 
     def url(self, config: dict[str, Any], path: str) -> str:
         return f"{self.base_url(config)}/{path}"
 
     def headers(self, config: dict[str, Any]) -> dict[str, str]:
-        key = config.get("api_key")
+        key = config.get(self.api_key_field)
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def body_model(self, config: dict[str, Any]) -> str | None:
@@ -198,7 +247,7 @@ class OpenAICompatibleProvider(BaseProvider):
         return UpstreamRequest(
             url=self.url(config, path),
             headers=self.headers(config),
-            json=request_body(payload, self.body_model(config), stream=stream),
+            json=request_body(payload, self.body_model(config), stream=stream, ask_stream_usage=self.ask_stream_usage),
         )
 
     # -- operations --------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 Responses name the configured model, as MLflow's do; Together's `eos` finish reason reads `stop`.
 Streams are SSE ending with `[DONE]`; Together sends the usage on the last chunk by itself.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -18,7 +19,6 @@ from providers import openai_compatible as oa
 from providers.base import rename_keys
 from providers.config import ConfigField, ProviderConfig
 from providers.errors import InvalidParameter
-from providers.http import UpstreamRequest
 from providers.openai_compatible import OpenAICompatibleProvider
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
 
@@ -86,8 +86,9 @@ def parse_embeddings(body: Any, model: str | None) -> dict[str, Any]:
 class TogetherAIConfig(ProviderConfig):
     fields = (
         ConfigField("togetherai_api_key", required=True, kind="secret", help="API key ($ENV, file path or literal)"),
-        ConfigField("togetherai_api_base", kind="url", default=TOGETHERAI_API_BASE,
-                    help=f"Defaults to {TOGETHERAI_API_BASE}"),
+        ConfigField(
+            "togetherai_api_base", kind="url", default=TOGETHERAI_API_BASE, help=f"Defaults to {TOGETHERAI_API_BASE}"
+        ),
     )
 
 
@@ -99,18 +100,9 @@ class TogetherAIProvider(OpenAICompatibleProvider):
     streaming_types = frozenset({CHAT, COMPLETIONS})
     supports_tools = True
     default_api_base = TOGETHERAI_API_BASE
-
-    def base_url(self, config: dict[str, Any]) -> str:
-        return str(config.get("togetherai_api_base") or TOGETHERAI_API_BASE).rstrip("/")
-
-    def headers(self, config: dict[str, Any]) -> dict[str, str]:
-        return {"Authorization": f"Bearer {config['togetherai_api_key']}"}
-
-    def build_request(self, path: str, payload: dict[str, Any], *, stream: bool = False) -> UpstreamRequest:
-        request = super().build_request(path, payload)
-        if stream:
-            request.json["stream"] = True
-        return request
+    api_key_field = "togetherai_api_key"
+    api_base_field = "togetherai_api_base"
+    ask_stream_usage = False  # the vendor sends usage on its last chunk and rejects stream_options
 
     def chat(self, payload: dict[str, Any]) -> dict[str, Any]:
         body = self.post_json(self.build_request("chat/completions", sampling_payload(payload)))
