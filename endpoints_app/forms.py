@@ -8,7 +8,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from endpoints_app.models import Endpoint, TrafficRoute
-from endpoints_app.validation import EntryError, validate_endpoint, validate_route
+from endpoints_app.validation import EndpointSpec, EntryError, validate_endpoint, validate_route
 from providers import config as provider_config
 from providers import registry
 
@@ -54,16 +54,20 @@ class EndpointForm(forms.ModelForm):
             except registry.UnknownProvider:
                 shown = {}
             self.initial["config_text"] = yaml.safe_dump(shown, sort_keys=False).strip() if shown else ""
-        self.spec = None
+        self.spec: EndpointSpec | None = None
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         if self.errors:
             return data
         try:
             config = yaml.safe_load(data.get("config_text") or "") or {}
         except yaml.YAMLError as exc:
-            self.add_error("config_text", f"Not valid YAML: {exc}")
+            # Not str(exc): it quotes the offending line, which may hold a key.
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            self.add_error("config_text", f"Not valid YAML{where}: {getattr(exc, 'problem', None) or 'syntax error'}")
             return data
         raw: dict[str, Any] = {
             "name": data.get("name"),
@@ -88,6 +92,11 @@ class EndpointForm(forms.ModelForm):
         if TrafficRoute.objects.filter(name=spec.name).exists():
             self.add_error("name", f"A traffic route is already named {spec.name!r}: names must be unique across "
                            "endpoints and routes.")
+        if self.instance.pk:
+            for route in TrafficRoute.objects.filter(destinations__endpoint=self.instance).exclude(
+                    task_type=spec.endpoint_type).distinct():
+                self.add_error("endpoint_type", f"the traffic route {route.name!r} sends {route.task_type} traffic to "
+                               f"this endpoint, so it cannot become {spec.endpoint_type}; change the route first")
         self.spec = spec
         return data
 
@@ -98,8 +107,11 @@ class EndpointForm(forms.ModelForm):
         endpoint.provider = spec.provider
         endpoint.config = spec.config
         endpoint.model_name = spec.model_name
-        if spec.limit is None:
-            endpoint.limit_calls, endpoint.limit_renewal_period, endpoint.limit_key = None, "", None
+        # What the validator accepted, in the form YAML import stores (e.g. the period trimmed).
+        limit = spec.limit
+        endpoint.limit_calls = limit.calls if limit else None
+        endpoint.limit_renewal_period = limit.renewal_period if limit else ""
+        endpoint.limit_key = limit.key if limit else None
         if commit:
             endpoint.save()
         return endpoint

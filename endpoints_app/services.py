@@ -13,6 +13,7 @@ from endpoints_app.models import ConfigState, Endpoint, Source, TrafficDestinati
 from endpoints_app.validation import (
     ConfigDocument,
     ConfigError,
+    DestinationSpec,
     EndpointSpec,
     Issue,
     RouteSpec,
@@ -42,35 +43,64 @@ class _DryRunRollback(Exception):
     pass
 
 
-def read_config_file(path: str) -> ConfigDocument:
-    """Read and validate a YAML file in full, touching nothing. Raises ConfigError."""
+def read_config_file(path: str, *, prune: bool = False) -> ConfigDocument:
+    """Read and validate a YAML file in full, touching nothing. Raises ConfigError.
+
+    `prune` says whether this load will delete what the file no longer has (it changes which
+    existing endpoints routes may name, and which names are still taken).
+    """
     if not os.path.exists(path):
-        raise ConfigError([Issue("", "", f"{path} does not exist")], path)
+        raise ConfigError([Issue("", "", "the file does not exist")], path)
     if os.path.isdir(path):
-        raise ConfigError([Issue("", "", f"{path} is a directory, not a YAML file")], path)
+        raise ConfigError([Issue("", "", "this is a directory, not a YAML file")], path)
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([Issue("", "", f"cannot be read: {exc}")], path) from None
-    return validate_text(text, path)
+    return validate_text(text, path, prune=prune)
 
 
-def validate_text(text: str, source: str) -> ConfigDocument:
+def validate_text(text: str, source: str, *, prune: bool = False) -> ConfigDocument:
+    """Validate YAML text against the database as it stands (names taken, stored secrets).
+
+    Endpoints and routes already in the database stay, except with `prune` those an earlier load
+    of this same file made: routes may name the endpoints that stay, and their names stay taken.
+    """
     doc = parse_yaml(text, source)
+    source_path = os.path.abspath(source)
     existing = dict(Endpoint.objects.values_list("name", "config"))
-    outside = dict(Endpoint.objects.exclude(source=Source.YAML).values_list("name", "endpoint_type"))
-    return validate_document(doc, source, existing_configs=existing, extra_endpoint_types=outside)
+    staying_endpoints = Endpoint.objects.all()
+    staying_routes = TrafficRoute.objects.all()
+    if prune:
+        staying_endpoints = staying_endpoints.exclude(source=Source.YAML, source_path=source_path)
+        staying_routes = staying_routes.exclude(source=Source.YAML, source_path=source_path)
+    # A name the file defines again is an update of that row, never a collision: a name can be
+    # only one kind within the file, so the validator checks the other kind only.
+    return validate_document(
+        doc, source, existing_configs=existing,
+        extra_endpoint_types=dict(staying_endpoints.values_list("name", "endpoint_type")),
+        existing_routes={route.name: route_spec(route) for route in staying_routes.prefetch_related(
+            "destinations__endpoint")},
+    )
+
+
+def route_spec(route: TrafficRoute) -> RouteSpec:
+    """A stored traffic route as the validator sees one."""
+    return RouteSpec(name=route.name, task_type=route.task_type, routing_strategy=route.routing_strategy,
+                     enabled=route.enabled, destinations=tuple(DestinationSpec(d.endpoint.name, d.traffic_percentage)
+                                                               for d in route.destinations.all()))
 
 
 def import_config(path: str, *, dry_run: bool = False, prune: bool = False) -> ImportReport:
     """Validate `path` in full, then upsert every endpoint and route in one transaction.
 
     With `prune`, endpoints and routes that an earlier load of this same file created, and that the
-    file no longer has, are deleted (those made in the admin or loaded from other files are kept). With `dry_run`, the same work runs and is rolled back. Raises ConfigError;
-    on any error the database is unchanged.
+    file no longer has, are deleted (those made in the admin or loaded from other files are kept).
+    With `dry_run`, the same work runs and is rolled back. Raises ConfigError; on any error the
+    database is unchanged.
     """
-    document = read_config_file(path)
+    document = read_config_file(path, prune=prune)
     return apply_document(document, source_path=os.path.abspath(path), dry_run=dry_run, prune=prune)
 
 
@@ -174,16 +204,19 @@ def _upsert_route(spec: RouteSpec, route: TrafficRoute | None, position: int, so
                   report: ImportReport) -> None:
     wanted = [(d.name, d.traffic_percentage) for d in spec.destinations]
     if route is None:
-        route = TrafficRoute.objects.create(name=spec.name, task_type=spec.task_type, routing_strategy=spec.routing_strategy,
+        route = TrafficRoute.objects.create(name=spec.name, task_type=spec.task_type,
+                                            routing_strategy=spec.routing_strategy, enabled=spec.enabled,
                                             source=Source.YAML, source_path=source_path, position=position)
         report.created.append(spec.name)
     else:
         current = [(d.endpoint.name, d.traffic_percentage) for d in route.destinations.all()]
-        if (route.task_type, route.routing_strategy, route.position, route.source, current) == (
-                spec.task_type, spec.routing_strategy, position, Source.YAML, wanted) and route.source_path == source_path:
+        if (route.task_type, route.routing_strategy, route.enabled, route.position, route.source, current) == (
+                spec.task_type, spec.routing_strategy, spec.enabled, position, Source.YAML, wanted
+        ) and route.source_path == source_path:
             report.unchanged.append(spec.name)
             return
         route.task_type, route.routing_strategy, route.position = spec.task_type, spec.routing_strategy, position
+        route.enabled = spec.enabled
         route.source, route.source_path = Source.YAML, source_path
         route.save()
         route.destinations.all().delete()
@@ -233,13 +266,16 @@ def endpoint_to_yaml(endpoint: Endpoint, *, reveal_secrets: bool = False) -> dic
 
 
 def route_to_yaml(route: TrafficRoute) -> dict[str, Any]:
-    return {
+    entry: dict[str, Any] = {
         "name": route.name,
         "task_type": route.task_type,
         "destinations": [{"name": d.endpoint.name, "traffic_percentage": d.traffic_percentage}
                          for d in route.destinations.all()],
         "routing_strategy": route.routing_strategy,
     }
+    if not route.enabled:
+        entry["enabled"] = False
+    return entry
 
 
 def export_config(*, reveal_secrets: bool = False) -> str:

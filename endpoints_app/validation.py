@@ -6,6 +6,7 @@ anything is written; errors name the file, the entry (index and name) and the fi
 """
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections.abc import Mapping
@@ -85,6 +86,7 @@ class RouteSpec:
     task_type: str
     destinations: tuple[DestinationSpec, ...]
     routing_strategy: str = "TRAFFIC_SPLIT"
+    enabled: bool = True
 
 
 @dataclass
@@ -102,8 +104,10 @@ class _EntryError(Exception):
 
 # -- single definitions (also used by the admin) ---------------------------------------------------
 def validate_name(name: Any) -> str:
-    if not isinstance(name, str) or not name:
+    if name is None or name == "":
         raise _EntryError("name", "a non-empty name is required")
+    if not isinstance(name, str):
+        raise _EntryError("name", f"the name must be a string, got {name!r}")
     if not _NAME.match(name):
         raise _EntryError("name", f"invalid name {name!r}: use only ASCII letters, digits, '_', '-' and '.'")
     return name
@@ -111,7 +115,8 @@ def validate_name(name: Any) -> str:
 
 def validate_endpoint_type(value: Any, field_name: str = "endpoint_type") -> str:
     if value not in ENDPOINT_TYPES:
-        raise _EntryError(field_name, f"The endpoint_type {value!r} is not supported; use one of {', '.join(ENDPOINT_TYPES)}")
+        raise _EntryError(field_name,
+                          f"The endpoint_type {value!r} is not supported; use one of {', '.join(ENDPOINT_TYPES)}")
     return str(value)
 
 
@@ -148,7 +153,8 @@ def validate_timeouts(raw: Any) -> TimeoutSpec:
     for key in ("connect", "read"):
         value = raw.get(key)
         if value is not None:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value <= 0:
                 raise _EntryError(f"timeouts.{key}", f"{key} must be a positive number of seconds, got {value!r}")
             values[key] = float(value)
     retries = raw.get("retries")
@@ -178,6 +184,8 @@ def validate_endpoint(raw: Any, *, existing_config: Mapping[str, Any] | None = N
     unknown_model_keys = set(model) - {"provider", "name", "config"}
     if unknown_model_keys:
         raise _EntryError(f"model.{sorted(unknown_model_keys)[0]}", "unknown model key; use provider, name and config")
+    if model.get("provider") in (None, ""):
+        raise _EntryError("model.provider", f"a provider is required; known providers: {', '.join(registry.names())}")
     try:
         provider = registry.canonical_name(model.get("provider"))
     except registry.UnknownProvider as exc:
@@ -186,24 +194,29 @@ def validate_endpoint(raw: Any, *, existing_config: Mapping[str, Any] | None = N
     model_name = model.get("name")
     if model_name is not None and not isinstance(model_name, str):
         raise _EntryError("model.name", "the model name must be a string")
-    if "config" not in model or model.get("config") is None:
-        if provider_cls.config_class.fields and any(f.required for f in provider_cls.config_class.fields):
-            raise _EntryError("model.config", f"A config must be supplied when setting a provider. "
-                              f"The provider entry for {provider} is incorrect.")
+    if model.get("config") is None and any(f.required for f in provider_cls.config_class.fields):
+        raise _EntryError("model.config", f"A config must be supplied when setting a provider. "
+                          f"The provider entry for {provider} is incorrect.")
     try:
         provider_cls.check_endpoint(endpoint_type, model_name)
         config = provider_cls.config_class.validate(model.get("config"), existing=existing_config)
     except ConfigValidationError as exc:
-        target = exc.field if exc.field in {"endpoint_type", "model.name", "model.provider"} else f"model.config.{exc.field}"
+        top_level = exc.field in {"endpoint_type", "model.name", "model.provider"}
+        target = exc.field if top_level else f"model.config.{exc.field}"
         raise _EntryError(target.replace("model.config.config", "model.config"), exc.message) from None
+    spec = EndpointSpec(
+        name=name, endpoint_type=endpoint_type, provider=provider, model_name=model_name, config=config,
+        limit=validate_limit(raw.get("limit")), timeouts=validate_timeouts(raw.get("timeouts")),
+        enabled=validate_enabled(raw),
+    )
+    return spec, notes
+
+
+def validate_enabled(raw: Mapping[str, Any]) -> bool:
     enabled = raw.get("enabled", True)
     if not isinstance(enabled, bool):
         raise _EntryError("enabled", "enabled must be true or false")
-    spec = EndpointSpec(
-        name=name, endpoint_type=endpoint_type, provider=provider, model_name=model_name, config=config,
-        limit=validate_limit(raw.get("limit")), timeouts=validate_timeouts(raw.get("timeouts")), enabled=enabled,
-    )
-    return spec, notes
+    return enabled
 
 
 def validate_route(raw: Any, endpoint_types: Mapping[str, str]) -> RouteSpec:
@@ -224,7 +237,7 @@ def validate_route(raw: Any, endpoint_types: Mapping[str, str]) -> RouteSpec:
         if not isinstance(dest, Mapping):
             raise _EntryError(where, "each destination must be a mapping with name and traffic_percentage")
         dest_name = dest.get("name")
-        if dest_name not in endpoint_types:
+        if not isinstance(dest_name, str) or dest_name not in endpoint_types:
             raise _EntryError(f"{where}.name", f"The route destination name must be a endpoint name, but the route "
                               f"'{name}' has an invalid destination name '{dest_name}'.")
         if endpoint_types[dest_name] != task_type:
@@ -238,7 +251,8 @@ def validate_route(raw: Any, endpoint_types: Mapping[str, str]) -> RouteSpec:
     if sum(d.traffic_percentage for d in out) != 100:
         raise _EntryError("destinations", "For each route configuration, the traffic percentage sum of destinations "
                           f"must be 100, but got invalid configuration of route '{name}'.")
-    return RouteSpec(name=name, task_type=task_type, destinations=tuple(out), routing_strategy=strategy)
+    return RouteSpec(name=name, task_type=task_type, destinations=tuple(out), routing_strategy=strategy,
+                     enabled=validate_enabled(raw))
 
 
 # -- whole documents ---------------------------------------------------------------------------------
@@ -262,13 +276,20 @@ def parse_yaml(text: str, source: str = "") -> Any:
 
 def validate_document(doc: Any, source: str = "",
                       existing_configs: Mapping[str, Mapping[str, Any]] | None = None,
-                      extra_endpoint_types: Mapping[str, str] | None = None) -> ConfigDocument:
+                      extra_endpoint_types: Mapping[str, str] | None = None,
+                      existing_routes: Mapping[str, RouteSpec] | None = None) -> ConfigDocument:
     """Validate a parsed YAML document in full; raise ConfigError listing every issue.
 
     `existing_configs` (name → stored config) lets an exported placeholder keep a stored secret.
-    `extra_endpoint_types` are endpoints outside the file (e.g. admin-made) that routes may name.
+    `extra_endpoint_types` are endpoints already in the database that stay there (made in the admin,
+    loaded from other files): routes may name them, and a route in the file may not take their names.
+    `existing_routes` are the traffic routes that stay: an endpoint in the file may not take their names,
+    nor change the type of an endpoint they send traffic to. A row the file defines again under the same
+    kind is simply updated.
     """
     existing_configs = existing_configs or {}
+    extra_endpoint_types = extra_endpoint_types or {}
+    existing_routes = existing_routes or {}
     issues: list[Issue] = []
     notes: list[str] = []
     if doc is None:
@@ -279,7 +300,8 @@ def validate_document(doc: Any, source: str = "",
     raw_endpoints = doc.get("endpoints")
     raw_routes = doc.get("routes")
     legacy = False
-    if raw_endpoints is None and isinstance(raw_routes, list) and raw_routes and all(map(_is_endpoint_shaped, raw_routes)):
+    if raw_endpoints is None and isinstance(raw_routes, list) and raw_routes \
+            and all(map(_is_endpoint_shaped, raw_routes)):
         # MLflow 2.x: `routes` was the name of the endpoints list.
         notes.append("'routes' as the list of endpoints is deprecated (MLflow 2.x); rename it to 'endpoints'")
         raw_endpoints, raw_routes, legacy = raw_routes, None, True
@@ -307,6 +329,10 @@ def validate_document(doc: Any, source: str = "",
             issues.append(Issue(label, "name", f"duplicate name {spec.name!r} (also {seen[spec.name]}): names must be "
                                 "unique across endpoints and routes"))
             continue
+        if spec.name in existing_routes:
+            issues.append(Issue(label, "name", f"a traffic route named {spec.name!r} already exists: names must be "
+                                "unique across endpoints and routes"))
+            continue
         seen[spec.name] = label
         endpoints.append(spec)
 
@@ -315,7 +341,7 @@ def validate_document(doc: Any, source: str = "",
         if not isinstance(raw_routes, list):
             issues.append(Issue("", "routes", "'routes' must be a list"))
         else:
-            types = {**(extra_endpoint_types or {}), **{e.name: e.endpoint_type for e in endpoints}}
+            types = {**extra_endpoint_types, **{e.name: e.endpoint_type for e in endpoints}}
             for index, raw in enumerate(raw_routes):
                 label = _label("routes", index, raw)
                 if not _is_route_shaped(raw) and _is_endpoint_shaped(raw):
@@ -328,16 +354,44 @@ def validate_document(doc: Any, source: str = "",
                     issues.append(Issue(label, exc.field, exc.message))
                     continue
                 if route.name in seen:
-                    issues.append(Issue(label, "name", f"duplicate name {route.name!r} (also {seen[route.name]}): names "
-                                        "must be unique across endpoints and routes"))
+                    issues.append(Issue(label, "name", f"duplicate name {route.name!r} (also {seen[route.name]}): "
+                                        "names must be unique across endpoints and routes"))
+                    continue
+                if route.name in extra_endpoint_types:
+                    issues.append(Issue(label, "name", f"an endpoint named {route.name!r} already exists: names must "
+                                        "be unique across endpoints and routes"))
                     continue
                 seen[route.name] = label
                 routes.append(route)
+    issues.extend(_retyped_destinations(endpoints, seen, existing_routes, _names_in(raw_routes)))
     if issues:
         raise ConfigError(issues, source)
     for note in notes:
         warnings.warn(note, FutureWarning, stacklevel=2)
     return ConfigDocument(endpoints=endpoints, routes=routes, warnings=notes)
+
+
+def _retyped_destinations(endpoints: list[EndpointSpec], labels: Mapping[str, str],
+                          existing_routes: Mapping[str, RouteSpec], redefined: set[str]) -> list[Issue]:
+    """A route the file leaves alone must still get endpoints of its task type."""
+    types = {e.name: e.endpoint_type for e in endpoints}
+    issues = []
+    for route in existing_routes.values():
+        if route.name in redefined:
+            continue
+        for destination in route.destinations:
+            endpoint_type = types.get(destination.name)
+            if endpoint_type is not None and endpoint_type != route.task_type:
+                issues.append(Issue(labels[destination.name], "endpoint_type",
+                                    f"the traffic route {route.name!r} sends {route.task_type} traffic to this "
+                                    f"endpoint, so it cannot become {endpoint_type}; change the route first"))
+    return issues
+
+
+def _names_in(entries: Any) -> set[str]:
+    if not isinstance(entries, list):
+        return set()
+    return {entry["name"] for entry in entries if isinstance(entry, Mapping) and isinstance(entry.get("name"), str)}
 
 
 def _label(kind: str, index: int, raw: Any) -> str:

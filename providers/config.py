@@ -6,6 +6,7 @@ and URL references become tagged references (see providers.secrets), nothing is 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -107,7 +108,7 @@ def _validate_group(fields: tuple[ConfigField, ...], raw: Mapping[str, Any], pre
     for f in fields:
         path = f"{prefix}{f.name}"
         value = raw.get(f.name)
-        if value is None or value == "":
+        if value is None or (isinstance(value, str) and not value.strip()):
             if f.required:
                 raise ConfigValidationError(path, f"{path!r} is required")
             continue
@@ -137,7 +138,7 @@ def _coerce(f: ConfigField, value: Any, path: str) -> Any:
     try:
         out = converters[f.value_type](value)
     except (TypeError, ValueError):
-        raise ConfigValidationError(path, f"{path!r} must be a {f.value_type.__name__}, got {value!r}") from None
+        raise ConfigValidationError(path, f"{path!r} must be {_TYPE_WORDS[f.value_type]}, got {value!r}") from None
     if f.lower and isinstance(out, str):
         out = out.lower()
     if f.choices is not None and out not in f.choices:
@@ -145,6 +146,9 @@ def _coerce(f: ConfigField, value: Any, path: str) -> Any:
     if f.minimum is not None and out < f.minimum:
         raise ConfigValidationError(path, f"{path!r} must be at least {f.minimum:g}, got {value!r}")
     return out
+
+
+_TYPE_WORDS: dict[type, str] = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
 
 
 def _as_str(value: Any) -> str:
@@ -162,7 +166,10 @@ def _as_int(value: Any) -> int:
 def _as_float(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise TypeError
-    return float(value)
+    out = float(value)
+    if not math.isfinite(out):  # nan and inf pass every comparison check below them
+        raise ValueError
+    return out
 
 
 def _as_bool(value: Any) -> bool:

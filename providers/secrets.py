@@ -53,7 +53,7 @@ def is_reference(value: Any) -> bool:
 
 def store_secret(value: Any, field: str, existing: Any = None) -> dict[str, str]:
     if is_reference(value):
-        return dict(value)  # already stored form (admin round trip)
+        return _checked_reference(value, field)  # already in stored form (code, or a config moved as is)
     if not isinstance(value, str):
         raise SecretError(
             field,
@@ -61,18 +61,37 @@ def store_secret(value: Any, field: str, existing: Any = None) -> dict[str, str]
             "variable key ($NAME), a path to a file containing the api key, or the api key itself",
         )
     value = value.strip()
+    if not value:
+        raise SecretError(field, f"{field!r} is empty: write the key, a $ENV reference or a key file path")
     if value == PLACEHOLDER:
         if is_reference(existing) and "$enc" in existing:
             return dict(existing)
-        raise SecretError(field, f"{field!r} holds the export placeholder, not a key: write the key or a $ENV reference")
+        raise SecretError(field,
+                          f"{field!r} holds the export placeholder, not a key: write the key or a $ENV reference")
     if value.startswith("$"):
         name = value[1:].strip("{}")
-        if not name or not name.replace("_", "a").isalnum():
+        if not _is_env_name(name):
             raise SecretError(field, f"{field!r}: {value!r} is not a valid environment variable reference")
         return {"$env": name}
     if _is_existing_file(value):
         return {"$file": os.path.abspath(value)}
     return {"$enc": _fernet().encrypt(value.encode()).decode()}
+
+
+def _is_env_name(name: Any) -> bool:
+    return isinstance(name, str) and bool(name) and name.replace("_", "a").isalnum()
+
+
+def _checked_reference(value: Mapping[str, Any], field: str) -> dict[str, str]:
+    """A secret given in stored form must be usable: a valid variable name, a path, a token we can read."""
+    kind, target = next(iter(value.items()))
+    if kind == "$env" and not _is_env_name(target):
+        raise SecretError(field, f"{field!r}: {target!r} is not a valid environment variable name")
+    if not isinstance(target, str) or not target:
+        raise SecretError(field, f"{field!r}: the {kind} reference must be a non-empty string")
+    if kind == "$enc":
+        decrypt(target, field)  # raises SecretError when this gateway's keys cannot read it
+    return {kind: target}
 
 
 def store_reference_or_plain(value: str) -> Any:

@@ -4,7 +4,7 @@ import secrets
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 
 class Command(BaseCommand):
@@ -21,7 +21,12 @@ class Command(BaseCommand):
             self.stdout.write(f"Admin: {options['url']} (log in with your operator account; reset a password with "
                               "`python manage.py changepassword USER`)")
             return
-        password = secrets.token_urlsafe(12)
+        if user_model.objects.filter(**{user_model.USERNAME_FIELD: options["username"]}).exists():
+            raise CommandError(
+                f"A user named {options['username']!r} exists but is not a superuser: pass --username with "
+                "another name, or create an operator with `python manage.py createsuperuser`."
+            )
+        password = secrets.token_urlsafe(16)
         user_model.objects.create_superuser(options["username"], email="", password=password)
         self.stdout.write(self.style.SUCCESS(
             f"Admin: {options['url']}  user: {options['username']}  password: {password}\n"

@@ -30,6 +30,7 @@ class Command(BaseCommand):
             self.stderr.write(self.style.WARNING(f"warning: {warning}"))
         prefix = "[dry run] would have " if report.dry_run else ""
         for label, names in (("created", report.created), ("updated", report.updated),
+                             ("left unchanged" if report.dry_run else "unchanged", report.unchanged),
                              ("deleted", report.deleted)):
             for name in names:
                 self.stdout.write(f"{prefix}{label}: {name}")
