@@ -6,6 +6,7 @@ anything is written; errors name the file, the entry (index and name) and the fi
 """
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import warnings
@@ -165,6 +166,20 @@ def validate_timeouts(raw: Any) -> TimeoutSpec:
     return TimeoutSpec(**values)
 
 
+ENDPOINT_KEYS = ("name", "endpoint_type", "route_type", "model", "limit", "timeouts", "enabled")
+
+
+def _unknown_key_notes(name: str, raw: Mapping[str, Any]) -> list[str]:
+    """MLflow ignores unknown endpoint keys, and so do we, but a typo (`limits:`) deserves a warning."""
+    notes = []
+    for key in raw:
+        if key not in ENDPOINT_KEYS:
+            close = difflib.get_close_matches(str(key), ENDPOINT_KEYS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            notes.append(f"endpoint {name!r}: unknown key {key!r} is ignored{hint}")
+    return notes
+
+
 def validate_endpoint(raw: Any, *, existing_config: Mapping[str, Any] | None = None,
                       legacy: bool = False) -> tuple[EndpointSpec, list[str]]:
     """One `endpoints[]` entry → EndpointSpec. Raises _EntryError. Returns warnings too."""
@@ -172,6 +187,7 @@ def validate_endpoint(raw: Any, *, existing_config: Mapping[str, Any] | None = N
     if not isinstance(raw, Mapping):
         raise _EntryError("", "each endpoint must be a mapping")
     name = validate_name(raw.get("name"))
+    notes.extend(_unknown_key_notes(name, raw))
     if "route_type" in raw and "endpoint_type" not in raw:
         if not legacy:
             notes.append(f"endpoint {name!r}: 'route_type' is deprecated (MLflow 2.x); write 'endpoint_type'")

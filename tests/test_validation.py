@@ -415,3 +415,12 @@ def test_it_refuses_text_that_is_not_yaml_and_says_where(text: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_yaml(text, "gateway.yaml")
     assert str(caught.value).startswith("gateway.yaml: not a valid YAML file (line ")
+
+
+def test_an_unknown_endpoint_key_is_ignored_with_a_warning_that_suggests_the_right_one() -> None:
+    from endpoints_app.validation import validate_endpoint as validate
+
+    spec, notes = validate({"name": "e", "endpoint_type": "llm/v1/chat", "limits": {"calls": 1},
+                            "model": {"provider": "mock", "name": "m", "config": {}}})
+    assert spec.limit is None
+    assert notes == ["endpoint 'e': unknown key 'limits' is ignored; did you mean 'limit'?"]
