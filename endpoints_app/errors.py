@@ -13,9 +13,6 @@ from typing import Any
 
 import orjson
 from django.http import HttpRequest, HttpResponse
-from rest_framework import exceptions as drf_exceptions
-from rest_framework.response import Response
-from rest_framework.views import exception_handler
 
 from providers.errors import GatewayError, InvalidParameter, RateLimited, RequestValidationError
 
@@ -35,7 +32,7 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return response
 
 
-def _headers(error: GatewayError) -> dict[str, str]:
+def error_headers(error: GatewayError) -> dict[str, str]:
     headers = dict(error.headers)
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
@@ -49,8 +46,8 @@ def mlflow_body(error: GatewayError) -> dict[str, Any]:
 
 
 def mlflow_error(error: GatewayError) -> HttpResponse:
-    _log(error)
-    return json_response(mlflow_body(error), error.status, _headers(error))
+    log_error(error)
+    return json_response(mlflow_body(error), error.status, error_headers(error))
 
 
 def openai_status(error: GatewayError) -> int:
@@ -69,24 +66,13 @@ def openai_body(error: GatewayError) -> dict[str, Any]:
 
 
 def openai_error(error: GatewayError) -> HttpResponse:
-    _log(error)
-    return json_response(openai_body(error), openai_status(error), _headers(error))
+    log_error(error)
+    return json_response(openai_body(error), openai_status(error), error_headers(error))
 
 
-def _log(error: GatewayError) -> None:
+def log_error(error: GatewayError) -> None:
     if error.status >= 500:
         logger.warning("%s %s: %s", error.status, error.code, error.message)
-
-
-def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF views render GatewayErrors and DRF's own errors as `{"detail": ...}`."""
-    if isinstance(exc, GatewayError):
-        _log(exc)
-        return Response(mlflow_body(exc), status=exc.status, headers=_headers(exc))
-    response = exception_handler(exc, context)
-    if response is not None and isinstance(exc, drf_exceptions.MethodNotAllowed):
-        response.data = {"detail": "Method Not Allowed"}
-    return response
 
 
 # Django-level fallbacks (unknown URL, crash): JSON, never an HTML page.

@@ -32,6 +32,15 @@ _TYPE_MODELS = {
     EMBEDDINGS: ("EmbeddingsRequest", "EmbeddingsResponse", None),
 }
 _ERRORS = {
+    "Health": {
+        "type": "object",
+        "required": ["status", "config_version", "pid"],
+        "properties": {
+            "status": {"type": "string", "enum": ["OK", "ERROR"]},
+            "config_version": {"type": ["integer", "null"]},
+            "pid": {"type": "integer"},
+        },
+    },
     "MLflowError": {
         "type": "object",
         "required": ["detail"],
@@ -150,6 +159,20 @@ def add_invocation_paths(result: dict[str, Any], generator: Any, request: Any, p
     """drf-spectacular postprocessing hook."""
     result.setdefault("components", {}).setdefault("schemas", {}).update(_components())
     paths = result.setdefault("paths", {})
+    paths["/health"] = {
+        "get": {
+            "operationId": "health",
+            "summary": "Liveness, and the config version this process serves",
+            "tags": ["health"],
+            "responses": {
+                "200": {"description": "Serving", "content": {"application/json": {"schema": _ref("Health")}}},
+                "503": {
+                    "description": "The endpoint table cannot be loaded",
+                    "content": {"application/json": {"schema": _ref("Health")}},
+                },
+            },
+        }
+    }
     name_param = [
         {
             "name": "name",

@@ -63,12 +63,6 @@ class TrafficRouteSerializer(serializers.Serializer):
     routing_strategy = serializers.CharField()
 
 
-class HealthSerializer(serializers.Serializer):
-    status = serializers.CharField()
-    config_version = serializers.IntegerField(allow_null=True)
-    pid = serializers.IntegerField()
-
-
 class ModelObjectSerializer(serializers.Serializer):
     id = serializers.CharField()
     object = serializers.CharField()

@@ -1,61 +1,45 @@
-"""HTTP views.
+"""The management API (listings, legacy and traffic-route reads) as DRF views, and DRF's error handler.
 
-The management API (health, listings) is DRF. The invocation routes are plain Django views on
-purpose: they are the hot path (see bench/README.md), they parse with orjson, validate with the
-pydantic wire schemas, call runtime, and render JSON or SSE. Their OpenAPI entries come from the
-same schemas (endpoints_app.openapi).
+The invocation routes and /health are plain Django views in endpoints_app.invocations (the hot path).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import logging
-import os
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect, StreamingHttpResponse
-from django.views.decorators.csrf import csrf_exempt
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import exceptions as drf_exceptions
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
+from rest_framework.views import exception_handler as drf_default_handler
 
 from endpoints_app import runtime, serializers
-from endpoints_app.errors import dumps, json_response, mlflow_error, openai_error
-from endpoints_app.ratelimit import RateState
-from endpoints_app.schemas import validate_request
-from providers.errors import (
-    EndpointNotFound,
-    GatewayError,
-    NotSupported,
-    RequestValidationError,
-)
-from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS, now
+from endpoints_app.errors import error_headers, log_error, mlflow_body
+from providers.errors import EndpointNotFound, GatewayError, NotSupported
+from providers.shapes import now
 
-logger = logging.getLogger(__name__)
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF views render GatewayErrors and DRF's own errors as `{"detail": ...}`."""
+    if isinstance(exc, GatewayError):
+        log_error(exc)
+        return Response(mlflow_body(exc), status=exc.status, headers=error_headers(exc))
+    response = drf_default_handler(exc, context)
+    if response is not None and isinstance(exc, drf_exceptions.MethodNotAllowed):
+        response.data = {"detail": "Method Not Allowed"}
+    return response
 
 
 # -- management API (DRF) ---------------------------------------------------------------------------
 class GatewayAPIView(APIView):
     authentication_classes: list[Any] = []
     permission_classes: list[Any] = []
-
-
-class HealthView(GatewayAPIView):
-    @extend_schema(
-        operation_id="health", responses=serializers.HealthSerializer, summary="Liveness, and the config version served"
-    )
-    def get(self, request: Request) -> Response:
-        try:
-            runtime.current_table()
-        except Exception:
-            logger.exception("endpoint table cannot be loaded")
-            return Response({"status": "ERROR", "config_version": None, "pid": os.getpid()}, status=503)
-        return Response({"status": "OK", "config_version": runtime.served_version(), "pid": os.getpid()})
 
 
 def _temporary_redirect(location: str) -> HttpResponse:
@@ -224,145 +208,3 @@ class ModelListView(GatewayAPIView):
             {"id": name, "object": "model", "created": created, "owned_by": "traffic-route"} for name in table.routes
         ]
         return Response({"object": "list", "data": data})
-
-
-# -- invocations (the hot path) ----------------------------------------------------------------------
-def read_json_body(request: HttpRequest) -> Any:
-    body = request.body
-    if not body:
-        raise RequestValidationError([{"type": "missing", "loc": ["body"], "msg": "Field required", "input": None}])
-    content_type = request.content_type or ""
-    if content_type != "application/json" and not content_type.endswith("+json"):
-        raise RequestValidationError(
-            [
-                {
-                    "type": "model_attributes_type",
-                    "loc": ["body"],
-                    "msg": "Input should be a valid dictionary or object to extract fields from",
-                    "input": body.decode("utf-8", "replace"),
-                }
-            ]
-        )
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "json_invalid",
-                    "loc": ["body", exc.pos],
-                    "msg": "JSON decode error",
-                    "input": {},
-                    "ctx": {"error": exc.msg},
-                }
-            ]
-        ) from None
-
-
-def _rate_headers(rate: RateState | None) -> dict[str, str] | None:
-    return rate.headers() if rate is not None else None
-
-
-def _error_event(error: GatewayError) -> bytes:
-    return (
-        b"data: "
-        + dumps(
-            {"error": {"message": error.message, "type": error.openai_type, "code": error.code, "status": error.status}}
-        )
-        + b"\n\n"
-    )
-
-
-def sse_response(chunks: Iterator[dict[str, Any]], rate: RateState | None) -> StreamingHttpResponse:
-    """Chunks as Server-Sent Events, passed on one by one; errors after the first byte become a
-    final `data: {"error": ...}` event and a clean end."""
-    first, rest = runtime.stream_with_first(chunks)
-
-    def events() -> Iterator[bytes]:
-        if first is not None:
-            yield b"data: " + dumps(first) + b"\n\n"
-        try:
-            for chunk in rest:
-                yield b"data: " + dumps(chunk) + b"\n\n"
-        except GatewayError as error:
-            logger.warning("stream ended by %s: %s", error.code, error.message)
-            yield _error_event(error)
-            return
-        except Exception:
-            logger.exception("stream failed")
-            yield _error_event(GatewayError("The stream failed inside the gateway."))
-            return
-        yield b"data: [DONE]\n\n"
-
-    response = StreamingHttpResponse(events(), content_type="text/event-stream; charset=utf-8")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    for key, value in (_rate_headers(rate) or {}).items():
-        response[key] = value
-    return response
-
-
-def _invoke(name: str, endpoint_type: str, payload: dict[str, Any]) -> HttpResponseBase:
-    stream = endpoint_type != EMBEDDINGS and bool(payload.pop("stream", False))
-    invocation = runtime.prepare(name)
-    result = runtime.call(invocation, payload, stream=stream)
-    if stream:
-        return sse_response(result, invocation.rate)
-    return json_response(result, headers=_rate_headers(invocation.rate))
-
-
-def _method_not_allowed(render: Callable[[GatewayError], HttpResponse]) -> HttpResponse:
-    response = render(GatewayError("Method Not Allowed", status=405, code="method_not_allowed"))
-    response["Allow"] = "POST"
-    return response
-
-
-@csrf_exempt
-def endpoint_invocations(request: HttpRequest, name: str) -> HttpResponseBase:
-    """POST /endpoints/<name>/invocations (and /gateway/<name>/invocations): MLflow's route."""
-    if request.method != "POST":
-        return _method_not_allowed(mlflow_error)
-    try:
-        endpoint_type = runtime.current_table().type_of(name)
-        if endpoint_type is None:
-            raise EndpointNotFound("Not Found")
-        payload = validate_request(endpoint_type, read_json_body(request), allow_model=False)
-        return _invoke(name, endpoint_type, payload)
-    except GatewayError as error:
-        return mlflow_error(error)
-
-
-def _openai_view(expected_type: str) -> Callable[[HttpRequest], HttpResponseBase]:
-    @csrf_exempt
-    def view(request: HttpRequest) -> HttpResponseBase:
-        if request.method != "POST":
-            return _method_not_allowed(openai_error)
-        try:
-            body = read_json_body(request)
-            model = body.get("model") if isinstance(body, dict) else None
-            if not isinstance(model, str) or not model:
-                raise GatewayError(
-                    "You must provide a model parameter (the endpoint name).",
-                    status=400,
-                    code="missing_model",
-                    param="model",
-                )
-            actual = runtime.current_table().type_of(model)
-            if actual is None:
-                raise EndpointNotFound(
-                    f"The model '{model}' does not exist: no endpoint or route has that name.", param="model"
-                )
-            if actual != expected_type:
-                raise runtime.wrong_type(model, expected_type)
-            payload = validate_request(expected_type, body, allow_model=True)
-            return _invoke(model, expected_type, payload)
-        except GatewayError as error:
-            return openai_error(error)
-
-    view.__name__ = f"openai_{expected_type.rsplit('/', 1)[-1]}"
-    return view
-
-
-openai_chat = _openai_view(CHAT)
-openai_completions = _openai_view(COMPLETIONS)
-openai_embeddings = _openai_view(EMBEDDINGS)

@@ -171,7 +171,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": [],
     "UNAUTHENTICATED_USER": None,
-    "EXCEPTION_HANDLER": "endpoints_app.errors.drf_exception_handler",
+    "EXCEPTION_HANDLER": "endpoints_app.views.exception_handler",
 }
 
 SPECTACULAR_SETTINGS = {

@@ -6,7 +6,7 @@ from django.contrib import admin
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from endpoints_app import views
+from endpoints_app import invocations, views
 
 NAME = r"(?P<name>[a-zA-Z0-9_.\-]+)"
 
@@ -17,13 +17,13 @@ handler500 = "endpoints_app.errors.handler500"
 
 urlpatterns = [
     # The invocation routes come first: they are the hot path, and URL resolution tries in order.
-    re_path(rf"^endpoints/{NAME}/invocations$", views.endpoint_invocations, name="invocations"),
-    re_path(rf"^gateway/{NAME}/invocations$", views.endpoint_invocations),
-    path("v1/chat/completions", views.openai_chat),
-    path("v1/completions", views.openai_completions),
-    path("v1/embeddings", views.openai_embeddings),
+    re_path(rf"^endpoints/{NAME}/invocations$", invocations.endpoint_invocations, name="invocations"),
+    re_path(rf"^gateway/{NAME}/invocations$", invocations.endpoint_invocations),
+    path("v1/chat/completions", invocations.openai_chat),
+    path("v1/completions", invocations.openai_completions),
+    path("v1/embeddings", invocations.openai_embeddings),
     path("", views.root_redirect),
-    path("health", views.HealthView.as_view(), name="health"),
+    path("health", invocations.health, name="health"),
     path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi"),
     path("docs", SpectacularSwaggerView.as_view(url_name="openapi"), name="docs"),
     path("redoc", SpectacularRedocView.as_view(url_name="openapi"), name="redoc"),

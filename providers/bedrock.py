@@ -24,17 +24,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import botocore.session
 import orjson
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.config import Config as BotocoreConfig
-from botocore.credentials import ReadOnlyCredentials
-from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserError
-from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, NoCredentialsError, ReadTimeoutError
 
 from providers import ai21labs, anthropic, cohere, shapes
 from providers.base import (
@@ -55,6 +48,13 @@ from providers.errors import (
 )
 from providers.http import Timeouts, UpstreamRequest, default_error_message, get_transport, iter_raw
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
+
+# botocore (about 20 MB per process) is imported when a Bedrock endpoint first signs or decodes,
+# not in every worker that merely knows the provider exists.
+if TYPE_CHECKING:
+    import botocore.session
+    from botocore.credentials import ReadOnlyCredentials
+    from botocore.eventstream import EventStreamMessage
 
 DISPLAY_NAME = "Amazon Bedrock"
 SIGNING_NAME = "bedrock"  # the SigV4 service name of bedrock-runtime
@@ -108,6 +108,16 @@ def assume_role(session: botocore.session.Session, *, role_arn: str, seconds: in
     """STS AssumeRole with botocore's STS client (the one AWS call that does not use our HTTP seam).
 
     Returns the temporary credentials and their expiry (epoch seconds)."""
+    from botocore.config import Config as BotocoreConfig
+    from botocore.credentials import ReadOnlyCredentials
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectTimeoutError,
+        NoCredentialsError,
+        ReadTimeoutError,
+    )
+
     config = BotocoreConfig(connect_timeout=timeouts.connect, read_timeout=timeouts.read,
                             retries={"max_attempts": timeouts.retries + 1})
     try:
@@ -139,6 +149,8 @@ class AwsCredentialSource:
     def session(self) -> botocore.session.Session:
         with self._lock:
             if self._session is None:
+                import botocore.session
+
                 self._session = botocore.session.get_session()
             return self._session
 
@@ -148,6 +160,8 @@ class AwsCredentialSource:
         return str(region) if region else None
 
     def default_chain(self) -> ReadOnlyCredentials:
+        from botocore.exceptions import BotoCoreError
+
         try:
             credentials = self.session().get_credentials()
             frozen = credentials.get_frozen_credentials() if credentials is not None else None
@@ -178,6 +192,9 @@ CREDENTIALS = AwsCredentialSource()
 def sigv4_headers(credentials: ReadOnlyCredentials, region: str, url: str, body: bytes,
                   headers: dict[str, str]) -> dict[str, str]:
     """The headers of a POST signed with SigV4 by botocore (Authorization, X-Amz-Date, token)."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
     request = AWSRequest(method="POST", url=url, data=body, headers=headers)
     SigV4Auth(credentials, SIGNING_NAME, region).add_auth(request)
     return {str(k): str(v) for k, v in request.headers.items()}
@@ -500,6 +517,8 @@ def decode_event_stream(chunks: Iterable[bytes]) -> Iterator[tuple[str, dict[str
     """Raw body bytes (split anywhere) → (event type, JSON payload), decoded by botocore.
 
     Exception and error frames raise UpstreamError with the exception's usual status."""
+    from botocore.eventstream import EventStreamBuffer, ParserError
+
     buffer = EventStreamBuffer()
     for data in chunks:
         buffer.add_data(data)
@@ -715,6 +734,8 @@ class BedrockProvider(BaseProvider):
             return CREDENTIALS.assumed_role(aws["aws_role_arn"], int(aws["session_length_seconds"]), region,
                                             self.timeouts)
         if aws.get("aws_access_key_id"):
+            from botocore.credentials import ReadOnlyCredentials
+
             return ReadOnlyCredentials(aws["aws_access_key_id"], aws["aws_secret_access_key"],
                                        aws.get("aws_session_token"))
         return CREDENTIALS.default_chain()

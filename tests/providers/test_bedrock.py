@@ -602,7 +602,7 @@ def test_an_assumed_role_is_cached_until_it_nearly_expires(upstream: Upstream, m
 
     def fake_assume_role(session: Any, **kwargs: Any) -> tuple[Any, float]:
         calls.append(kwargs)
-        return (bedrock.ReadOnlyCredentials(f"ASIAROLE{len(calls)}", "role-secret", "role-token"),
+        return (ReadOnlyCredentials(f"ASIAROLE{len(calls)}", "role-secret", "role-token"),
                 time.time() + lifetime)
 
     monkeypatch.setattr(bedrock, "assume_role", fake_assume_role)

@@ -1,0 +1,186 @@
+"""The invocation views: the hot path.
+
+Plain Django views on purpose (see bench/README.md): they parse with orjson, validate with the
+pydantic wire schemas, call runtime, and render JSON or SSE. This module imports no DRF, so a worker
+that only serves invocations and health checks never loads it. Their OpenAPI entries come from the
+same schemas (endpoints_app.openapi).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from endpoints_app import runtime
+from endpoints_app.errors import dumps, json_response, mlflow_error, openai_error
+from endpoints_app.ratelimit import RateState
+from endpoints_app.schemas import validate_request
+from providers.errors import (
+    EndpointNotFound,
+    GatewayError,
+    RequestValidationError,
+)
+from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
+
+logger = logging.getLogger(__name__)
+
+
+def health(request: HttpRequest) -> HttpResponse:
+    """GET /health: liveness, and the config version this process serves."""
+    if request.method not in ("GET", "HEAD"):
+        response = json_response({"detail": "Method Not Allowed"}, 405)
+        response["Allow"] = "GET"
+        return response
+    try:
+        runtime.current_table()
+    except Exception:
+        logger.exception("endpoint table cannot be loaded")
+        return json_response({"status": "ERROR", "config_version": None, "pid": os.getpid()}, 503)
+    return json_response({"status": "OK", "config_version": runtime.served_version(), "pid": os.getpid()})
+
+
+def read_json_body(request: HttpRequest) -> Any:
+    body = request.body
+    if not body:
+        raise RequestValidationError([{"type": "missing", "loc": ["body"], "msg": "Field required", "input": None}])
+    content_type = request.content_type or ""
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise RequestValidationError(
+            [
+                {
+                    "type": "model_attributes_type",
+                    "loc": ["body"],
+                    "msg": "Input should be a valid dictionary or object to extract fields from",
+                    "input": body.decode("utf-8", "replace"),
+                }
+            ]
+        )
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ["body", exc.pos],
+                    "msg": "JSON decode error",
+                    "input": {},
+                    "ctx": {"error": exc.msg},
+                }
+            ]
+        ) from None
+
+
+def _rate_headers(rate: RateState | None) -> dict[str, str] | None:
+    return rate.headers() if rate is not None else None
+
+
+def _error_event(error: GatewayError) -> bytes:
+    return (
+        b"data: "
+        + dumps(
+            {"error": {"message": error.message, "type": error.openai_type, "code": error.code, "status": error.status}}
+        )
+        + b"\n\n"
+    )
+
+
+def sse_response(chunks: Iterator[dict[str, Any]], rate: RateState | None) -> StreamingHttpResponse:
+    """Chunks as Server-Sent Events, passed on one by one; errors after the first byte become a
+    final `data: {"error": ...}` event and a clean end."""
+    first, rest = runtime.stream_with_first(chunks)
+
+    def events() -> Iterator[bytes]:
+        if first is not None:
+            yield b"data: " + dumps(first) + b"\n\n"
+        try:
+            for chunk in rest:
+                yield b"data: " + dumps(chunk) + b"\n\n"
+        except GatewayError as error:
+            logger.warning("stream ended by %s: %s", error.code, error.message)
+            yield _error_event(error)
+            return
+        except Exception:
+            logger.exception("stream failed")
+            yield _error_event(GatewayError("The stream failed inside the gateway."))
+            return
+        yield b"data: [DONE]\n\n"
+
+    response = StreamingHttpResponse(events(), content_type="text/event-stream; charset=utf-8")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    for key, value in (_rate_headers(rate) or {}).items():
+        response[key] = value
+    return response
+
+
+def _invoke(name: str, endpoint_type: str, payload: dict[str, Any]) -> HttpResponseBase:
+    stream = endpoint_type != EMBEDDINGS and bool(payload.pop("stream", False))
+    invocation = runtime.prepare(name)
+    result = runtime.call(invocation, payload, stream=stream)
+    if stream:
+        return sse_response(result, invocation.rate)
+    return json_response(result, headers=_rate_headers(invocation.rate))
+
+
+def _method_not_allowed(render: Callable[[GatewayError], HttpResponse]) -> HttpResponse:
+    response = render(GatewayError("Method Not Allowed", status=405, code="method_not_allowed"))
+    response["Allow"] = "POST"
+    return response
+
+
+@csrf_exempt
+def endpoint_invocations(request: HttpRequest, name: str) -> HttpResponseBase:
+    """POST /endpoints/<name>/invocations (and /gateway/<name>/invocations): MLflow's route."""
+    if request.method != "POST":
+        return _method_not_allowed(mlflow_error)
+    try:
+        endpoint_type = runtime.current_table().type_of(name)
+        if endpoint_type is None:
+            raise EndpointNotFound("Not Found")
+        payload = validate_request(endpoint_type, read_json_body(request), allow_model=False)
+        return _invoke(name, endpoint_type, payload)
+    except GatewayError as error:
+        return mlflow_error(error)
+
+
+def _openai_view(expected_type: str) -> Callable[[HttpRequest], HttpResponseBase]:
+    @csrf_exempt
+    def view(request: HttpRequest) -> HttpResponseBase:
+        if request.method != "POST":
+            return _method_not_allowed(openai_error)
+        try:
+            body = read_json_body(request)
+            model = body.get("model") if isinstance(body, dict) else None
+            if not isinstance(model, str) or not model:
+                raise GatewayError(
+                    "You must provide a model parameter (the endpoint name).",
+                    status=400,
+                    code="missing_model",
+                    param="model",
+                )
+            actual = runtime.current_table().type_of(model)
+            if actual is None:
+                raise EndpointNotFound(
+                    f"The model '{model}' does not exist: no endpoint or route has that name.", param="model"
+                )
+            if actual != expected_type:
+                raise runtime.wrong_type(model, expected_type)
+            payload = validate_request(expected_type, body, allow_model=True)
+            return _invoke(model, expected_type, payload)
+        except GatewayError as error:
+            return openai_error(error)
+
+    view.__name__ = f"openai_{expected_type.rsplit('/', 1)[-1]}"
+    return view
+
+
+openai_chat = _openai_view(CHAT)
+openai_completions = _openai_view(COMPLETIONS)
+openai_embeddings = _openai_view(EMBEDDINGS)
