@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 
 from endpoints_app.models import ConfigState, Endpoint, Source, TrafficDestination, TrafficRoute
@@ -109,6 +111,7 @@ def apply_document(document: ConfigDocument, *, source_path: str, dry_run: bool 
     report = ImportReport(warnings=list(document.warnings), dry_run=dry_run)
     try:
         with transaction.atomic():
+            _serialize_config_writers()
             _apply(document, source_path, prune, report)
             if dry_run:
                 raise _DryRunRollback
@@ -226,6 +229,32 @@ def _upsert_route(spec: RouteSpec, route: TrafficRoute | None, position: int, so
         TrafficDestination(route=route, endpoint=endpoints[name], traffic_percentage=pct, position=i)
         for i, (name, pct) in enumerate(wanted)
     )
+
+
+# Instances that start together (or watch the same file) must not import or migrate at the same time.
+_CONFIG_LOCK_KEY = 0x6761_7465  # "gate"
+
+
+@contextmanager
+def exclusive_config_lock() -> Iterator[None]:
+    """A session-wide lock on PostgreSQL (nothing to do on SQLite, which serialises writers itself)."""
+    if connection.vendor != "postgresql":
+        yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s)", [_CONFIG_LOCK_KEY])
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [_CONFIG_LOCK_KEY])
+
+
+def _serialize_config_writers() -> None:
+    """Inside an import's transaction: wait for any other import to commit first."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CONFIG_LOCK_KEY])
 
 
 def bump_config_version() -> None:

@@ -1,5 +1,6 @@
-"""The config watcher in-process: which file events matter (the file, its target, the symlinks on
-the way: a Kubernetes ConfigMap swaps a `..data` symlink), and what a check applies or skips."""
+"""The supervisor's config watcher in-process: which file events matter (the file, its target, the
+symlinks on the way: a Kubernetes ConfigMap swaps a `..data` symlink), and what a check applies or
+skips. The end-to-end tests (test_start_server) run it with the real `load_config` child."""
 from __future__ import annotations
 
 import os
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from endpoints_app.models import Endpoint
-from endpoints_app.serving import ConfigWatcher, symlinks_on_path
+from endpoints_app.services import import_config
+from endpoints_app.supervisor import ApplyResult, ConfigWatcher, load_config_subprocess, symlinks_on_path
+from endpoints_app.validation import ConfigError
 from tests.serving.conftest import config_text, mock_endpoint
 
 
@@ -60,21 +63,41 @@ def test_the_watch_loop_reacts_to_a_symlink_swap_and_not_to_other_files(tmp_path
         thread.join(10)
 
 
+def _in_process(path: str) -> ApplyResult:
+    """What `manage.py load_config --prune` does, without a child process (the test database)."""
+    try:
+        report = import_config(path, prune=True)
+    except ConfigError as exc:
+        return ApplyResult(False, str(exc))
+    return ApplyResult(True, f"{len(report.created)} created, {len(report.deleted)} deleted")
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_check_applies_a_swapped_configmap_and_skips_what_it_has_seen(tmp_path: Path,
                                                                        caplog: pytest.LogCaptureFixture) -> None:
     configmap(tmp_path, "v1", config_text(mock_endpoint("first")))
-    watcher = ConfigWatcher(str(tmp_path / "config.yaml"))
-    assert watcher.load().created == ["first"]
+    watcher = ConfigWatcher(str(tmp_path / "config.yaml"), apply=_in_process)
+    first = watcher.check()
+    assert first is not None and first.ok
     assert watcher.check() is None  # unchanged
 
     configmap(tmp_path, "v2", config_text(mock_endpoint("second")))
-    report = watcher.check()
-    assert report is not None and report.created == ["second"] and report.deleted == ["first"]
+    second = watcher.check()
+    assert second is not None and second.message == "1 created, 1 deleted"
     assert list(Endpoint.objects.values_list("name", flat=True)) == ["second"]
 
     configmap(tmp_path, "v3", "endpoints: [")
-    assert watcher.check() is None
+    broken = watcher.check()
+    assert broken is not None and not broken.ok
     assert watcher.check() is None  # the same invalid content is reported once
     assert caplog.text.count("Invalid configuration:") == 1
     assert list(Endpoint.objects.values_list("name", flat=True)) == ["second"]
+
+
+def test_the_load_config_child_reports_an_invalid_file_without_touching_anything(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("endpoints:\n- name: x\n  endpoint_type: llm/v1/chat\n  model: {provider: nope, config: {}}\n")
+    result = load_config_subprocess(str(config))
+    assert not result.ok
+    assert "The provider 'nope' is not supported" in result.message
+    assert result.message.startswith("Invalid configuration, nothing was changed")

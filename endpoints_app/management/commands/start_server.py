@@ -6,7 +6,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import OperationalError
 
-from endpoints_app.serving import ServeOptions, serve
+from endpoints_app.serving import exec_supervisor, prepare
+from endpoints_app.supervisor import ServeOptions
 from endpoints_app.validation import ConfigError
 
 
@@ -28,14 +29,13 @@ class Command(BaseCommand):
         serve_options = ServeOptions(host=options["host"], port=options["port"], workers=options["workers"],
                                      config_path=options["config_path"])
         try:
-            code = serve(serve_options, report=self.report)
+            digest = prepare(serve_options, report=self.report)
         except ConfigError as exc:
             raise CommandError(f"The gateway configuration is invalid, nothing is served:\n{exc}",
                                returncode=2) from None
         except OperationalError as exc:
             raise CommandError(f"The database cannot be used (check DATABASE_URL): {exc}") from None
-        if code:
-            raise CommandError("The server stopped with an error (see above).", returncode=code)
+        exec_supervisor(serve_options, digest)  # granian, the file watcher and the stop, without Django
 
     def report(self, message: str) -> None:
         self.stdout.write(message)
