@@ -1,8 +1,8 @@
 """Per-endpoint rate limits, shared by every route family, worker and instance.
 
 Fixed windows counted with atomic increments: in Redis when REDIS_URL is set (one round trip:
-INCR and EXPIRE NX in a pipeline), otherwise in the in-process cache, which is right only for a
-single process (the embedded default). The window starts on multiples of the period, so every
+INCR and EXPIRE NX in a pipeline), otherwise in process memory, which is right only for a single
+process (the embedded default). The window starts on multiples of the period, so every
 process agrees on it without coordination.
 """
 
@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import cache
 
 from providers.errors import RateLimited
 
@@ -56,15 +55,23 @@ class _RedisCounter:
         return int(count)
 
 
-class _CacheCounter:
+class _LocalCounter:
+    """In-process windows for the single-process default (a dict and a lock: no pickling, no cache)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, tuple[int, float]] = {}
+
     def incr(self, key: str, ttl: int) -> int:
-        if cache.add(key, 1, timeout=ttl):
-            return 1
-        try:
-            return int(cache.incr(key))
-        except ValueError:  # expired between add and incr
-            cache.add(key, 1, timeout=ttl)
-            return 1
+        now = time.monotonic()
+        with self._lock:
+            count, expires = self._counts.get(key, (0, 0.0))
+            if expires <= now:
+                count, expires = 0, now + ttl
+                if len(self._counts) > 10_000:
+                    self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
+            self._counts[key] = (count + 1, expires)
+            return count + 1
 
 
 _counter: Any = None
@@ -81,7 +88,7 @@ def _get_counter() -> Any:
                     prefix = settings.CACHES["default"].get("KEY_PREFIX", "gateway")
                     _counter = _RedisCounter(location, prefix)
                 else:
-                    _counter = _CacheCounter()
+                    _counter = _LocalCounter()
     return _counter
 
 

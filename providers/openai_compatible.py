@@ -192,6 +192,8 @@ def sse_json(events: Iterator[SSEEvent]) -> Iterator[Any]:
         if not data:
             continue
         if data == "[DONE]":
+            for _ in events:  # read to the end of the body, so the connection goes back to the pool
+                pass
             return
         try:
             yield orjson.loads(data)

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from django.core.cache import cache
 
-from endpoints_app import runtime
+from endpoints_app import ratelimit, runtime
 from endpoints_app.models import Endpoint, Source
 from endpoints_app.validation import validate_endpoint
 
@@ -31,6 +31,7 @@ def require(condition: bool, reason: str) -> None:
 def _fresh_state() -> Iterator[None]:
     runtime.invalidate()
     cache.clear()
+    ratelimit.reset_counter_backend()  # fresh in-process windows (Redis ones went with cache.clear())
     yield
     runtime.invalidate()
 

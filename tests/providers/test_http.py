@@ -152,15 +152,15 @@ def timed(client: Any, path: str, body: dict[str, Any] = CHAT_BODY) -> tuple[Any
 @pytest.fixture
 def connection_attempts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every request the seam sends (connection attempts included), by URL."""
-    pool = get_transport()._pool
+    transport = get_transport()
     attempts: list[str] = []
-    real = pool.request
+    real = transport._pool_for
 
-    def counting(method: str, url: str, **kwargs: Any) -> Any:
+    def counting(url: str) -> Any:
         attempts.append(url)
-        return real(method, url, **kwargs)
+        return real(url)
 
-    monkeypatch.setattr(pool, "request", counting)
+    monkeypatch.setattr(transport, "_pool_for", counting)
     return attempts
 
 
