@@ -235,30 +235,11 @@ def error_from_response(status: int, content_type: str, data: bytes, headers: An
 
 
 # -- stream decoders ------------------------------------------------------------------------------
-def iter_lines(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
-    """Lines as they arrive (without line endings), handling \\n, \\r\\n and split chunks."""
-    buffer = b""
-    try:
-        for chunk in response.stream(8192, decode_content=True):
-            buffer += chunk
-            while True:
-                index = buffer.find(b"\n")
-                if index < 0:
-                    break
-                line, buffer = buffer[:index], buffer[index + 1:]
-                yield line.rstrip(b"\r")
-        if buffer:
-            yield buffer.rstrip(b"\r")
-    except ReadTimeoutError:
-        raise UpstreamTimeout("The upstream stream went idle for longer than the read timeout.") from None
-    except (ProtocolError, HTTPError) as exc:
-        raise UpstreamUnavailable(f"The upstream stream broke: {_reason(exc)}") from None
-    finally:
-        response.release_conn()
-
-
 def iter_raw(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
-    """The body's bytes as they arrive, for binary framings (AWS event streams); errors as in iter_lines."""
+    """The body's bytes as they arrive (binary framings such as AWS event streams use this directly).
+
+    An idle upstream becomes UpstreamTimeout, a broken one UpstreamUnavailable; the connection goes
+    back to the pool at the end (reusable when the body was read to its end)."""
     try:
         for chunk in response.stream(8192, decode_content=True):
             if chunk:
@@ -269,6 +250,21 @@ def iter_raw(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
         raise UpstreamUnavailable(f"The upstream stream broke: {_reason(exc)}") from None
     finally:
         response.release_conn()
+
+
+def iter_lines(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+    """Lines as they arrive (without line endings), handling \\n, \\r\\n and lines split across chunks."""
+    buffer = b""
+    for chunk in iter_raw(response):
+        buffer += chunk
+        while True:
+            index = buffer.find(b"\n")
+            if index < 0:
+                break
+            line, buffer = buffer[:index], buffer[index + 1 :]
+            yield line.rstrip(b"\r")
+    if buffer:
+        yield buffer.rstrip(b"\r")
 
 
 @dataclass
