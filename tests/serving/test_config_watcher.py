@@ -4,6 +4,8 @@ skips. The end-to-end tests (test_start_server) run it with the real `load_confi
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 
 from endpoints_app.models import Endpoint
 from endpoints_app.services import import_config
-from endpoints_app.supervisor import ApplyResult, ConfigWatcher, load_config_subprocess, symlinks_on_path
+from endpoints_app.supervisor import BASE_DIR, ApplyResult, ConfigWatcher, load_config_subprocess, symlinks_on_path
 from endpoints_app.validation import ConfigError
 from tests.serving.conftest import config_text, mock_endpoint
 
@@ -94,7 +96,12 @@ def test_a_check_applies_a_swapped_configmap_and_skips_what_it_has_seen(tmp_path
     assert list(Endpoint.objects.values_list("name", flat=True)) == ["second"]
 
 
-def test_the_load_config_child_reports_an_invalid_file_without_touching_anything(tmp_path: Path) -> None:
+def test_the_load_config_child_reports_an_invalid_file_without_touching_anything(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'gateway.sqlite3'}")
+    migrated = subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=BASE_DIR,
+                              capture_output=True, text=True, check=False)
+    assert migrated.returncode == 0, migrated.stderr
     config = tmp_path / "bad.yaml"
     config.write_text("endpoints:\n- name: x\n  endpoint_type: llm/v1/chat\n  model: {provider: nope, config: {}}\n")
     result = load_config_subprocess(str(config))
