@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 
 from endpoints_app.limits import describe, period_seconds
 from endpoints_app.models import Endpoint, TrafficRoute
@@ -172,11 +172,17 @@ def current_table() -> EndpointTable:
     with _lock:
         if _table is None or _stale:
             _stale = False
+            opened_here = connection.connection is None
             try:
                 _table = build_table()
             except Exception:
                 _stale = True
                 raise
+            finally:
+                # Any of a worker's 1,024 request threads may rebuild the table; none may keep a database
+                # connection for it (Django's are per thread). Not inside a transaction: that one is in use.
+                if opened_here and not connection.in_atomic_block:
+                    connection.close()
             _ensure_poller()
         return _table
 
