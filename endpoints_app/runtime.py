@@ -24,7 +24,7 @@ from django.db import close_old_connections, connection
 from endpoints_app.limits import describe, period_seconds
 from endpoints_app.models import Endpoint, TrafficRoute
 from endpoints_app.ratelimit import RateLimit, RateState, hit
-from providers import registry
+from providers import registry, shapes
 from providers.base import BaseProvider
 from providers.errors import EndpointNotFound, WrongEndpointType
 from providers.http import Timeouts
@@ -246,10 +246,21 @@ def call(invocation: Invocation, payload: dict[str, Any], *, stream: bool) -> An
         # Declared in the registry: refuse before any upstream call, whatever the provider's code does.
         raise provider.not_supported(endpoint.endpoint_type, streaming=True)
     if endpoint.endpoint_type == EMBEDDINGS:
-        return provider.embeddings(payload)
+        return _embeddings(provider, payload)
     if endpoint.endpoint_type == CHAT:
         return provider.chat_stream(payload) if stream else provider.chat(payload)
     return provider.completions_stream(payload) if stream else provider.completions(payload)
+
+
+def _embeddings(provider: BaseProvider, payload: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's `encoding_format` (the openai SDK sends "base64" by default) is the gateway's to honour
+    for vendors that do not speak OpenAI's API: they get no such field, and "base64" vectors are encoded
+    here, as OpenAI encodes them."""
+    if provider.speaks_openai_embeddings:
+        return provider.embeddings(payload)
+    encoding = payload.pop("encoding_format", None)
+    response = provider.embeddings(payload)
+    return shapes.base64_embeddings(response) if encoding == "base64" else response
 
 
 def stream_with_first(chunks: Iterator[dict[str, Any]]) -> tuple[dict[str, Any] | None, Iterator[dict[str, Any]]]:

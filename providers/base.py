@@ -43,6 +43,8 @@ class BaseProvider:
     endpoint_types: ClassVar[frozenset[str]] = frozenset()
     streaming_types: ClassVar[frozenset[str]] = frozenset()
     supports_tools: ClassVar[bool] = False
+    #: The vendor takes OpenAI's embeddings fields (`encoding_format`) itself; otherwise the gateway does.
+    speaks_openai_embeddings: ClassVar[bool] = False
     #: For retired upstream APIs: the message that refuses them at load time.
     retired: ClassVar[str | None] = None
 

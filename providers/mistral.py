@@ -98,6 +98,7 @@ class MistralProvider(OpenAICompatibleProvider):
     api_key_field = "mistral_api_key"
     api_base_field = "mistral_api_base"
     ask_stream_usage = False  # the vendor sends usage on its last chunk and rejects stream_options
+    speaks_openai_embeddings = False  # no base64 vectors: the gateway encodes them
 
     def chat(self, payload: dict[str, Any]) -> dict[str, Any]:
         return parse_chat(self.post_json(self.build_request("chat/completions", payload)), self.provider_name)

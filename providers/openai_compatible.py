@@ -218,6 +218,7 @@ class OpenAICompatibleProvider(BaseProvider):
     endpoint_types = frozenset({CHAT, COMPLETIONS, EMBEDDINGS})
     streaming_types = frozenset({CHAT, COMPLETIONS})
     supports_tools = True
+    speaks_openai_embeddings = True
     default_api_base: ClassVar[str | None] = None
     #: The config keys holding the key and the base URL (MLflow names them per vendor).
     api_key_field: ClassVar[str] = "api_key"

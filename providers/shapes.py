@@ -4,6 +4,8 @@ Pure helpers shared by every provider so that each response has every key, nulls
 """
 from __future__ import annotations
 
+import base64
+import struct
 import time
 from typing import Any
 
@@ -105,3 +107,17 @@ def embeddings_response(*, vectors: list[Any], model: str | None,
         "model": model,
         "usage": usage if usage is not None else {"prompt_tokens": None, "total_tokens": None},
     }
+
+
+def base64_embedding(vector: list[float]) -> str:
+    """OpenAI's base64 form of a vector: little-endian float32s."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def base64_embeddings(response: dict[str, Any]) -> dict[str, Any]:
+    """An embeddings response with every float vector in OpenAI's base64 form."""
+    data = [
+        {**item, "embedding": base64_embedding(item["embedding"])} if isinstance(item["embedding"], list) else item
+        for item in response["data"]
+    ]
+    return {**response, "data": data}

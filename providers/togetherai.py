@@ -103,6 +103,7 @@ class TogetherAIProvider(OpenAICompatibleProvider):
     api_key_field = "togetherai_api_key"
     api_base_field = "togetherai_api_base"
     ask_stream_usage = False  # the vendor sends usage on its last chunk and rejects stream_options
+    speaks_openai_embeddings = False  # no base64 vectors: the gateway encodes them
 
     def chat(self, payload: dict[str, Any]) -> dict[str, Any]:
         body = self.post_json(self.build_request("chat/completions", sampling_payload(payload)))

@@ -371,3 +371,29 @@ def test_a_stream_that_breaks_midway_ends_with_an_error_event(client: Any, make_
     assert events[-1]["error"]["code"] == "upstream_unreachable"
     assert "broke" in events[-1]["error"]["message"]
     assert "[DONE]" not in events
+
+
+# -- embeddings encoding ------------------------------------------------------------------------------------
+def test_base64_embeddings_are_encoded_by_the_gateway_for_vendors_without_it(client: Any, make_endpoint: Any) -> None:
+    import base64
+    import struct
+
+    make_endpoint("emb", EMBEDDINGS, "mock", "m", {"dimensions": 4})
+    floats = post_json(client, "/v1/embeddings", {"model": "emb", "input": ["a"]}).json()["data"][0]["embedding"]
+    encoded = post_json(client, "/v1/embeddings", {"model": "emb", "input": ["a"], "encoding_format": "base64"})
+    text = encoded.json()["data"][0]["embedding"]
+    assert isinstance(text, str)
+    assert list(struct.unpack("<4f", base64.b64decode(text))) == pytest.approx(floats, abs=1e-6)
+
+
+def test_encoding_format_is_not_sent_to_vendors_without_it(client: Any, make_endpoint: Any,
+                                                           httpserver: HTTPServer) -> None:
+    make_endpoint("cohere-emb", EMBEDDINGS, "cohere", "embed-english-v3.0",
+                  {"cohere_api_key": "k", "cohere_api_base": httpserver.url_for("/v1")})
+    httpserver.expect_oneshot_request(
+        "/v1/embed", json={"model": "embed-english-v3.0", "texts": ["a"]},
+    ).respond_with_json({"id": "e1", "texts": ["a"], "embeddings": [[0.5, -0.25]], "meta": {}})
+    response = post_json(client, "/v1/embeddings", {"model": "cohere-emb", "input": ["a"], "encoding_format": "base64"})
+    assert response.status_code == 200, response.content
+    httpserver.check_assertions()
+    assert response.json()["data"][0]["embedding"] == "AAAAPwAAgL4="  # float32 0.5, -0.25
