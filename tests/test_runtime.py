@@ -13,7 +13,7 @@ from providers.shapes import CHAT
 
 @pytest.mark.django_db(transaction=True)
 def test_a_rebuild_outside_a_transaction_leaves_no_connection_open(make_endpoint: Any) -> None:
-    if connection.vendor == "sqlite" and connection.is_in_memory_db():
+    if connection.vendor == "sqlite" and connection.is_in_memory_db():  # type: ignore[attr-defined]
         pytest.skip("Django never closes an in-memory SQLite connection; the PostgreSQL run checks this")
     make_endpoint("chat", CHAT, "mock", "m")
     connection.close()

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from django.core.management import CommandError, ManagementUtility, call_command
+from django.db import connections
 
 from endpoints_app.models import ConfigState, Endpoint, Source, TrafficDestination, TrafficRoute
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
@@ -298,7 +299,10 @@ def test_an_error_in_the_last_entry_leaves_an_empty_database_empty() -> None:
     assert database_state() == before == {"endpoints": [], "routes": [], "destinations": [], "state": []}
 
 
-def test_an_invalid_file_exits_non_zero_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_invalid_file_exits_non_zero_on_the_command_line(capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # run_from_argv closes every connection when it ends, the test's transaction included (PostgreSQL).
+    monkeypatch.setattr(connections, "close_all", lambda: None)
     with pytest.raises(SystemExit) as caught:
         ManagementUtility(["manage.py", "load_config", str(INVALID / "bad_name.yaml")]).execute()
     assert caught.value.code == 1
