@@ -397,3 +397,32 @@ def test_encoding_format_is_not_sent_to_vendors_without_it(client: Any, make_end
     assert response.status_code == 200, response.content
     httpserver.check_assertions()
     assert response.json()["data"][0]["embedding"] == "AAAAPwAAgL4="  # float32 0.5, -0.25
+
+
+def test_a_stream_reaches_the_client_chunk_by_chunk_before_the_upstream_finishes(client: Any,
+                                                                                make_endpoint: Any) -> None:
+    def event(text: str) -> bytes:
+        return b"data: " + orjson.dumps({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                                         "choices": [{"index": 0, "delta": {"content": text},
+                                                      "finish_reason": None}]}) + b"\n\n"
+
+    release = threading.Event()
+
+    def slow_upstream(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + chunk(event("first")))
+        release.wait(timeout=5)  # the rest only once the client has shown it got the first chunk
+        conn.sendall(chunk(event("second")) + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+
+    with raw_server(slow_upstream) as base:
+        make_endpoint("chat", CHAT, "openai", "gpt-4o", {"openai_api_key": "k", "openai_api_base": f"{base}/v1"})
+        started = time.monotonic()
+        response = post_json(client, "/endpoints/chat/invocations", {**HI, "stream": True})
+        events = iter(response.streaming_content)
+        first = next(events)
+        assert time.monotonic() - started < 2.5  # not after the upstream's 5 s hold: nothing was buffered
+        assert b'"content":"first"' in first
+        release.set()
+        rest = b"".join(events)
+    assert b'"content":"second"' in rest
+    assert rest.endswith(b"data: [DONE]\n\n")
