@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from providers import secrets
@@ -42,12 +42,6 @@ class ConfigField:
     @property
     def is_secret(self) -> bool:
         return self.kind == "secret"
-
-
-@dataclass(frozen=True)
-class ValidatedConfig:
-    stored: dict[str, Any]
-    warnings: list[str] = field(default_factory=list)
 
 
 class ProviderConfig:
