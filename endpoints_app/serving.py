@@ -40,6 +40,8 @@ def prepare(options: ServeOptions, report: Callable[[str], None]) -> str | None:
         raise ConfigError([Issue("", "", f"{options.config_path} does not exist")], options.config_path)
     if prepare_database():
         report("Database migrated.")
+    # The admin's and the API docs' assets, served by granian itself (no Python per file).
+    call_command("collectstatic", interactive=False, verbosity=0)
     digest = None
     if options.config_path:
         digest = file_digest(options.config_path)
@@ -68,7 +70,7 @@ def exec_supervisor(options: ServeOptions, applied_digest: str | None) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     argv = [sys.executable, "-m", "endpoints_app.supervisor", "--host", options.host, "--port", str(options.port),
-            "--workers", str(options.workers)]
+            "--workers", str(options.workers), "--static-root", str(settings.STATIC_ROOT)]
     if options.config_path:
         argv += ["--config-path", os.path.abspath(options.config_path), "--applied-digest", applied_digest or ""]
     os.chdir(settings.BASE_DIR)

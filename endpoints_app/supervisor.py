@@ -56,6 +56,7 @@ class ServeOptions:
     port: int
     workers: int
     config_path: str | None = None
+    static_root: str | None = None  # collected static files, served by granian under /static
 
 
 # -- granian -------------------------------------------------------------------------------------------
@@ -70,6 +71,8 @@ def granian_command(options: ServeOptions) -> list[str]:
     for flag, (env_name, default) in tunables.items():
         if not os.environ.get(env_name):
             command += [flag, str(default)]
+    if options.static_root:
+        command += ["--static-path-route", "/static", "--static-path-mount", options.static_root]
     return [*command, WSGI_APP]
 
 
@@ -291,10 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--config-path")
     parser.add_argument("--applied-digest")
+    parser.add_argument("--static-root")
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # a log file sees each line now
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    options = ServeOptions(host=args.host, port=args.port, workers=args.workers, config_path=args.config_path)
+    options = ServeOptions(host=args.host, port=args.port, workers=args.workers, config_path=args.config_path,
+                           static_root=args.static_root)
     return supervise(options, args.applied_digest)
 
 

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +36,9 @@ def server_env(database_url: str, **extra: str) -> dict[str, str]:
            if key not in _OWN_VARIABLES and not key.startswith(("GATEWAY_", "GRANIAN_"))}
     env.update(DJANGO_SETTINGS_MODULE="gateway_project.settings", DATABASE_URL=database_url,
                SECRET_KEY="serving-tests-secret-key-" + "x" * 30, GATEWAY_CONFIG_POLL_SECONDS="0.5",
-               LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
+               LOG_LEVEL="INFO", PYTHONUNBUFFERED="1",
+               # each server collects its own static files (parallel collectstatic runs into one folder race)
+               STATIC_ROOT=tempfile.mkdtemp(prefix="gateway-static-"))
     env.update(extra)
     return env
 

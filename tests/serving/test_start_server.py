@@ -126,6 +126,15 @@ def test_it_serves_health_and_an_invocation_from_the_file(gateway: Server) -> No
     assert len(gateway.worker_pids()) == 2
 
 
+def test_the_admin_and_docs_assets_are_served_by_granian(gateway: Server) -> None:
+    swagger_bundle = "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js"
+    assert swagger_bundle in requests.get(gateway.url("/docs"), timeout=5).text
+    for asset in (swagger_bundle, "/static/admin/css/base.css"):
+        response = requests.get(gateway.url(asset), timeout=5)
+        assert response.status_code == 200, asset
+        assert len(response.content) > 1000
+
+
 def test_a_valid_edit_is_served_within_seconds_without_dropping_a_request(gateway: Server,
                                                                             config_file: Path) -> None:
     workers_before = gateway.worker_pids()
