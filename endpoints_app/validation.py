@@ -97,7 +97,9 @@ class ConfigDocument:
     warnings: list[str] = field(default_factory=list)
 
 
-class _EntryError(Exception):
+class EntryError(Exception):
+    """One entry is wrong: `field` is the dotted path inside it (`model.config.openai_api_key`)."""
+
     def __init__(self, field: str, message: str) -> None:
         self.field = field
         self.message = message
@@ -106,17 +108,17 @@ class _EntryError(Exception):
 # -- single definitions (also used by the admin) ---------------------------------------------------
 def validate_name(name: Any) -> str:
     if name is None or name == "":
-        raise _EntryError("name", "a non-empty name is required")
+        raise EntryError("name", "a non-empty name is required")
     if not isinstance(name, str):
-        raise _EntryError("name", f"the name must be a string, got {name!r}")
+        raise EntryError("name", f"the name must be a string, got {name!r}")
     if not _NAME.match(name):
-        raise _EntryError("name", f"invalid name {name!r}: use only ASCII letters, digits, '_', '-' and '.'")
+        raise EntryError("name", f"invalid name {name!r}: use only ASCII letters, digits, '_', '-' and '.'")
     return name
 
 
 def validate_endpoint_type(value: Any, field_name: str = "endpoint_type") -> str:
     if value not in ENDPOINT_TYPES:
-        raise _EntryError(field_name,
+        raise EntryError(field_name,
                           f"The endpoint_type {value!r} is not supported; use one of {', '.join(ENDPOINT_TYPES)}")
     return str(value)
 
@@ -125,20 +127,20 @@ def validate_limit(raw: Any) -> LimitSpec | None:
     if raw is None:
         return None
     if not isinstance(raw, Mapping):
-        raise _EntryError("limit", "limit must be a mapping with calls and renewal_period")
+        raise EntryError("limit", "limit must be a mapping with calls and renewal_period")
     unknown = set(raw) - {"calls", "renewal_period", "key"}
     if unknown:
-        raise _EntryError(f"limit.{sorted(unknown)[0]}", "unknown limit key; use calls, renewal_period and key")
+        raise EntryError(f"limit.{sorted(unknown)[0]}", "unknown limit key; use calls, renewal_period and key")
     calls = raw.get("calls")
     if isinstance(calls, bool) or not isinstance(calls, int) or calls < 0:
-        raise _EntryError("limit.calls", f"calls must be a whole number of 0 or more, got {calls!r}")
+        raise EntryError("limit.calls", f"calls must be a whole number of 0 or more, got {calls!r}")
     try:
         parse_period(raw.get("renewal_period"))
     except ValueError as exc:
-        raise _EntryError("limit.renewal_period", str(exc)) from None
+        raise EntryError("limit.renewal_period", str(exc)) from None
     key = raw.get("key")
     if key is not None and not isinstance(key, str):
-        raise _EntryError("limit.key", "key must be a string")
+        raise EntryError("limit.key", "key must be a string")
     return LimitSpec(calls=calls, renewal_period=str(raw["renewal_period"]).strip(), key=key)
 
 
@@ -146,22 +148,22 @@ def validate_timeouts(raw: Any) -> TimeoutSpec:
     if raw is None:
         return TimeoutSpec()
     if not isinstance(raw, Mapping):
-        raise _EntryError("timeouts", "timeouts must be a mapping with connect, read and retries")
+        raise EntryError("timeouts", "timeouts must be a mapping with connect, read and retries")
     unknown = set(raw) - {"connect", "read", "retries"}
     if unknown:
-        raise _EntryError(f"timeouts.{sorted(unknown)[0]}", "unknown timeouts key; use connect, read and retries")
+        raise EntryError(f"timeouts.{sorted(unknown)[0]}", "unknown timeouts key; use connect, read and retries")
     values: dict[str, Any] = {}
     for key in ("connect", "read"):
         value = raw.get(key)
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or value <= 0:
-                raise _EntryError(f"timeouts.{key}", f"{key} must be a positive number of seconds, got {value!r}")
+                raise EntryError(f"timeouts.{key}", f"{key} must be a positive number of seconds, got {value!r}")
             values[key] = float(value)
     retries = raw.get("retries")
     if retries is not None:
         if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
-            raise _EntryError("timeouts.retries", f"retries must be a whole number from 0 to 10, got {retries!r}")
+            raise EntryError("timeouts.retries", f"retries must be a whole number from 0 to 10, got {retries!r}")
         values["retries"] = retries
     return TimeoutSpec(**values)
 
@@ -182,10 +184,10 @@ def _unknown_key_notes(name: str, raw: Mapping[str, Any]) -> list[str]:
 
 def validate_endpoint(raw: Any, *, existing_config: Mapping[str, Any] | None = None,
                       legacy: bool = False) -> tuple[EndpointSpec, list[str]]:
-    """One `endpoints[]` entry → EndpointSpec. Raises _EntryError. Returns warnings too."""
+    """One `endpoints[]` entry → EndpointSpec. Raises EntryError. Returns warnings too."""
     notes: list[str] = []
     if not isinstance(raw, Mapping):
-        raise _EntryError("", "each endpoint must be a mapping")
+        raise EntryError("", "each endpoint must be a mapping")
     name = validate_name(raw.get("name"))
     notes.extend(_unknown_key_notes(name, raw))
     if "route_type" in raw and "endpoint_type" not in raw:
@@ -196,22 +198,22 @@ def validate_endpoint(raw: Any, *, existing_config: Mapping[str, Any] | None = N
         endpoint_type = validate_endpoint_type(raw.get("endpoint_type"))
     model = raw.get("model")
     if not isinstance(model, Mapping):
-        raise _EntryError("model", "model must be a mapping with provider, name and config")
+        raise EntryError("model", "model must be a mapping with provider, name and config")
     unknown_model_keys = set(model) - {"provider", "name", "config"}
     if unknown_model_keys:
-        raise _EntryError(f"model.{sorted(unknown_model_keys)[0]}", "unknown model key; use provider, name and config")
+        raise EntryError(f"model.{sorted(unknown_model_keys)[0]}", "unknown model key; use provider, name and config")
     if model.get("provider") in (None, ""):
-        raise _EntryError("model.provider", f"a provider is required; known providers: {', '.join(registry.names())}")
+        raise EntryError("model.provider", f"a provider is required; known providers: {', '.join(registry.names())}")
     try:
         provider = registry.canonical_name(model.get("provider"))
     except registry.UnknownProvider as exc:
-        raise _EntryError("model.provider", f"{exc} Known providers: {', '.join(registry.names())}") from None
+        raise EntryError("model.provider", f"{exc} Known providers: {', '.join(registry.names())}") from None
     provider_cls = registry.get(provider)
     model_name = model.get("name")
     if model_name is not None and not isinstance(model_name, str):
-        raise _EntryError("model.name", "the model name must be a string")
+        raise EntryError("model.name", "the model name must be a string")
     if model.get("config") is None and any(f.required for f in provider_cls.config_class.fields):
-        raise _EntryError("model.config", f"A config must be supplied when setting a provider. "
+        raise EntryError("model.config", f"A config must be supplied when setting a provider. "
                           f"The provider entry for {provider} is incorrect.")
     try:
         provider_cls.check_endpoint(endpoint_type, model_name)
@@ -219,7 +221,7 @@ def validate_endpoint(raw: Any, *, existing_config: Mapping[str, Any] | None = N
     except ConfigValidationError as exc:
         top_level = exc.field in {"endpoint_type", "model.name", "model.provider"}
         target = exc.field if top_level else f"model.config.{exc.field}"
-        raise _EntryError(target.replace("model.config.config", "model.config"), exc.message) from None
+        raise EntryError(target.replace("model.config.config", "model.config"), exc.message) from None
     spec = EndpointSpec(
         name=name, endpoint_type=endpoint_type, provider=provider, model_name=model_name, config=config,
         limit=validate_limit(raw.get("limit")), timeouts=validate_timeouts(raw.get("timeouts")),
@@ -231,41 +233,41 @@ def validate_endpoint(raw: Any, *, existing_config: Mapping[str, Any] | None = N
 def validate_enabled(raw: Mapping[str, Any]) -> bool:
     enabled = raw.get("enabled", True)
     if not isinstance(enabled, bool):
-        raise _EntryError("enabled", "enabled must be true or false")
+        raise EntryError("enabled", "enabled must be true or false")
     return enabled
 
 
 def validate_route(raw: Any, endpoint_types: Mapping[str, str]) -> RouteSpec:
     """One 3.x `routes[]` entry; `endpoint_types` maps every known endpoint name to its type."""
     if not isinstance(raw, Mapping):
-        raise _EntryError("", "each route must be a mapping")
+        raise EntryError("", "each route must be a mapping")
     name = validate_name(raw.get("name"))
     task_type = validate_endpoint_type(raw.get("task_type"), "task_type")
     strategy = raw.get("routing_strategy", "TRAFFIC_SPLIT") or "TRAFFIC_SPLIT"
     if strategy != "TRAFFIC_SPLIT":
-        raise _EntryError("routing_strategy", f"routing_strategy must be 'TRAFFIC_SPLIT', got {strategy!r}")
+        raise EntryError("routing_strategy", f"routing_strategy must be 'TRAFFIC_SPLIT', got {strategy!r}")
     destinations = raw.get("destinations")
     if not isinstance(destinations, list) or not destinations:
-        raise _EntryError("destinations", "destinations must be a non-empty list of {name, traffic_percentage}")
+        raise EntryError("destinations", "destinations must be a non-empty list of {name, traffic_percentage}")
     out: list[DestinationSpec] = []
     for index, dest in enumerate(destinations):
         where = f"destinations[{index}]"
         if not isinstance(dest, Mapping):
-            raise _EntryError(where, "each destination must be a mapping with name and traffic_percentage")
+            raise EntryError(where, "each destination must be a mapping with name and traffic_percentage")
         dest_name = dest.get("name")
         if not isinstance(dest_name, str) or dest_name not in endpoint_types:
-            raise _EntryError(f"{where}.name", f"The route destination name must be a endpoint name, but the route "
+            raise EntryError(f"{where}.name", f"The route destination name must be a endpoint name, but the route "
                               f"'{name}' has an invalid destination name '{dest_name}'.")
         if endpoint_types[dest_name] != task_type:
-            raise _EntryError(f"{where}.name", f"The route destination endpoint types in the route '{name}' must have "
+            raise EntryError(f"{where}.name", f"The route destination endpoint types in the route '{name}' must have "
                               f"endpoint type '{task_type}' but got endpoint type '{endpoint_types[dest_name]}'.")
         pct = dest.get("traffic_percentage")
         if isinstance(pct, bool) or not isinstance(pct, int) or not 0 <= pct <= 100:
-            raise _EntryError(f"{where}.traffic_percentage",
+            raise EntryError(f"{where}.traffic_percentage",
                               "The route destination traffic percentage must between 0 and 100.")
         out.append(DestinationSpec(str(dest_name), pct))
     if sum(d.traffic_percentage for d in out) != 100:
-        raise _EntryError("destinations", "For each route configuration, the traffic percentage sum of destinations "
+        raise EntryError("destinations", "For each route configuration, the traffic percentage sum of destinations "
                           f"must be 100, but got invalid configuration of route '{name}'.")
     return RouteSpec(name=name, task_type=task_type, destinations=tuple(out), routing_strategy=strategy,
                      enabled=validate_enabled(raw))
@@ -335,7 +337,7 @@ def validate_document(doc: Any, source: str = "",
             spec, entry_notes = validate_endpoint(
                 raw, existing_config=existing_configs.get(name) if isinstance(name, str) else None, legacy=legacy
             )
-        except _EntryError as exc:
+        except EntryError as exc:
             issues.append(Issue(label, exc.field, exc.message))
             continue
         if legacy and "route_type" in raw:
@@ -366,7 +368,7 @@ def validate_document(doc: Any, source: str = "",
                     continue
                 try:
                     route = validate_route(raw, types)
-                except _EntryError as exc:
+                except EntryError as exc:
                     issues.append(Issue(label, exc.field, exc.message))
                     continue
                 if route.name in seen:
@@ -413,13 +415,3 @@ def _names_in(entries: Any) -> set[str]:
 def _label(kind: str, index: int, raw: Any) -> str:
     name = raw.get("name") if isinstance(raw, Mapping) else None
     return f"{kind}[{index}]" + (f" {name!r}" if isinstance(name, str) else "")
-
-
-def entry_error(exc: Exception) -> tuple[str, str]:
-    """(field, message) of an _EntryError, for callers outside this module (the admin)."""
-    if isinstance(exc, _EntryError):
-        return exc.field, exc.message
-    raise exc
-
-
-EntryError = _EntryError
