@@ -1,4 +1,4 @@
-"""The invocation fast path: a thin WSGI layer in front of Django.
+"""The invocation fast path: a thin WSGI (and ASGI) layer in front of Django.
 
 An invocation POST (`/endpoints/<name>/invocations`, `/gateway/<name>/invocations`, `/v1/chat/
 completions`, `/v1/completions`, `/v1/embeddings`), and `GET /health` (load balancers poll it), go
@@ -12,22 +12,29 @@ the same; the host check and the security headers the middleware would add are k
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from django.core.exceptions import DisallowedHost
+from django.core.handlers.asgi import ASGIRequest
 from django.core.handlers.wsgi import WSGIRequest
-from django.http import HttpResponseBase
+from django.http import HttpRequest, HttpResponseBase
 
-from endpoints_app import invocations
+from endpoints_app import invocations, runtime
 from endpoints_app.errors import json_response
+from providers.asyncbridge import run_sync
 
 logger = logging.getLogger(__name__)
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+Receive = Callable[[], Awaitable[Mapping[str, Any]]]
+Send = Callable[[Mapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
 
 _ROUTE = re.compile(
     r"^/(?:(?:endpoints|gateway)/(?P<name>[a-zA-Z0-9_.\-]+)/invocations|v1/(?P<v1>chat/completions|completions|embeddings))$"
@@ -45,38 +52,123 @@ _SECURITY_HEADERS = [
 ]
 
 
+View = Callable[[HttpRequest], HttpResponseBase]
+
+
+def find_view(method: str | None, path: str) -> View | None:
+    """The view for a fast-path request, or None for everything Django should route."""
+    if method == "POST":
+        match = _ROUTE.match(path)
+        if match is not None:
+            name = match["name"]
+            if name:
+                return lambda request: invocations.endpoint_invocations(request, name)
+            return _V1_VIEWS[match["v1"]]
+    elif method == "GET" and path == "/health":
+        return invocations.health
+    return None
+
+
+def respond(view: View, request: HttpRequest) -> HttpResponseBase:
+    """Run a fast-path view as CommonMiddleware would guard it: the host check, and a 500 for a crash."""
+    try:
+        request.get_host()  # ALLOWED_HOSTS
+        return view(request)
+    except DisallowedHost:
+        return json_response({"detail": "Bad Request: the Host header is not allowed."}, 400)
+    except Exception:
+        logger.exception("invocation failed: %s", request.path)
+        return json_response({"detail": "Internal Server Error"}, 500)
+
+
+def response_headers(response: HttpResponseBase) -> list[tuple[str, str]]:
+    return [*response.items(), *_SECURITY_HEADERS]
+
+
 class InvocationFastPath:
+    """The WSGI application: the fast path in front of Django's WSGI handler."""
+
     def __init__(self, django_app: WSGIApp) -> None:
         self.django_app = django_app
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        method = environ.get("REQUEST_METHOD")
-        if method == "POST":
-            match = _ROUTE.match(environ.get("PATH_INFO", ""))
-            if match is not None:
-                return self._invoke(match, environ, start_response)
-        elif method == "GET" and environ.get("PATH_INFO") == "/health":
-            return self._respond(invocations.health(WSGIRequest(environ)), start_response)
-        return self.django_app(environ, start_response)
-
-    def _invoke(self, match: re.Match[str], environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        request = WSGIRequest(environ)
-        try:
-            request.get_host()  # ALLOWED_HOSTS, as CommonMiddleware checks it
-            name = match["name"]
-            response: HttpResponseBase = (
-                invocations.endpoint_invocations(request, name) if name else _V1_VIEWS[match["v1"]](request)
-            )
-        except DisallowedHost:
-            response = json_response({"detail": "Bad Request: the Host header is not allowed."}, 400)
-        except Exception:
-            logger.exception("invocation failed: %s", environ.get("PATH_INFO"))
-            response = json_response({"detail": "Internal Server Error"}, 500)
-        return self._respond(response, start_response)
-
-    @staticmethod
-    def _respond(response: HttpResponseBase, start_response: StartResponse) -> Iterable[bytes]:
-        start_response(f"{response.status_code} {response.reason_phrase}", [*response.items(), *_SECURITY_HEADERS])
+        view = find_view(environ.get("REQUEST_METHOD"), environ.get("PATH_INFO", ""))
+        if view is None:
+            return self.django_app(environ, start_response)
+        response = respond(view, WSGIRequest(environ))
+        start_response(f"{response.status_code} {response.reason_phrase}", response_headers(response))
         if response.streaming:
             return response.streaming_content  # type: ignore[attr-defined]
         return [response.content]  # type: ignore[attr-defined]
+
+
+class AsyncInvocationFastPath:
+    """The ASGI application (what start_server runs): the fast path in front of Django's ASGI handler.
+
+    A fast-path view runs in the async bridge (providers.asyncbridge): the same synchronous view as
+    under WSGI, whose upstream I/O, Redis calls and sleeps await on this worker's event loop. An SSE
+    stream is pulled one chunk at a time and each chunk is sent as it comes, so a held stream costs a
+    suspended greenlet and a socket, not a thread. Everything else goes to Django's ASGI handler,
+    which runs the (synchronous) admin and API views in its thread as usual."""
+
+    def __init__(self, django_app: ASGIApp) -> None:
+        self.django_app = django_app
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            view = find_view(scope["method"], scope["path"])
+            if view is not None:
+                await self._serve(view, scope, receive, send)
+                return
+        elif scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        await self.django_app(scope, receive, send)
+
+    async def _serve(self, view: View, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        body = await _read_body(receive)
+        if body is None:
+            return  # the client went away before sending its whole request
+        response = await run_sync(respond, view, ASGIRequest(scope, io.BytesIO(body)))
+        await send({
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response_headers(response)],
+        })
+        if not response.streaming:
+            await send({"type": "http.response.body", "body": response.content})  # type: ignore[attr-defined]
+            return
+        chunks = iter(response.streaming_content)  # type: ignore[attr-defined]
+        try:
+            while (chunk := await run_sync(next, chunks, None)) is not None:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            # Ends the provider's generator, so an upstream stream the client abandoned is closed too.
+            await run_sync(response.close)
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    parts: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        parts.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    """Startup builds the endpoint table, so a worker's first request does not wait for it."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            try:
+                await asyncio.to_thread(runtime.current_table)
+            except Exception:  # the database may be down: the first request retries, /health reports it
+                logger.exception("endpoint table cannot be loaded at start-up")
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -8,6 +8,7 @@ process agrees on it without coordination.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 from django.conf import settings
 
+from providers.asyncbridge import await_, in_bridge
 from providers.errors import RateLimited
 
 
@@ -41,17 +43,38 @@ class RateState:
 
 
 class _RedisCounter:
+    """Counters in Redis. Inside the async bridge (the ASGI server) it talks to Redis through
+    redis.asyncio on the running event loop instead of blocking it."""
+
     def __init__(self, url: str, prefix: str) -> None:
         import redis
 
+        self._url = url
         self._client = redis.Redis.from_url(url)
         self._prefix = prefix
+        self._async_client: Any = None
+        self._async_loop: asyncio.AbstractEventLoop | None = None
 
     def incr(self, key: str, ttl: int) -> int:
+        if in_bridge():
+            return await_(self._incr_async(f"{self._prefix}:{key}", ttl))
         pipe = self._client.pipeline(transaction=False)
         pipe.incr(f"{self._prefix}:{key}")
         pipe.expire(f"{self._prefix}:{key}", ttl, nx=True)
         count, _ = pipe.execute()
+        return int(count)
+
+    async def _incr_async(self, key: str, ttl: int) -> int:
+        loop = asyncio.get_running_loop()
+        if self._async_loop is not loop:  # its connections belong to one event loop
+            import redis.asyncio
+
+            self._async_client = redis.asyncio.Redis.from_url(self._url)
+            self._async_loop = loop
+        pipe = self._async_client.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, ttl, nx=True)
+        count, _ = await pipe.execute()
         return int(count)
 
 

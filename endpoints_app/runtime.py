@@ -8,6 +8,7 @@ move (another worker, instance, the admin or `load_config`), within GATEWAY_CONF
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import logging
 import os
@@ -25,6 +26,7 @@ from endpoints_app.limits import describe, period_seconds
 from endpoints_app.models import Endpoint, TrafficRoute
 from endpoints_app.ratelimit import RateLimit, RateState, hit
 from providers import registry, shapes
+from providers.asyncbridge import await_, in_bridge
 from providers.base import BaseProvider
 from providers.errors import EndpointNotFound, WrongEndpointType
 from providers.http import Timeouts
@@ -165,10 +167,17 @@ def invalidate() -> None:
 
 def current_table() -> EndpointTable:
     """The live table; rebuilt only when stale (zero queries on the warm path)."""
-    global _table, _stale
     table = _table
     if table is not None and not _stale:
         return table
+    if in_bridge():
+        # On the event loop: the database is reached from a thread (Django refuses it on the loop).
+        return await_(asyncio.to_thread(_rebuild))
+    return _rebuild()
+
+
+def _rebuild() -> EndpointTable:
+    global _table, _stale
     with _lock:
         if _table is None or _stale:
             _stale = False
@@ -179,8 +188,9 @@ def current_table() -> EndpointTable:
                 _stale = True
                 raise
             finally:
-                # Any of a worker's 1,024 request threads may rebuild the table; none may keep a database
-                # connection for it (Django's are per thread). Not inside a transaction: that one is in use.
+                # Whichever thread rebuilds the table (a WSGI request thread, an ASGI worker's helper thread) must
+                # not keep a database connection for it (Django's are per thread). Not inside a transaction: that
+                # one is in use.
                 if opened_here and not connection.in_atomic_block:
                     connection.close()
             _ensure_poller()

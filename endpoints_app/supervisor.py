@@ -7,12 +7,12 @@ short-lived child: the same all-or-nothing import (one transaction that bumps th
 every worker's poller rebuilds its table within GATEWAY_CONFIG_POLL_SECONDS). Workers are never
 restarted, so no request is dropped. SIGTERM or SIGINT stops granian and every process under it.
 
-Why granian's WSGI mode with many blocking threads: a WSGI request (and an SSE stream, for its whole
-length) holds one thread, and those threads spend their time waiting on the upstream, so a worker
-can hold hundreds of them cheaply. Granian's default (backlog/workers/2 = 256 threads per worker
-with 2 workers) queues the 513th stream; with BLOCKING_THREADS per worker, 1,000 concurrent 10 s
-SSE streams on 2 workers all ran at once. GRANIAN_BLOCKING_THREADS / GRANIAN_BACKPRESSURE /
-GRANIAN_BACKLOG override the defaults.
+Why granian's ASGI mode: an invocation spends nearly all its time waiting on the upstream. Under
+ASGI a waiting invocation (or an SSE stream, for its whole length) is a suspended greenlet on the
+worker's event loop (endpoints_app.fastpath, providers.asyncbridge), a few KiB, where under WSGI it
+held a thread (about 120 KiB, measured: bench/README.md). So a worker accepts MAX_CONCURRENCY
+requests at once; granian's default (backlog/workers) would queue the 513th of 1,000 streams on 2
+workers. GRANIAN_BACKPRESSURE / GRANIAN_BACKLOG override the defaults.
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ logger = logging.getLogger("endpoints_app.supervisor")
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 MANAGE = str(BASE_DIR / "manage.py")
-WSGI_APP = "gateway_project.wsgi:application"
-# Concurrent requests each worker accepts, and the threads that run them (one per request or stream).
-BLOCKING_THREADS = 1024
-BACKLOG = 2048
+ASGI_APP = "gateway_project.asgi:application"
+# Concurrent requests each worker accepts (each a coroutine), and the listen backlog.
+MAX_CONCURRENCY = 4096
+BACKLOG = 4096
 # On stop, granian waits this long for in-flight requests before killing its workers; we then give
 # it a little more before killing whatever is left of the tree.
 WORKERS_KILL_TIMEOUT = 10
@@ -61,19 +61,18 @@ class ServeOptions:
 
 # -- granian -------------------------------------------------------------------------------------------
 def granian_command(options: ServeOptions) -> list[str]:
-    """The granian command line. GRANIAN_* environment variables override the thread settings."""
-    command = [sys.executable, "-m", "granian", "--interface", "wsgi", "--no-ws",
+    """The granian command line. GRANIAN_* environment variables override the concurrency settings."""
+    command = [sys.executable, "-m", "granian", "--interface", "asgi", "--no-ws",
                "--host", options.host, "--port", str(options.port), "--workers", str(options.workers),
                "--workers-kill-timeout", str(WORKERS_KILL_TIMEOUT), "--respawn-failed-workers"]
-    tunables = {"--blocking-threads": ("GRANIAN_BLOCKING_THREADS", BLOCKING_THREADS),
-                "--backpressure": ("GRANIAN_BACKPRESSURE", BLOCKING_THREADS),
+    tunables = {"--backpressure": ("GRANIAN_BACKPRESSURE", MAX_CONCURRENCY),
                 "--backlog": ("GRANIAN_BACKLOG", BACKLOG)}
     for flag, (env_name, default) in tunables.items():
         if not os.environ.get(env_name):
             command += [flag, str(default)]
     if options.static_root:
         command += ["--static-path-route", "/static", "--static-path-mount", options.static_root]
-    return [*command, WSGI_APP]
+    return [*command, ASGI_APP]
 
 
 def start_granian(options: ServeOptions) -> subprocess.Popen[bytes]:
@@ -262,9 +261,9 @@ def supervise(options: ServeOptions, applied_digest: str | None = None) -> int:
                 return 0
             logger.error("granian did not start (exit code %s); is port %s free?", process.poll(), options.port)
             return 1
-        threads = os.environ.get("GRANIAN_BLOCKING_THREADS") or BLOCKING_THREADS
-        logger.info("Serving http://%s:%s with %s granian WSGI worker(s) of up to %s concurrent requests each "
-                    "(pid %s)", _display_host(options.host), options.port, options.workers, threads, process.pid)
+        concurrency = os.environ.get("GRANIAN_BACKPRESSURE") or MAX_CONCURRENCY
+        logger.info("Serving http://%s:%s with %s granian ASGI worker(s) of up to %s concurrent requests each "
+                    "(pid %s)", _display_host(options.host), options.port, options.workers, concurrency, process.pid)
         if watcher is not None:
             logger.info("Watching %s for changes (valid changes apply without restarting workers)", watcher.path)
         while not stop.wait(0.2):

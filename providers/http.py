@@ -1,6 +1,8 @@
 """The one HTTP seam: every upstream call goes through here.
 
-One urllib3 PoolManager per process keeps keep-alive connections per upstream host. This module
+Keep-alive connections are pooled per upstream origin: by urllib3 for synchronous callers (WSGI,
+management commands), by the asyncio client (providers.aioclient) for code running in the async
+bridge (the ASGI server's invocations). Both go through the same retry and error code. This module
 maps transport failures to the gateway's errors (timeout 504, unreachable 502, bad body 502,
 upstream error status passed through), retries only where it is safe (connection failures and
 429/502/503 before any byte reached the client, with backoff and jitter, bounded by the endpoint's
@@ -8,6 +10,7 @@ timeout), and decodes streams (SSE, NDJSON, raw) chunk by chunk as they arrive.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import threading
@@ -26,6 +29,8 @@ from urllib3.exceptions import (
     ReadTimeoutError,
 )
 
+from providers import aioclient
+from providers.asyncbridge import await_, in_bridge, sleep
 from providers.errors import (
     UpstreamBadResponse,
     UpstreamError,
@@ -69,14 +74,111 @@ class UpstreamRequest:
 ErrorMessageExtractor = Callable[[Any], Any]
 
 
+class UpstreamAnswer:
+    """One upstream response, whichever client read it: the status and headers, then the body."""
+
+    status: int
+
+    def header(self, name: str) -> str | None:
+        """A response header by its lower-case name."""
+        raise NotImplementedError
+
+    def read(self) -> bytes:
+        """The whole body; the connection goes back to the pool."""
+        raise NotImplementedError
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body as it arrives; the connection goes back to the pool at the end (closed if abandoned)."""
+        raise NotImplementedError
+
+    def discard(self) -> None:
+        """Read and drop the rest of the body (before a retry), keeping the connection."""
+        raise NotImplementedError
+
+
+class _SyncAnswer(UpstreamAnswer):
+    def __init__(self, response: urllib3.BaseHTTPResponse) -> None:
+        self._response = response
+        self.status = response.status
+
+    def header(self, name: str) -> str | None:
+        return self._response.headers.get(name)
+
+    def read(self) -> bytes:
+        data = self._response.data  # preloaded, or read now
+        self._response.release_conn()
+        return data
+
+    def chunks(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._response.stream(8192, decode_content=True):
+                if chunk:
+                    yield chunk
+        except ReadTimeoutError:
+            raise UpstreamTimeout("The upstream stream went idle for longer than the read timeout.") from None
+        except (ProtocolError, HTTPError) as exc:
+            raise UpstreamUnavailable(f"The upstream stream broke: {_reason(exc)}") from None
+        finally:
+            self._response.release_conn()
+
+    def discard(self) -> None:
+        self._response.drain_conn()
+        self._response.release_conn()
+
+
+class _BridgedAnswer(UpstreamAnswer):
+    """A response of the asyncio client, read from synchronous code inside the async bridge."""
+
+    def __init__(self, response: aioclient.AsyncResponse, data: bytes | None = None) -> None:
+        self._response = response
+        self._data = data
+        self.status = response.status
+
+    def header(self, name: str) -> str | None:
+        return self._response.headers.get(name)
+
+    def read(self) -> bytes:
+        if self._data is not None:
+            return self._data
+        try:
+            return await_(self._response.read())
+        except aioclient.ReadTimedOut:
+            raise UpstreamTimeout("The upstream went idle for longer than the read timeout.") from None
+        except aioclient.ConnectionBroken as exc:
+            raise UpstreamUnavailable(f"The upstream connection broke: {exc.reason}") from None
+
+    def chunks(self) -> Iterator[bytes]:
+        response = self._response
+        try:
+            while chunk := await_(response.next_chunk()):
+                yield chunk
+        except aioclient.ReadTimedOut:
+            raise UpstreamTimeout("The upstream stream went idle for longer than the read timeout.") from None
+        except aioclient.ConnectionBroken as exc:
+            raise UpstreamUnavailable(f"The upstream stream broke: {exc.reason}") from None
+        finally:
+            response.close()  # a no-op once the body was read to its end and the connection pooled
+
+    def discard(self) -> None:
+        if self._data is None:
+            await_(self._response.drain())
+
+
 class Transport:
-    """Sends UpstreamRequests with pooling, timeouts and safe retries."""
+    """Sends UpstreamRequests with pooling, timeouts and safe retries.
+
+    Two clients behind one behaviour: urllib3 for synchronous callers (WSGI, commands), and the
+    asyncio client (providers.aioclient) when the caller runs inside the async bridge (the ASGI
+    server). Retries, deadlines and error mapping are the same code for both."""
 
     def __init__(self, *, maxsize: int = 64) -> None:
+        self._maxsize = maxsize
         self._manager = urllib3.PoolManager(num_pools=64, maxsize=maxsize, block=False, retries=False)
         # origin → its connection pool: PoolManager finds it by parsing the URL and building a key on every
         # request (about a tenth of a proxied call's CPU); upstream origins are few and never change.
         self._pools: dict[str, urllib3.HTTPConnectionPool] = {}
+        self._async_pool: aioclient.AsyncPool | None = None
+        self._async_loop: asyncio.AbstractEventLoop | None = None
 
     def _pool_for(self, url: str) -> tuple[urllib3.HTTPConnectionPool, str]:
         """The pool for the URL's origin, and the request target (path and query) to send it."""
@@ -87,32 +189,67 @@ class Transport:
             pool = self._pools[origin] = self._manager.connection_from_url(origin)
         return pool, target
 
+    def _pool_for_loop(self) -> aioclient.AsyncPool:
+        """The asyncio client's pool: its connections belong to the running event loop."""
+        loop = asyncio.get_running_loop()
+        if self._async_loop is not loop or self._async_pool is None:
+            self._async_pool = aioclient.AsyncPool(maxsize=self._maxsize)
+            self._async_loop = loop
+        return self._async_pool
+
+    def _attempt(self, request: UpstreamRequest, body: bytes | None, headers: dict[str, str],
+                 connect: float, read: float, *, stream: bool) -> UpstreamAnswer:
+        """One try, with no retry. Raises _ConnectFailed, _ReadTimedOut or _Broken."""
+        if in_bridge():
+            try:
+                response = await_(self._pool_for_loop().request(
+                    request.method, request.url, headers, body, connect_timeout=connect, read_timeout=read,
+                ))
+                # A whole body is read here, so its failures map as the synchronous client's do.
+                return _BridgedAnswer(response, None if stream else await_(response.read()))
+            except aioclient.ConnectFailed as exc:
+                raise _ConnectFailed(exc.reason) from None
+            except aioclient.ReadTimedOut:
+                raise _ReadTimedOut() from None
+            except aioclient.ConnectionBroken as exc:
+                raise _Broken(exc.reason) from None
+        try:
+            pool, target = self._pool_for(request.url)
+            return _SyncAnswer(pool.urlopen(
+                request.method, target, body=body, headers=headers,
+                timeout=urllib3.Timeout(connect=connect, read=read),
+                preload_content=not stream, decode_content=True, redirect=False,
+            ))
+        except (ConnectTimeoutError, NewConnectionError) as exc:
+            raise _ConnectFailed(_reason(exc)) from None
+        except ReadTimeoutError:
+            raise _ReadTimedOut() from None
+        except (ProtocolError, HTTPError) as exc:
+            raise _Broken(_reason(exc)) from None
+
     # -- non-streaming -------------------------------------------------------------------------
     def send_json(self, request: UpstreamRequest, timeouts: Timeouts,
                   extract_error: ErrorMessageExtractor | None = None) -> Any:
         """POST and return the parsed JSON body. Raises the gateway's Upstream* errors."""
-        response = self._request(request, timeouts, stream=False)
-        data = response.data
-        status = response.status
-        content_type = response.headers.get("content-type", "")
-        response.release_conn()
-        if status >= 400:
-            raise error_from_response(status, content_type, data, response.headers, extract_error)
+        answer = self._request(request, timeouts, stream=False)
+        data = answer.read()
+        content_type = answer.header("content-type") or ""
+        if answer.status >= 400:
+            raise error_from_response(answer.status, content_type, data, answer.header("retry-after"), extract_error)
         return parse_json_body(data, content_type)
 
     # -- streaming -----------------------------------------------------------------------------
     def open_stream(self, request: UpstreamRequest, timeouts: Timeouts,
-                    extract_error: ErrorMessageExtractor | None = None) -> urllib3.BaseHTTPResponse:
+                    extract_error: ErrorMessageExtractor | None = None) -> UpstreamAnswer:
         """Open a streaming response; error statuses raise before any byte goes to the client."""
-        response = self._request(request, timeouts, stream=True)
-        if response.status >= 400:
-            data = response.read()
-            content_type = response.headers.get("content-type", "")
-            response.release_conn()
-            raise error_from_response(response.status, content_type, data, response.headers, extract_error)
-        return response
+        answer = self._request(request, timeouts, stream=True)
+        if answer.status >= 400:
+            data = answer.read()
+            raise error_from_response(answer.status, answer.header("content-type") or "", data,
+                                      answer.header("retry-after"), extract_error)
+        return answer
 
-    def _request(self, request: UpstreamRequest, timeouts: Timeouts, *, stream: bool) -> urllib3.BaseHTTPResponse:
+    def _request(self, request: UpstreamRequest, timeouts: Timeouts, *, stream: bool) -> UpstreamAnswer:
         body = request.encoded_body()
         headers = request.headers
         if body is not None and "content-type" not in {k.lower() for k in headers}:
@@ -123,45 +260,58 @@ class Transport:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise UpstreamTimeout(f"The upstream did not answer within {timeouts.total:g} s.")
-            timeout = urllib3.Timeout(connect=min(timeouts.connect, remaining), read=min(timeouts.read, remaining))
             try:
-                pool, target = self._pool_for(request.url)
-                response = pool.urlopen(
-                    request.method, target, body=body, headers=headers, timeout=timeout,
-                    preload_content=not stream, decode_content=True, redirect=False,
-                )
-            except (ConnectTimeoutError, NewConnectionError) as exc:
+                answer = self._attempt(request, body, headers, min(timeouts.connect, remaining),
+                                       min(timeouts.read, remaining), stream=stream)
+            except _ConnectFailed as exc:
                 error: Exception = UpstreamUnavailable(
-                    f"The upstream at {_origin(request.url)} is unreachable: {_reason(exc)}"
+                    f"The upstream at {_origin(request.url)} is unreachable: {exc.reason}"
                 )
                 delay = _backoff(attempt, None)
-            except ReadTimeoutError:
+            except _ReadTimedOut:
                 raise UpstreamTimeout(
                     f"The upstream at {_origin(request.url)} did not answer within {timeouts.read:g} s."
                 ) from None
-            except (ProtocolError, HTTPError) as exc:
+            except _Broken as exc:
                 # The request may have reached the upstream: not safe to repeat a POST.
-                raise UpstreamUnavailable(f"The connection to {_origin(request.url)} failed: {_reason(exc)}") from None
+                raise UpstreamUnavailable(f"The connection to {_origin(request.url)} failed: {exc.reason}") from None
             else:
-                if response.status not in RETRYABLE_STATUSES or attempt >= timeouts.retries:
-                    return response
-                retry_after = _retry_after_seconds(response.headers.get("retry-after"))
-                if response.status != 503 and response.status != 502 and retry_after is None:
-                    return response  # a 429 without Retry-After is the caller's to handle
+                if answer.status not in RETRYABLE_STATUSES or attempt >= timeouts.retries:
+                    return answer
+                retry_after = _retry_after_seconds(answer.header("retry-after"))
+                if answer.status != 503 and answer.status != 502 and retry_after is None:
+                    return answer  # a 429 without Retry-After is the caller's to handle
                 delay = _backoff(attempt, retry_after)
                 if time.monotonic() + delay >= deadline:
-                    return response  # no time left to retry: pass on the upstream's own answer and Retry-After
-                response.drain_conn()
-                response.release_conn()
-                error = UpstreamError(f"upstream status {response.status}", status=response.status)
+                    return answer  # no time left to retry: pass on the upstream's own answer and Retry-After
+                answer.discard()
+                error = UpstreamError(f"upstream status {answer.status}", status=answer.status)
             if attempt >= timeouts.retries:
                 raise error
             if time.monotonic() + delay >= deadline:
                 raise error
             logger.info("retrying upstream %s after %.2fs (attempt %d): %s", _origin(request.url), delay,
                         attempt + 1, error)
-            time.sleep(delay)
+            sleep(delay)
             attempt += 1
+
+
+class _ConnectFailed(Exception):
+    """The request was not sent: safe to retry."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class _ReadTimedOut(Exception):
+    pass
+
+
+class _Broken(Exception):
+    """The connection failed after the request may have reached the upstream: not safe to retry."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
 def _backoff(attempt: int, retry_after: float | None) -> float:
@@ -216,9 +366,9 @@ def default_error_message(body: Any) -> Any:
     return body
 
 
-def error_from_response(status: int, content_type: str, data: bytes, headers: Any,
+def error_from_response(status: int, content_type: str, data: bytes, retry_after_header: str | None,
                         extract_error: ErrorMessageExtractor | None) -> Exception:
-    retry_after = _retry_after_seconds(headers.get("retry-after")) if headers is not None else None
+    retry_after = _retry_after_seconds(retry_after_header)
     if "json" in content_type or (not content_type and data[:1] in (b"{", b"[")):
         try:
             body = orjson.loads(data)
@@ -235,24 +385,15 @@ def error_from_response(status: int, content_type: str, data: bytes, headers: An
 
 
 # -- stream decoders ------------------------------------------------------------------------------
-def iter_raw(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+def iter_raw(response: UpstreamAnswer) -> Iterator[bytes]:
     """The body's bytes as they arrive (binary framings such as AWS event streams use this directly).
 
     An idle upstream becomes UpstreamTimeout, a broken one UpstreamUnavailable; the connection goes
     back to the pool at the end (reusable when the body was read to its end)."""
-    try:
-        for chunk in response.stream(8192, decode_content=True):
-            if chunk:
-                yield chunk
-    except ReadTimeoutError:
-        raise UpstreamTimeout("The upstream stream went idle for longer than the read timeout.") from None
-    except (ProtocolError, HTTPError) as exc:
-        raise UpstreamUnavailable(f"The upstream stream broke: {_reason(exc)}") from None
-    finally:
-        response.release_conn()
+    return response.chunks()
 
 
-def iter_lines(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+def iter_lines(response: UpstreamAnswer) -> Iterator[bytes]:
     """Lines as they arrive (without line endings), handling \\n, \\r\\n and lines split across chunks."""
     buffer = b""
     for chunk in iter_raw(response):
@@ -273,7 +414,7 @@ class SSEEvent:
     event: str | None = None
 
 
-def iter_sse(response: urllib3.BaseHTTPResponse) -> Iterator[SSEEvent]:
+def iter_sse(response: UpstreamAnswer) -> Iterator[SSEEvent]:
     """Server-Sent Events: joins multi-line data, keeps the event name, skips comments."""
     data_lines: list[str] = []
     event: str | None = None
@@ -296,7 +437,7 @@ def iter_sse(response: urllib3.BaseHTTPResponse) -> Iterator[SSEEvent]:
         yield SSEEvent("\n".join(data_lines), event)
 
 
-def iter_ndjson(response: urllib3.BaseHTTPResponse) -> Iterator[Any]:
+def iter_ndjson(response: UpstreamAnswer) -> Iterator[Any]:
     for line in iter_lines(response):
         if line.strip():
             try:

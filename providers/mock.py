@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 from providers import shapes
+from providers.asyncbridge import sleep
 from providers.base import BaseProvider, require_n_is_one
 from providers.config import ConfigField, ProviderConfig
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
@@ -77,7 +77,7 @@ class MockProvider(BaseProvider):
     def _sleep(self, key: str) -> None:
         delay = float(self.config[key] or 0)
         if delay:
-            time.sleep(delay / 1000.0)
+            sleep(delay / 1000.0)
 
     def _prompt_tokens(self, payload: dict[str, Any]) -> int:
         if "messages" in payload:

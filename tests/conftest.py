@@ -14,6 +14,7 @@ from django.core.cache import cache
 from endpoints_app import ratelimit, runtime
 from endpoints_app.models import Endpoint, Source
 from endpoints_app.validation import validate_endpoint
+from tests.asgi import ASGIClient
 
 ON_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -34,6 +35,13 @@ def _fresh_state() -> Iterator[None]:
     ratelimit.reset_counter_backend()  # fresh in-process windows (Redis ones went with cache.clear())
     yield
     runtime.invalidate()
+
+
+@pytest.fixture(params=["wsgi", "asgi"])
+def client(request: pytest.FixtureRequest, client: Any) -> Any:
+    """Django's test client, and the same requests through the ASGI application start_server runs
+    (tests.asgi): every test that invokes an endpoint runs through both."""
+    return client if request.param == "wsgi" else ASGIClient(client)
 
 
 MakeEndpoint = Callable[..., Endpoint]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from endpoints_app.limits import describe, parse_period, period_seconds
 from endpoints_app.ratelimit import RateLimit, hit
+from providers.asyncbridge import run_sync
 from providers.errors import RateLimited
 
 
@@ -50,3 +53,17 @@ def test_counters_are_per_endpoint() -> None:
     limit = RateLimit(calls=1, period_seconds=60, description="1 per 1 minute")
     hit("endpoint-a", limit)
     assert hit("endpoint-b", limit).remaining == 0
+
+
+def test_calls_on_the_event_loop_share_the_counter_with_synchronous_ones() -> None:
+    """Under the ASGI server `hit` runs in the async bridge (Redis through redis.asyncio when
+    REDIS_URL is set, never blocking the loop); the window is the same one."""
+    limit = RateLimit(calls=3, period_seconds=3600, description="3 per 1 hour")
+    assert hit("shared-endpoint", limit).remaining == 2
+
+    async def two_on_the_loop() -> list[int]:
+        return [(await run_sync(hit, "shared-endpoint", limit)).remaining for _ in range(2)]
+
+    assert asyncio.run(two_on_the_loop()) == [1, 0]
+    with pytest.raises(RateLimited):
+        hit("shared-endpoint", limit)

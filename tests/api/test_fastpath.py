@@ -3,15 +3,22 @@ the Django-routed views do; everything else is plain Django."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import threading
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 import pytest
 from werkzeug.test import Client
 
+from endpoints_app import runtime
 from gateway_project.wsgi import application, django_application
 from providers.shapes import CHAT, EMBEDDINGS
+from tests.asgi import ASGIClient, event_loop
 from tests.conftest import parse_sse_text
+from tests.rawserver import chunk, raw_server
 
 pytestmark = pytest.mark.django_db
 
@@ -83,3 +90,55 @@ def test_other_requests_go_to_django(endpoints: None) -> None:
     wrong_method = client.get("/endpoints/chat/invocations", headers={"Host": "127.0.0.1"})
     assert wrong_method.status_code == 405
     assert wrong_method.get_json() == {"detail": "Method Not Allowed"}
+
+
+# -- the ASGI application (what start_server runs) -------------------------------------------------------
+def test_the_asgi_fast_path_sends_each_event_as_its_own_message(endpoints: None) -> None:
+    response = ASGIClient(None).post("/endpoints/chat/invocations", data=orjson.dumps({**HI, "stream": True}),
+                                     content_type="application/json")
+    assert response.status_code == 200
+    events = parse_sse_text(response.content.decode())
+    assert len(response.chunks) == len(events) > 2  # passed on one by one, not gathered
+    assert response["X-Content-Type-Options"] == "nosniff"
+
+
+def test_the_asgi_fast_path_checks_the_host_header(endpoints: None) -> None:
+    response = ASGIClient(None).post("/endpoints/chat/invocations", data=orjson.dumps(HI),
+                                     content_type="application/json", headers={"Host": "evil.example"})
+    assert response.status_code == 400
+
+
+def test_a_client_that_goes_away_mid_stream_closes_the_upstream_stream(make_endpoint: Any) -> None:
+    upstream_saw_close = threading.Event()
+
+    def endless_stream(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        first = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt",
+                 "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": None}]}
+        conn.sendall(chunk(b"data: " + orjson.dumps(first) + b"\n\n"))
+        conn.settimeout(10)
+        if conn.recv(1) == b"":
+            upstream_saw_close.set()
+
+    with raw_server(endless_stream) as base:
+        make_endpoint("chat", CHAT, "openai", "gpt", {"openai_api_key": "sk", "openai_api_base": f"{base}/v1"})
+        runtime.current_table()
+        from gateway_project.asgi import application
+
+        sent: list[bytes] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": orjson.dumps({**HI, "stream": True}), "more_body": False}
+
+        async def send(message: Mapping[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                sent.append(message["body"])
+                raise OSError("the client went away")
+
+        scope = {"type": "http", "method": "POST", "path": "/endpoints/chat/invocations", "query_string": b"",
+                 "root_path": "", "headers": [(b"host", b"testserver"), (b"content-type", b"application/json")]}
+        future = asyncio.run_coroutine_threadsafe(application(scope, receive, send), event_loop())
+        with pytest.raises(OSError, match="went away"):
+            future.result(timeout=10)
+        assert b'"Hel"' in sent[0]
+        assert upstream_saw_close.wait(5)

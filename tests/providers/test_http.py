@@ -154,13 +154,13 @@ def connection_attempts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every request the seam sends (connection attempts included), by URL."""
     transport = get_transport()
     attempts: list[str] = []
-    real = transport._pool_for
+    real = transport._attempt
 
-    def counting(url: str) -> Any:
-        attempts.append(url)
-        return real(url)
+    def counting(request: Any, *args: Any, **kwargs: Any) -> Any:
+        attempts.append(request.url)
+        return real(request, *args, **kwargs)
 
-    monkeypatch.setattr(transport, "_pool_for", counting)
+    monkeypatch.setattr(transport, "_attempt", counting)
     return attempts
 
 

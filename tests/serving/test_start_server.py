@@ -121,7 +121,7 @@ def test_it_serves_health_and_an_invocation_from_the_file(gateway: Server) -> No
     assert response.json()["choices"][0]["message"]["content"] == "Echo: hello"
     embed = requests.post(gateway.url("/endpoints/embed/invocations"), json={"input": "x"}, timeout=10)
     assert embed.status_code == 200
-    assert f"Serving http://127.0.0.1:{gateway.port} with 2 granian WSGI worker(s)" in gateway.log()
+    assert f"Serving http://127.0.0.1:{gateway.port} with 2 granian ASGI worker(s)" in gateway.log()
     assert f"Admin: http://127.0.0.1:{gateway.port}/admin/" in gateway.log()
     assert len(gateway.worker_pids()) == 2
 

@@ -1,0 +1,105 @@
+"""The async bridge: synchronous provider code awaiting on an event loop."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from providers.asyncbridge import await_, in_bridge, run_sync, sleep
+
+
+async def _value(value: int) -> int:
+    await asyncio.sleep(0)
+    return value
+
+
+async def _fail() -> None:
+    await asyncio.sleep(0)
+    raise ValueError("from the loop")
+
+
+def test_synchronous_code_gets_what_it_awaits_and_returns_its_result() -> None:
+    def add() -> int:
+        assert in_bridge()
+        return await_(_value(2)) + await_(_value(3))
+
+    assert asyncio.run(run_sync(add)) == 5
+    assert not in_bridge()
+
+
+def test_an_awaited_exception_is_raised_inside_and_can_be_caught_there() -> None:
+    def catch() -> str:
+        try:
+            await_(_fail())
+        except ValueError as exc:
+            return f"caught {exc}"
+        return "not raised"
+
+    assert asyncio.run(run_sync(catch)) == "caught from the loop"
+
+
+def test_what_the_synchronous_code_raises_reaches_the_coroutine() -> None:
+    def fail() -> None:
+        await_(_value(1))
+        raise KeyError("inside")
+
+    with pytest.raises(KeyError, match="inside"):
+        asyncio.run(run_sync(fail))
+
+
+def test_await_outside_a_bridge_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="outside run_sync"):
+        await_(_value(1))
+
+
+def test_a_generator_pulled_one_item_per_bridge_call_awaits_in_each() -> None:
+    """How an SSE stream is served: each chunk is pulled by its own run_sync(next, ...)."""
+
+    def numbers() -> Iterator[int]:
+        for value in range(3):
+            yield await_(_value(value * 10))
+
+    async def pull() -> list[int | None]:
+        iterator = numbers()
+        return [await run_sync(next, iterator, None) for _ in range(4)]
+
+    assert asyncio.run(pull()) == [0, 10, 20, None]
+
+
+def test_a_sleeping_bridge_lets_other_work_run_on_the_loop() -> None:
+    order: list[str] = []
+
+    def slow() -> None:
+        order.append("slow starts")
+        sleep(0.05)
+        order.append("slow ends")
+
+    def quick() -> None:
+        order.append("quick runs")
+
+    async def both() -> None:
+        await asyncio.gather(run_sync(slow), run_sync(quick))
+
+    asyncio.run(both())
+    assert order == ["slow starts", "quick runs", "slow ends"]
+
+
+def test_cancelling_the_coroutine_raises_inside_so_cleanup_runs() -> None:
+    cleaned: list[str] = []
+
+    def waits_forever() -> None:
+        try:
+            await_(asyncio.sleep(60))
+        finally:
+            cleaned.append("closed the upstream")
+
+    async def cancel() -> None:
+        task = asyncio.ensure_future(run_sync(waits_forever))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel())
+    assert cleaned == ["closed the upstream"]
