@@ -26,15 +26,18 @@ import run as bench  # re-execs under .venv when needed
 
 # Checked in order; a sample goes to the first group with a frame anywhere in its stack.
 GROUPS = (
-    ("upstream HTTP client (urllib3, http.client, socket)", ("urllib3/", "http/client.py", "socket.py",
-                                                             "providers/http.py")),
+    ("upstream HTTP client (aioclient, urllib3, http.client, socket)", ("providers/aioclient.py", "urllib3/",
+                                                                        "http/client.py", "socket.py",
+                                                                        "providers/http.py")),
     ("rate limit (ratelimit.py + Django cache)", ("endpoints_app/ratelimit.py",)),
     ("request validation (schemas.py, pydantic)", ("endpoints_app/schemas.py", "pydantic")),
     ("provider translation (providers/*)", ("providers/",)),
     ("response rendering (errors.json_response, HttpResponse)", ("json_response", "sse_response", "events (")),
     ("our view and runtime (other endpoints_app code)", ("endpoints_app/",)),
     ("Django request handling and middleware", ("django/",)),
-    ("granian WSGI glue", ("granian/",)),
+    ("async bridge (greenlet switches)", ("providers/asyncbridge.py",)),
+    ("ASGI fast path (endpoints_app/fastpath.py)", ("endpoints_app/fastpath.py",)),
+    ("granian glue", ("granian/",)),
 )
 
 

@@ -26,7 +26,7 @@ from django.http import HttpRequest, HttpResponseBase
 
 from endpoints_app import invocations, runtime
 from endpoints_app.errors import json_response
-from providers.asyncbridge import run_sync
+from providers.asyncbridge import await_, run_sync
 
 logger = logging.getLogger(__name__)
 
@@ -138,14 +138,19 @@ class AsyncInvocationFastPath:
         if not response.streaming:
             await send({"type": "http.response.body", "body": response.content})  # type: ignore[attr-defined]
             return
-        chunks = iter(response.streaming_content)  # type: ignore[attr-defined]
-        try:
-            while (chunk := await run_sync(next, chunks, None)) is not None:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-        finally:
-            # Ends the provider's generator, so an upstream stream the client abandoned is closed too.
-            await run_sync(response.close)
+        await run_sync(_send_stream, response, send)
+
+
+def _send_stream(response: HttpResponseBase, send: Send) -> None:
+    """Pass a streaming response on chunk by chunk, in one greenlet for the whole stream: each upstream
+    read and each send waits on the event loop."""
+    try:
+        for chunk in response.streaming_content:  # type: ignore[attr-defined]
+            await_(send({"type": "http.response.body", "body": chunk, "more_body": True}))
+        await_(send({"type": "http.response.body", "body": b""}))
+    finally:
+        # Ends the provider's generator, so an upstream stream the client abandoned is closed too.
+        response.close()
 
 
 async def _read_body(receive: Receive) -> bytes | None:

@@ -2,7 +2,7 @@
 
 It prepares the database (migrations), applies the config file like `load_config --prune`, reports
 what it serves, then replaces itself (exec) with the Django-free supervisor
-(endpoints_app.supervisor), which runs granian, watches the file and stops the whole tree.
+(endpoints_app.supervisor), which runs uvicorn, watches the file and stops the whole tree.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def prepare(options: ServeOptions, report: Callable[[str], None]) -> str | None:
         raise ConfigError([Issue("", "", f"{options.config_path} does not exist")], options.config_path)
     if prepare_database():
         report("Database migrated.")
-    # The admin's and the API docs' assets, served by granian itself (no Python per file).
+    # The admin's and the API docs' assets, served from STATIC_ROOT by ServeStatic (gateway_project.asgi).
     call_command("collectstatic", interactive=False, verbosity=0)
     digest = None
     if options.config_path:

@@ -1,18 +1,21 @@
-"""The start_server supervisor: runs granian, watches the config file, stops the whole tree.
+"""The start_server supervisor: runs uvicorn, watches the config file, stops the whole tree.
 
 It imports no Django (it is exec'd by `start_server` once the database is prepared and the file
 applied), so the one long-lived process that is not a worker stays small: about 20 MB instead of
 the 90 MB of a Django process. A changed file is applied by `manage.py load_config --prune`, run as a
 short-lived child: the same all-or-nothing import (one transaction that bumps the config version;
 every worker's poller rebuilds its table within GATEWAY_CONFIG_POLL_SECONDS). Workers are never
-restarted, so no request is dropped. SIGTERM or SIGINT stops granian and every process under it.
+restarted, so no request is dropped. SIGTERM or SIGINT stops uvicorn and every process under it.
 
-Why granian's ASGI mode: an invocation spends nearly all its time waiting on the upstream. Under
+Why ASGI, and why uvicorn: an invocation spends nearly all its time waiting on the upstream. Under
 ASGI a waiting invocation (or an SSE stream, for its whole length) is a suspended greenlet on the
 worker's event loop (endpoints_app.fastpath, providers.asyncbridge), a few KiB, where under WSGI it
-held a thread (about 120 KiB, measured: bench/README.md). So a worker accepts MAX_CONCURRENCY
-requests at once; granian's default (backlog/workers) would queue the 513th of 1,000 streams on 2
-workers. GRANIAN_BACKPRESSURE / GRANIAN_BACKLOG override the defaults.
+held a thread (about 120 KiB, measured: bench/README.md). uvicorn (uvloop, httptools) runs the HTTP
+protocol on that same loop; granian's ASGI mode hands every request between its Rust threads and
+the Python loop, and cost 0.61-0.68 ms of CPU per proxied chat where uvicorn cost 0.43 ms, measured
+side by side on the benchmark's fake upstream. The supervisor binds the port and starts the workers
+itself (endpoints_app.worker), restarting any that dies: uvicorn's multi-worker mode would add a
+parent process and a multiprocessing resource tracker, about 40 MiB, for the same job.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import http.client
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -39,14 +43,10 @@ logger = logging.getLogger("endpoints_app.supervisor")
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 MANAGE = str(BASE_DIR / "manage.py")
-ASGI_APP = "gateway_project.asgi:application"
-# Concurrent requests each worker accepts (each a coroutine), and the listen backlog.
-MAX_CONCURRENCY = 4096
-BACKLOG = 4096
-# On stop, granian waits this long for in-flight requests before killing its workers; we then give
-# it a little more before killing whatever is left of the tree.
-WORKERS_KILL_TIMEOUT = 10
-STOP_GRACE_SECONDS = WORKERS_KILL_TIMEOUT + 5
+BACKLOG = 4096  # connections waiting to be accepted (1,000 streams opened within a second must all fit)
+# On stop, a worker lets in-flight requests finish for 10 s (endpoints_app.worker.GRACEFUL_SHUTDOWN_SECONDS);
+# we give it a little more before killing whatever is left.
+STOP_GRACE_SECONDS = 15
 APPLY_TIMEOUT_SECONDS = 120
 
 
@@ -56,30 +56,30 @@ class ServeOptions:
     port: int
     workers: int
     config_path: str | None = None
-    static_root: str | None = None  # collected static files, served by granian under /static
+    static_root: str | None = None  # collected static files, served under /static (gateway_project.asgi)
 
 
-# -- granian -------------------------------------------------------------------------------------------
-def granian_command(options: ServeOptions) -> list[str]:
-    """The granian command line. GRANIAN_* environment variables override the concurrency settings."""
-    command = [sys.executable, "-m", "granian", "--interface", "asgi", "--no-ws",
-               "--host", options.host, "--port", str(options.port), "--workers", str(options.workers),
-               "--workers-kill-timeout", str(WORKERS_KILL_TIMEOUT), "--respawn-failed-workers"]
-    tunables = {"--backpressure": ("GRANIAN_BACKPRESSURE", MAX_CONCURRENCY),
-                "--backlog": ("GRANIAN_BACKLOG", BACKLOG)}
-    for flag, (env_name, default) in tunables.items():
-        if not os.environ.get(env_name):
-            command += [flag, str(default)]
-    if options.static_root:
-        command += ["--static-path-route", "/static", "--static-path-mount", options.static_root]
-    return [*command, ASGI_APP]
+# -- the workers ---------------------------------------------------------------------------------------
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket every worker accepts on (OSError if the address is taken)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    listener = socket.socket(family, kind, proto)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(address)
+    listener.listen(BACKLOG)
+    listener.set_inheritable(True)
+    return listener
 
 
-def start_granian(options: ServeOptions) -> subprocess.Popen[bytes]:
+def start_worker(listener: socket.socket, options: ServeOptions) -> subprocess.Popen[bytes]:
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "gateway_project.settings")}
-    # Its own session and process group: the terminal's Ctrl-C reaches only us, and we stop the tree.
-    return subprocess.Popen(granian_command(options), cwd=BASE_DIR, env=env, start_new_session=True,
-                            preexec_fn=_terminate_with_parent)
+    if options.static_root:
+        env["STATIC_ROOT"] = options.static_root
+    fd = listener.fileno()
+    # Its own session: the terminal's Ctrl-C reaches only us, and we stop the workers in order.
+    return subprocess.Popen([sys.executable, "-m", "endpoints_app.worker", "--fd", str(fd)], cwd=BASE_DIR,
+                            env=env, pass_fds=(fd,), start_new_session=True, preexec_fn=_terminate_with_parent)
 
 
 def _terminate_with_parent() -> None:
@@ -91,12 +91,12 @@ def _terminate_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def wait_until_serving(process: subprocess.Popen[bytes], host: str, port: int, stop: threading.Event,
+def wait_until_serving(workers: list[subprocess.Popen[bytes]], host: str, port: int, stop: threading.Event,
                        timeout: float = 60.0) -> bool:
-    """True once a worker answers HTTP; False if granian exited or we were asked to stop."""
+    """True once a worker answers HTTP; False if a worker exited or we were asked to stop."""
     target = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None and not stop.is_set():
+    while time.monotonic() < deadline and all(w.poll() is None for w in workers) and not stop.is_set():
         client = http.client.HTTPConnection(target, port, timeout=2)
         try:
             client.request("GET", "/health")
@@ -109,26 +109,32 @@ def wait_until_serving(process: subprocess.Popen[bytes], host: str, port: int, s
     return False
 
 
-def stop_process_tree(process: subprocess.Popen[bytes], grace: float = STOP_GRACE_SECONDS) -> None:
-    """SIGTERM granian (it stops its workers gracefully), then kill whatever is left of the tree."""
-    try:
-        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        tree = []
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+def stop_workers(workers: list[subprocess.Popen[bytes]], grace: float = STOP_GRACE_SECONDS) -> None:
+    """SIGTERM every worker (each finishes its in-flight requests), then kill whatever is left of each
+    one's process group."""
+    trees = []
+    for worker in workers:
         try:
-            process.wait(grace)
+            trees += [psutil.Process(worker.pid), *psutil.Process(worker.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for worker in workers:
+        try:
+            worker.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            logger.warning("granian did not stop within %ss; killing it", grace)
-    with suppress_missing():
-        os.killpg(process.pid, signal.SIGKILL)  # its process group: workers and anything they started
-    _, alive = psutil.wait_procs(tree, timeout=0.1)
+            logger.warning("worker %s did not stop within %ss; killing it", worker.pid, grace)
+        with suppress_missing():
+            os.killpg(worker.pid, signal.SIGKILL)  # its process group: anything it started
+    _, alive = psutil.wait_procs(trees, timeout=0.1)
     for proc in alive:
         with suppress_missing():
             proc.kill()
     psutil.wait_procs(alive, timeout=5)
-    process.wait()
+    for worker in workers:
+        worker.wait()
 
 
 @contextmanager
@@ -248,33 +254,40 @@ def file_digest(path: str) -> str:
 
 # -- the whole run ----------------------------------------------------------------------------------
 def supervise(options: ServeOptions, applied_digest: str | None = None) -> int:
-    """Serve until SIGTERM/SIGINT (or granian exits), then stop the tree. Returns the exit code."""
+    """Serve until SIGTERM/SIGINT, then stop the workers. Returns the exit code."""
     watcher = ConfigWatcher(options.config_path, applied_digest) if options.config_path else None
+    try:
+        listener = listen(options.host, options.port)
+    except OSError as exc:
+        logger.error("cannot listen on %s:%s: %s", options.host, options.port, exc.strerror or exc)
+        return 1
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    process = start_granian(options)
+    workers = [start_worker(listener, options) for _ in range(options.workers)]
     try:
         if watcher is not None:
             threading.Thread(target=watcher.run, args=(stop,), name="config-watcher", daemon=True).start()
-        if not wait_until_serving(process, options.host, options.port, stop):
+        if not wait_until_serving(workers, options.host, options.port, stop):
             if stop.is_set():
                 return 0
-            logger.error("granian did not start (exit code %s); is port %s free?", process.poll(), options.port)
+            logger.error("the workers did not start (exit codes %s)", [w.poll() for w in workers])
             return 1
-        concurrency = os.environ.get("GRANIAN_BACKPRESSURE") or MAX_CONCURRENCY
-        logger.info("Serving http://%s:%s with %s granian ASGI worker(s) of up to %s concurrent requests each "
-                    "(pid %s)", _display_host(options.host), options.port, options.workers, concurrency, process.pid)
+        logger.info("Serving http://%s:%s with %s uvicorn worker(s) (pids %s)", _display_host(options.host),
+                    options.port, options.workers, ", ".join(str(w.pid) for w in workers))
         if watcher is not None:
             logger.info("Watching %s for changes (valid changes apply without restarting workers)", watcher.path)
         while not stop.wait(0.2):
-            if process.poll() is not None:
-                logger.error("granian exited unexpectedly (exit code %s)", process.returncode)
-                return 1
+            for index, worker in enumerate(workers):
+                if worker.poll() is not None and not stop.is_set():
+                    workers[index] = start_worker(listener, options)
+                    logger.error("worker %s exited (code %s); started %s in its place", worker.pid,
+                                 worker.returncode, workers[index].pid)
         logger.info("Stopping...")
         return 0
     finally:
         stop.set()
-        stop_process_tree(process)
+        stop_workers(workers)
+        listener.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

@@ -157,7 +157,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-# `start_server` collects static files here and granian serves them (the admin, Swagger UI, ReDoc).
+# `start_server` collects static files here and the ASGI application serves them (the admin, Swagger UI,
+# ReDoc; gateway_project/asgi.py).
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT") or BASE_DIR / "var" / "static")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

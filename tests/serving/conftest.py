@@ -33,7 +33,7 @@ def free_port() -> int:
 def server_env(database_url: str, **extra: str) -> dict[str, str]:
     """The environment of a production-like gateway process (the real settings, not the test ones)."""
     env = {key: value for key, value in os.environ.items()
-           if key not in _OWN_VARIABLES and not key.startswith(("GATEWAY_", "GRANIAN_"))}
+           if key not in _OWN_VARIABLES and not key.startswith(("GATEWAY_", "UVICORN_"))}
     env.update(DJANGO_SETTINGS_MODULE="gateway_project.settings", DATABASE_URL=database_url,
                SECRET_KEY="serving-tests-secret-key-" + "x" * 30, GATEWAY_CONFIG_POLL_SECONDS="0.5",
                LOG_LEVEL="INFO", PYTHONUNBUFFERED="1",
@@ -71,8 +71,15 @@ class Server:
             return []
 
     def worker_pids(self) -> set[int]:
-        """granian's worker processes (the grandchildren of start_server)."""
-        return {p.pid for p in self.tree() if p.ppid() != self.process.pid and p.pid != self.process.pid}
+        """The serving workers (start_server's live children running endpoints_app.worker)."""
+        pids = set()
+        for process in self.tree():
+            try:
+                if "endpoints_app.worker" in " ".join(process.cmdline()):
+                    pids.add(process.pid)
+            except psutil.Error:  # gone, or a zombie not yet reaped
+                pass
+        return pids
 
     def wait_until_healthy(self, timeout: float = STARTUP_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
