@@ -37,7 +37,7 @@ GROUPS = (
     ("Django request handling and middleware", ("django/",)),
     ("async bridge (greenlet switches)", ("providers/asyncbridge.py",)),
     ("ASGI fast path (endpoints_app/fastpath.py)", ("endpoints_app/fastpath.py",)),
-    ("granian glue", ("granian/",)),
+    ("uvicorn protocol (uvicorn/)", ("uvicorn/",)),
 )
 
 

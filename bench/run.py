@@ -3,8 +3,8 @@
     python bench/run.py            # the full run (about 10 minutes), numbers for bench/README.md
     python bench/run.py --smoke    # a short check (< 60 s) that every part works; exit 1 on failure
 
-It starts a fake OpenAI upstream (bench/fake_upstream.py), our gateway (`manage.py start_server`, or
-granian directly when that command does not exist yet) and MLflow's (`mlflow gateway start`, from
+It starts a fake OpenAI upstream (bench/fake_upstream.py), our gateway (`manage.py start_server`)
+and MLflow's (`mlflow gateway start`, from
 the venv bench/.venv-mlflow, created on first use), both with 2 workers and the same YAML config,
 then drives all three with bench/loadgen.py, alternating systems phase by phase so that machine
 noise hits each of them. Server CPU is the user+system CPU of each server's whole process tree,
@@ -41,7 +41,7 @@ RESULTS = BENCH / "results"
 
 if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve() and VENV_PYTHON.exists() \
         and not os.environ.get("BENCH_NO_REEXEC"):
-    # `python bench/run.py` from any interpreter: run under the project's venv (psutil, granian).
+    # `python bench/run.py` from any interpreter: run under the project's venv (psutil).
     os.environ["BENCH_NO_REEXEC"] = "1"
     os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), *sys.argv])
 
@@ -204,7 +204,7 @@ class Server:
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        tree = self.tree()  # start_server runs granian in a process group of its own
+        tree = self.tree()  # start_server runs each worker in a process group of its own
         pgid = os.getpgid(self.process.pid)
         # SIGTERM to `mlflow gateway start` orphans gunicorn (reference §5): signal the whole group.
         for sig, wait in ((signal.SIGINT, 20), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
@@ -307,21 +307,9 @@ def start_ours(workdir: Path, config: Path, extra_env: dict[str, str] | None = N
     server = Server("ours", f"http://127.0.0.1:{port}", log_path=log_path)
     env = {**our_env(workdir), **(extra_env or {})}
     python = str(VENV_PYTHON)
-    has_start_server = subprocess.run([python, "manage.py", "help", "start_server"], cwd=ROOT, env=env,
-                                      capture_output=True, timeout=120).returncode == 0
-    if has_start_server:
-        cmd = [python, "manage.py", "start_server", "--config-path", str(config), "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "2"]
-        server.note = "manage.py start_server --workers 2"
-    else:
-        for step in (["migrate", "--noinput"], ["load_config", str(config)]):
-            done = subprocess.run([python, "manage.py", *step], cwd=ROOT, env=env, capture_output=True, timeout=300)
-            if done.returncode != 0:
-                raise RuntimeError(f"manage.py {' '.join(step)} failed:\n{done.stderr.decode()[-2000:]}")
-        cmd = [str(ROOT / ".venv" / "bin" / "granian"), "--interface", "wsgi", "--workers", "2",
-               "--blocking-threads", "32", "--host", "127.0.0.1", "--port", str(port),
-               "gateway_project.wsgi:application"]
-        server.note = "granian --interface wsgi --workers 2 --blocking-threads 32 (start_server not available)"
+    cmd = [python, "manage.py", "start_server", "--config-path", str(config), "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "2"]
+    server.note = "manage.py start_server --workers 2"
     if extra_env:
         server.note += " with " + " ".join(f"{k}={v}" for k, v in extra_env.items())
     server.process = spawn(cmd, env, log_path)
