@@ -24,27 +24,31 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench  # re-execs under .venv when needed
 
-# Checked in order; a sample goes to the first group with a frame anywhere in its stack.
+# A sample goes to the group of its innermost frame that matches one (groups checked in this order).
 GROUPS = (
-    ("upstream HTTP client (aioclient, urllib3, http.client, socket)", ("providers/aioclient.py", "urllib3/",
-                                                                        "http/client.py", "socket.py",
-                                                                        "providers/http.py")),
-    ("rate limit (ratelimit.py + Django cache)", ("endpoints_app/ratelimit.py",)),
+    ("upstream HTTP client (aioclient, urllib3, http.client, the seam)", ("providers/aioclient.py", "urllib3/",
+                                                                          "http/client.py", "socket.py",
+                                                                          "providers/http.py")),
+    ("async bridge (greenlet switches)", ("providers/asyncbridge.py", "greenlet")),
+    ("rate limit (ratelimit.py)", ("endpoints_app/ratelimit.py",)),
     ("request validation (schemas.py, pydantic)", ("endpoints_app/schemas.py", "pydantic")),
-    ("provider translation (providers/*)", ("providers/",)),
-    ("response rendering (errors.json_response, HttpResponse)", ("json_response", "sse_response", "events (")),
-    ("our view and runtime (other endpoints_app code)", ("endpoints_app/",)),
+    ("response rendering (errors.json_response, HttpResponse)", ("json_response", "sse_response", "events (",
+                                                                 "django/http/response.py")),
+    ("HTTP server (uvicorn, or granian)", ("uvicorn/", "granian/")),
+    ("ASGI fast path (endpoints_app/fastpath.py, ASGIRequest)", ("endpoints_app/fastpath.py",
+                                                                 "django/core/handlers/asgi.py")),
     ("Django request handling and middleware", ("django/",)),
-    ("async bridge (greenlet switches)", ("providers/asyncbridge.py",)),
-    ("ASGI fast path (endpoints_app/fastpath.py)", ("endpoints_app/fastpath.py",)),
-    ("uvicorn protocol (uvicorn/)", ("uvicorn/",)),
+    ("provider translation (providers/*)", ("providers/",)),
+    ("our view and runtime (other endpoints_app code)", ("endpoints_app/",)),
+    ("event loop (asyncio, uvloop)", ("asyncio/", "uvloop")),
 )
 
 
 def group_of(stack: list[str]) -> str:
-    for label, patterns in GROUPS:
-        if any(p in frame for frame in stack for p in patterns):
-            return label
+    for frame in reversed(stack):  # innermost first
+        for label, patterns in GROUPS:
+            if any(p in frame for p in patterns):
+                return label
     return "other (threads, poller, interpreter)"
 
 
@@ -67,7 +71,7 @@ def summarize(collapsed: Path, top: int = 20) -> str:
             inclusive[frame] += count
     if not total:
         return "no samples\n"
-    lines = [f"{total} samples holding the GIL", "", "By part of the request (first matching group wins):", ""]
+    lines = [f"{total} samples holding the GIL", "", "By part of the request (its innermost frame that has one):", ""]
     lines += [f"  {100 * n / total:5.1f}%  {label}" for label, n in groups.most_common()]
     lines += ["", f"Top {top} functions by self time:", ""]
     lines += [f"  {100 * n / total:5.1f}%  {frame}" for frame, n in leaves.most_common(top)]

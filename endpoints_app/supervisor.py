@@ -279,9 +279,8 @@ def supervise(options: ServeOptions, applied_digest: str | None = None) -> int:
         while not stop.wait(0.2):
             for index, worker in enumerate(workers):
                 if worker.poll() is not None and not stop.is_set():
+                    logger.error("worker %s exited (code %s); starting another", worker.pid, worker.returncode)
                     workers[index] = start_worker(listener, options)
-                    logger.error("worker %s exited (code %s); started %s in its place", worker.pid,
-                                 worker.returncode, workers[index].pid)
         logger.info("Stopping...")
         return 0
     finally:

@@ -10,13 +10,57 @@ tracker (about 40 MiB together) to do what the supervisor already does.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import socket
+from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 ASGI_APP = "gateway_project.asgi:application"
 # On SIGTERM a worker stops accepting, lets in-flight requests finish for this long, then closes them.
 GRACEFUL_SHUTDOWN_SECONDS = 10
+
+
+class CoalescingTransport:
+    """A client connection's transport whose writes within one event-loop step leave as one.
+
+    uvicorn writes a response's status line and headers as soon as the application sends
+    `http.response.start`, and the body on the next message: two system calls and two packets for
+    every answer. An SSE stream whose upstream delivered several events at once is sent one
+    `write` per event. Writes are gathered and flushed at the end of the loop step that made them,
+    so nothing waits for more data: the next step sends what the last one wrote."""
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending and not self._transport.is_closing():
+            self._transport.writelines(pending)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol over a CoalescingTransport."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fd", type=int, required=True, help="the listening socket's file descriptor")
     args = parser.parse_args(argv)
     listener = socket.socket(fileno=args.fd)  # family and type read from the descriptor
-    config = uvicorn.Config(ASGI_APP, loop="uvloop", http="httptools", ws="none", lifespan="on",
+    config = uvicorn.Config(ASGI_APP, loop="uvloop", http=CoalescingHttpToolsProtocol, ws="none", lifespan="on",
                             access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     uvicorn.Server(config).run(sockets=[listener])
 

@@ -131,7 +131,7 @@ def test_a_worker_that_dies_is_replaced(gateway: Server) -> None:
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
     wait_until(lambda: len(gateway.worker_pids() - {victim}) == 2, timeout=30)
-    assert f"worker {victim} exited" in gateway.log()
+    wait_until(lambda: f"worker {victim} exited" in gateway.log())
     assert status_of(gateway, "chat") == 200
 
 
