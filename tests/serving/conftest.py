@@ -33,7 +33,7 @@ def free_port() -> int:
 def server_env(database_url: str, **extra: str) -> dict[str, str]:
     """The environment of a production-like gateway process (the real settings, not the test ones)."""
     env = {key: value for key, value in os.environ.items()
-           if key not in _OWN_VARIABLES and not key.startswith(("GATEWAY_", "UVICORN_"))}
+           if key not in _OWN_VARIABLES and not key.startswith("GATEWAY_")}
     env.update(DJANGO_SETTINGS_MODULE="gateway_project.settings", DATABASE_URL=database_url,
                SECRET_KEY="serving-tests-secret-key-" + "x" * 30, GATEWAY_CONFIG_POLL_SECONDS="0.5",
                LOG_LEVEL="INFO", PYTHONUNBUFFERED="1",
