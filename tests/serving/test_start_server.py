@@ -13,9 +13,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import openai
 import psutil
 import pytest
 import requests
+from mlflow.deployments import get_deploy_client
 
 from tests.serving.conftest import (
     ROOT,
@@ -124,6 +126,23 @@ def test_it_serves_health_and_an_invocation_from_the_file(gateway: Server) -> No
     assert f"Serving http://127.0.0.1:{gateway.port} with 2 uvicorn worker(s)" in gateway.log()
     assert f"Admin: http://127.0.0.1:{gateway.port}/admin/" in gateway.log()
     assert len(gateway.worker_pids()) == 2
+
+
+def test_the_unmodified_mlflow_and_openai_clients_work_against_the_served_gateway(gateway: Server) -> None:
+    """The production server (ASGI workers), not the test client: the real clients, streaming included."""
+    mlflow_client = get_deploy_client(gateway.url(""))
+    assert {e.name for e in mlflow_client.list_endpoints()} >= {"chat", "embed"}
+    answer = mlflow_client.predict(endpoint="chat", inputs={"messages": [{"role": "user", "content": "hi"}]})
+    assert answer["choices"][0]["message"]["content"] == "Echo: hi"
+    sdk = openai.OpenAI(base_url=gateway.url("/v1"), api_key="unused", max_retries=0)
+    completion = sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hey"}])
+    assert completion.choices[0].message.content == "Echo: hey"
+    streamed = sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hey"}], stream=True)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices) == "Echo: hey"
+    vectors = sdk.embeddings.create(model="embed", input=["a", "b"])
+    assert len(vectors.data) == 2 and len(vectors.data[0].embedding) > 0
+    with pytest.raises(openai.NotFoundError):
+        sdk.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
 
 
 def test_a_worker_that_dies_is_replaced(gateway: Server) -> None:
