@@ -19,6 +19,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.core.handlers.asgi import ASGIRequest
 from django.core.handlers.wsgi import WSGIRequest
@@ -126,7 +127,13 @@ class AsyncInvocationFastPath:
         await self.django_app(scope, receive, send)
 
     async def _serve(self, view: View, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        body = await _read_body(receive)
+        try:
+            body = await _read_body(receive)
+        except _BodyTooLarge as exc:
+            # The view refuses it (413, in the route's error shape) from the length alone, as for any request.
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+            scope = {**scope, "headers": [*headers, (b"content-length", str(exc.size).encode())]}
+            body = b""
         if body is None:
             return  # the client went away before sending its whole request
         response = await run_sync(respond, view, ASGIRequest(scope, io.BytesIO(body)))
@@ -161,14 +168,30 @@ def _send_stream(response: HttpResponseBase, send: Send) -> None:
         response.close()
 
 
+class _BodyTooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
 async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None if the client went away. Past the size limit the rest is read
+    and dropped (the connection stays usable) and _BodyTooLarge is raised."""
     parts: list[bytes] = []
+    size = 0
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
-        parts.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size <= limit:
+            parts.append(chunk)
+        else:
+            parts.clear()
         if not message.get("more_body"):
+            if size > limit:
+                raise _BodyTooLarge(size)
             return parts[0] if len(parts) == 1 else b"".join(parts)
 
 

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -24,6 +26,7 @@ from endpoints_app.schemas import validate_request
 from providers.errors import (
     EndpointNotFound,
     GatewayError,
+    RequestTooLarge,
     RequestValidationError,
 )
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
@@ -46,7 +49,12 @@ def health(request: HttpRequest) -> HttpResponse:
 
 
 def read_json_body(request: HttpRequest) -> Any:
-    body = request.body
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        raise RequestTooLarge(
+            f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes (GATEWAY_MAX_REQUEST_BYTES)."
+        ) from None
     if not body:
         raise RequestValidationError([{"type": "missing", "loc": ["body"], "msg": "Field required", "input": None}])
     content_type = request.content_type or ""

@@ -208,6 +208,9 @@ GATEWAY_CONNECT_TIMEOUT = env_float("GATEWAY_CONNECT_TIMEOUT", 10.0)
 GATEWAY_READ_TIMEOUT = env_float("GATEWAY_READ_TIMEOUT", 300.0)
 GATEWAY_MAX_RETRIES = env_int("GATEWAY_MAX_RETRIES", 2)
 GATEWAY_POOL_MAXSIZE = env_int("GATEWAY_POOL_MAXSIZE", 64)
+# The largest invocation body accepted (413 beyond it). Django's 2.5 MB default is too small for chat
+# requests that carry images as base64 data URLs.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("GATEWAY_MAX_REQUEST_BYTES", 32 * 1024 * 1024)
 # How often each process checks whether the endpoint table changed elsewhere.
 GATEWAY_CONFIG_POLL_SECONDS = env_float("GATEWAY_CONFIG_POLL_SECONDS", 0.5)
 

@@ -52,6 +52,14 @@ class RequestValidationError(GatewayError):
     openai_type = "invalid_request_error"
 
 
+class RequestTooLarge(GatewayError):
+    """The client's body is over GATEWAY_MAX_REQUEST_BYTES."""
+
+    status = 413
+    code = "request_too_large"
+    openai_type = "invalid_request_error"
+
+
 class InvalidParameter(GatewayError):
     """A gateway rule that a provider enforces (n must be 1, native parameter names, ...)."""
 

@@ -426,3 +426,22 @@ def test_a_stream_reaches_the_client_chunk_by_chunk_before_the_upstream_finishes
         rest = b"".join(events)
     assert b'"content":"second"' in rest
     assert rest.endswith(b"data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "expected"),
+    [
+        ("/endpoints/chat/invocations", {"messages": [{"role": "user", "content": "x" * 2000}]},
+         {"detail": "The request body is larger than 1000 bytes (GATEWAY_MAX_REQUEST_BYTES)."}),
+        ("/v1/chat/completions", {"model": "chat", "messages": [{"role": "user", "content": "x" * 2000}]},
+         {"error": {"message": "The request body is larger than 1000 bytes (GATEWAY_MAX_REQUEST_BYTES).",
+                    "type": "invalid_request_error", "param": None, "code": "request_too_large"}}),
+    ],
+)
+def test_a_body_over_the_size_limit_is_a_413_in_the_routes_error_shape(
+        client: Any, mock_endpoints: None, settings: Any, path: str, body: Any, expected: Any) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = post_json(client, path, body)
+    assert response.status_code == 413
+    assert response.json() == expected
+    assert post_json(client, "/endpoints/chat/invocations", HI).status_code == 200
