@@ -145,7 +145,28 @@ class AsyncInvocationFastPath:
         if not response.streaming:
             await send({"type": "http.response.body", "body": response.content})  # type: ignore[attr-defined]
             return
-        await run_sync(_send_stream, response, send)
+        await _pass_stream(response, receive, send)
+
+
+async def _pass_stream(response: HttpResponseBase, receive: Receive, send: Send) -> None:
+    """Send a stream; if the client goes away first, stop it, which closes the upstream stream (no
+    tokens are generated and paid for that nobody reads). uvicorn's send() drops data for a gone
+    client silently: only receive() says so."""
+    pump = asyncio.ensure_future(run_sync(_send_stream, response, send))
+
+    async def stop_on_disconnect() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        pump.cancel()
+
+    watcher = asyncio.ensure_future(stop_on_disconnect())
+    try:
+        await pump
+    except asyncio.CancelledError:
+        if not watcher.done() or watcher.cancelled():
+            raise  # we were cancelled ourselves (the server is stopping)
+    finally:
+        watcher.cancel()
 
 
 def _send_stream(response: HttpResponseBase, send: Send) -> None:

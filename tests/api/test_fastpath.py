@@ -108,10 +108,10 @@ def test_the_asgi_fast_path_checks_the_host_header(endpoints: None) -> None:
     assert response.status_code == 400
 
 
-def test_a_client_that_goes_away_mid_stream_closes_the_upstream_stream(make_endpoint: Any) -> None:
-    upstream_saw_close = threading.Event()
+def _endless_stream(upstream_saw_close: threading.Event) -> Any:
+    """An upstream that sends one SSE event, then waits for the gateway to hang up."""
 
-    def endless_stream(conn: socket.socket) -> None:
+    def behaviour(conn: socket.socket) -> None:
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
         first = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt",
                  "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": None}]}
@@ -120,25 +120,47 @@ def test_a_client_that_goes_away_mid_stream_closes_the_upstream_stream(make_endp
         if conn.recv(1) == b"":
             upstream_saw_close.set()
 
-    with raw_server(endless_stream) as base:
+    return behaviour
+
+
+STREAM_SCOPE = {"type": "http", "method": "POST", "path": "/endpoints/chat/invocations", "query_string": b"",
+                "root_path": "", "headers": [(b"host", b"testserver"), (b"content-type", b"application/json")]}
+
+
+@pytest.mark.parametrize("how", ["send fails", "receive says so"])
+def test_a_client_that_goes_away_mid_stream_closes_the_upstream_stream(make_endpoint: Any, how: str) -> None:
+    """Some servers raise from send() for a gone client; uvicorn's send() drops the data silently and
+    only receive() returns http.disconnect. Either way the upstream connection must be closed."""
+    upstream_saw_close = threading.Event()
+    with raw_server(_endless_stream(upstream_saw_close)) as base:
         make_endpoint("chat", CHAT, "openai", "gpt", {"openai_api_key": "sk", "openai_api_base": f"{base}/v1"})
         runtime.current_table()
         from gateway_project.asgi import application
 
         sent: list[bytes] = []
+        gone = asyncio.Event()
+        requested = False
 
         async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": orjson.dumps({**HI, "stream": True}), "more_body": False}
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": orjson.dumps({**HI, "stream": True}), "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
 
         async def send(message: Mapping[str, Any]) -> None:
             if message["type"] == "http.response.body":
                 sent.append(message["body"])
-                raise OSError("the client went away")
+                if how == "send fails":
+                    raise OSError("the client went away")
+                gone.set()
 
-        scope = {"type": "http", "method": "POST", "path": "/endpoints/chat/invocations", "query_string": b"",
-                 "root_path": "", "headers": [(b"host", b"testserver"), (b"content-type", b"application/json")]}
-        future = asyncio.run_coroutine_threadsafe(application(scope, receive, send), event_loop())
-        with pytest.raises(OSError, match="went away"):
-            future.result(timeout=10)
+        future = asyncio.run_coroutine_threadsafe(application(STREAM_SCOPE, receive, send), event_loop())
+        if how == "send fails":
+            with pytest.raises(OSError, match="went away"):
+                future.result(timeout=10)
+        else:
+            future.result(timeout=10)  # ends quietly: nobody is left to tell
         assert b'"Hel"' in sent[0]
         assert upstream_saw_close.wait(5)
