@@ -173,16 +173,13 @@ def _send_stream(response: HttpResponseBase, send: Send) -> None:
     """Pass a streaming response on chunk by chunk, in one greenlet for the whole stream: each upstream
     read and each send waits on the event loop."""
     try:
-        chunks = iter(response.streaming_content)  # type: ignore[attr-defined]
-        for chunk in chunks:
+        for index, chunk in enumerate(response.streaming_content):  # type: ignore[attr-defined]
             await_(send({"type": "http.response.body", "body": chunk, "more_body": True}))
-            # The worker's transport sends what one loop step wrote at the end of that step
-            # (endpoints_app.worker): let the head and the first event leave now, not with the events
-            # that arrived together with it.
-            await_(asyncio.sleep(0))
-            break
-        for chunk in chunks:
-            await_(send({"type": "http.response.body", "body": chunk, "more_body": True}))
+            if index == 0:
+                # The worker's transport sends what one loop step wrote at the end of that step
+                # (endpoints_app.worker): let the head and the first event leave now, not with the
+                # events that arrived together with it.
+                await_(asyncio.sleep(0))
         await_(send({"type": "http.response.body", "body": b""}))
     finally:
         # Ends the provider's generator, so an upstream stream the client abandoned is closed too.

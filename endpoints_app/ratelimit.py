@@ -56,11 +56,12 @@ class _RedisCounter:
         self._async_loop: asyncio.AbstractEventLoop | None = None
 
     def incr(self, key: str, ttl: int) -> int:
+        key = f"{self._prefix}:{key}"
         if in_bridge():
-            return await_(self._incr_async(f"{self._prefix}:{key}", ttl))
+            return await_(self._incr_async(key, ttl))
         pipe = self._client.pipeline(transaction=False)
-        pipe.incr(f"{self._prefix}:{key}")
-        pipe.expire(f"{self._prefix}:{key}", ttl, nx=True)
+        pipe.incr(key)
+        pipe.expire(key, ttl, nx=True)
         count, _ = pipe.execute()
         return int(count)
 

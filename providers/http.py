@@ -16,6 +16,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,8 +75,15 @@ class UpstreamRequest:
 ErrorMessageExtractor = Callable[[Any], Any]
 
 
+# Each failure, as either client reports it.
+_CONNECT_FAILED = (ConnectTimeoutError, NewConnectionError, aioclient.ConnectFailed)  # nothing was sent
+_READ_TIMED_OUT = (ReadTimeoutError, aioclient.ReadTimedOut)
+_BROKEN = (ProtocolError, HTTPError, aioclient.ConnectionBroken)  # after the request may have been sent
+
+
 class UpstreamAnswer:
-    """One upstream response, whichever client read it: the status and headers, then the body."""
+    """One upstream response, whichever client read it: the status and headers, then the body.
+    Body failures surface as the clients' own exceptions; iter_raw and the seam map them."""
 
     status: int
 
@@ -114,10 +122,6 @@ class _SyncAnswer(UpstreamAnswer):
             for chunk in self._response.stream(8192, decode_content=True):
                 if chunk:
                     yield chunk
-        except ReadTimeoutError:
-            raise UpstreamTimeout("The upstream stream went idle for longer than the read timeout.") from None
-        except (ProtocolError, HTTPError) as exc:
-            raise UpstreamUnavailable(f"The upstream stream broke: {_reason(exc)}") from None
         finally:
             self._response.release_conn()
 
@@ -138,24 +142,13 @@ class _BridgedAnswer(UpstreamAnswer):
         return self._response.headers.get(name)
 
     def read(self) -> bytes:
-        if self._data is not None:
-            return self._data
-        try:
-            return await_(self._response.read())
-        except aioclient.ReadTimedOut:
-            raise UpstreamTimeout("The upstream went idle for longer than the read timeout.") from None
-        except aioclient.ConnectionBroken as exc:
-            raise UpstreamUnavailable(f"The upstream connection broke: {exc.reason}") from None
+        return self._data if self._data is not None else await_(self._response.read())
 
     def chunks(self) -> Iterator[bytes]:
         response = self._response
         try:
             while chunk := await_(response.next_chunk()):
                 yield chunk
-        except aioclient.ReadTimedOut:
-            raise UpstreamTimeout("The upstream stream went idle for longer than the read timeout.") from None
-        except aioclient.ConnectionBroken as exc:
-            raise UpstreamUnavailable(f"The upstream stream broke: {exc.reason}") from None
         finally:
             response.close()  # a no-op once the body was read to its end and the connection pooled
 
@@ -199,33 +192,18 @@ class Transport:
 
     def _attempt(self, request: UpstreamRequest, body: bytes | None, headers: dict[str, str],
                  connect: float, read: float, *, stream: bool) -> UpstreamAnswer:
-        """One try, with no retry. Raises _ConnectFailed, _ReadTimedOut or _Broken."""
+        """One try, with no retry; failures raise the client's own exceptions (see _CONNECT_FAILED...)."""
         if in_bridge():
-            try:
-                response = await_(self._pool_for_loop().request(
-                    request.method, request.url, headers, body, connect_timeout=connect, read_timeout=read,
-                ))
-                # A whole body is read here, so its failures map as the synchronous client's do.
-                return _BridgedAnswer(response, None if stream else await_(response.read()))
-            except aioclient.ConnectFailed as exc:
-                raise _ConnectFailed(exc.reason) from None
-            except aioclient.ReadTimedOut:
-                raise _ReadTimedOut() from None
-            except aioclient.ConnectionBroken as exc:
-                raise _Broken(exc.reason) from None
-        try:
-            pool, target = self._pool_for(request.url)
-            return _SyncAnswer(pool.urlopen(
-                request.method, target, body=body, headers=headers,
-                timeout=urllib3.Timeout(connect=connect, read=read),
-                preload_content=not stream, decode_content=True, redirect=False,
+            response = await_(self._pool_for_loop().request(
+                request.method, request.url, headers, body, connect_timeout=connect, read_timeout=read,
             ))
-        except (ConnectTimeoutError, NewConnectionError) as exc:
-            raise _ConnectFailed(_reason(exc)) from None
-        except ReadTimeoutError:
-            raise _ReadTimedOut() from None
-        except (ProtocolError, HTTPError) as exc:
-            raise _Broken(_reason(exc)) from None
+            # A whole body is read here, so its failures map as the synchronous client's do.
+            return _BridgedAnswer(response, None if stream else await_(response.read()))
+        pool, target = self._pool_for(request.url)
+        return _SyncAnswer(pool.urlopen(
+            request.method, target, body=body, headers=headers, timeout=urllib3.Timeout(connect=connect, read=read),
+            preload_content=not stream, decode_content=True, redirect=False,
+        ))
 
     # -- non-streaming -------------------------------------------------------------------------
     def send_json(self, request: UpstreamRequest, timeouts: Timeouts,
@@ -244,7 +222,8 @@ class Transport:
         """Open a streaming response; error statuses raise before any byte goes to the client."""
         answer = self._request(request, timeouts, stream=True)
         if answer.status >= 400:
-            data = answer.read()
+            with _reading_body():
+                data = answer.read()
             raise error_from_response(answer.status, answer.header("content-type") or "", data,
                                       answer.header("retry-after"), extract_error)
         return answer
@@ -263,18 +242,18 @@ class Transport:
             try:
                 answer = self._attempt(request, body, headers, min(timeouts.connect, remaining),
                                        min(timeouts.read, remaining), stream=stream)
-            except _ConnectFailed as exc:
+            except _CONNECT_FAILED as exc:
                 error: Exception = UpstreamUnavailable(
-                    f"The upstream at {_origin(request.url)} is unreachable: {exc.reason}"
+                    f"The upstream at {_origin(request.url)} is unreachable: {_reason(exc)}"
                 )
                 delay = _backoff(attempt, None)
-            except _ReadTimedOut:
+            except _READ_TIMED_OUT:
                 raise UpstreamTimeout(
                     f"The upstream at {_origin(request.url)} did not answer within {timeouts.read:g} s."
                 ) from None
-            except _Broken as exc:
+            except _BROKEN as exc:
                 # The request may have reached the upstream: not safe to repeat a POST.
-                raise UpstreamUnavailable(f"The connection to {_origin(request.url)} failed: {exc.reason}") from None
+                raise UpstreamUnavailable(f"The connection to {_origin(request.url)} failed: {_reason(exc)}") from None
             else:
                 if answer.status not in RETRYABLE_STATUSES or attempt >= timeouts.retries:
                     return answer
@@ -294,24 +273,6 @@ class Transport:
                         attempt + 1, error)
             sleep(delay)
             attempt += 1
-
-
-class _ConnectFailed(Exception):
-    """The request was not sent: safe to retry."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
-class _ReadTimedOut(Exception):
-    pass
-
-
-class _Broken(Exception):
-    """The connection failed after the request may have reached the upstream: not safe to retry."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
 
 
 def _backoff(attempt: int, retry_after: float | None) -> float:
@@ -390,7 +351,19 @@ def iter_raw(response: UpstreamAnswer) -> Iterator[bytes]:
 
     An idle upstream becomes UpstreamTimeout, a broken one UpstreamUnavailable; the connection goes
     back to the pool at the end (reusable when the body was read to its end)."""
-    return response.chunks()
+    with _reading_body():
+        yield from response.chunks()
+
+
+@contextmanager
+def _reading_body() -> Iterator[None]:
+    """Either client's failures while a body arrives, as the gateway's errors."""
+    try:
+        yield
+    except _READ_TIMED_OUT:
+        raise UpstreamTimeout("The upstream stream went idle for longer than the read timeout.") from None
+    except _BROKEN as exc:
+        raise UpstreamUnavailable(f"The upstream stream broke: {_reason(exc)}") from None
 
 
 def iter_lines(response: UpstreamAnswer) -> Iterator[bytes]:
