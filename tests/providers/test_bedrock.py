@@ -6,6 +6,7 @@ from __future__ import annotations
 import binascii
 import re
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, cast
@@ -762,12 +763,18 @@ def test_an_error_with_only_a_type_reports_the_type(upstream: Upstream, make_end
 def test_a_read_timeout_is_a_504(upstream: Upstream, make_endpoint: Any, client: Any) -> None:
     make_endpoint("chat", CHAT, "bedrock", CLAUDE, {"aws_config": KEYS}, timeouts={"read": 0.2, "retries": 0})
 
+    release, answered = threading.Event(), threading.Event()
+
     def slow(request: Request) -> Response:
-        time.sleep(0.6)
+        release.wait(timeout=3)  # only after the gateway gave up
+        answered.set()
         return Response(b"{}", content_type="application/json")
 
     upstream.server.expect_request(f"/model/{CLAUDE}/converse").respond_with_handler(slow)
     response = post_json(client, "/endpoints/chat/invocations", {"messages": [{"role": "user", "content": "x"}]})
+    release.set()
+    # The server is single-threaded: the next test's request must not queue behind this handler.
+    assert answered.wait(timeout=3)
     assert response.status_code == 504
     assert "did not answer" in response.json()["detail"]
 
