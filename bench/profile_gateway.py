@@ -2,6 +2,7 @@
 
     .venv/bin/pip install py-spy        # once
     python bench/profile_gateway.py [--seconds 20] [--concurrency 8] [--kind chat]
+    python bench/profile_gateway.py --delay50 --concurrency 32   # the 50 ms upstream phase
 
 Starts the fake upstream and our gateway exactly as bench/run.py does, drives non-stream chat at
 concurrency 8, and samples every process of the server with `py-spy record --subprocesses --gil`
@@ -91,6 +92,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--kind", choices=tuple(bench.KINDS), default="chat")
+    parser.add_argument("--delay50", action="store_true",
+                        help="chat through the 50 ms upstream (the held phase of bench/run.py; use -c 32)")
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(bench.ROOT / ".venv" / "bin" / "py-spy")
     if not Path(py_spy).exists():
@@ -110,6 +113,9 @@ def main() -> int:
             print(ours.error, file=sys.stderr)
             return 1
         url, body = bench.target_url(ours, upstream, args.kind), bench.request_body(ours, args.kind)
+        if args.delay50:
+            args.kind = "chat"
+            url, body = bench.target_url(ours, upstream, "chat", "chat-delay50"), bench.request_body(ours, "chat")
         bench.loadgen(url, body, args.kind, args.concurrency, requests=500)  # warm-up
         assert ours.process is not None
         spy = subprocess.Popen([py_spy, "record", "--pid", str(ours.process.pid), "--subprocesses", "--gil",

@@ -29,7 +29,10 @@ class CoalescingTransport:
     `http.response.start`, and the body on the next message: two system calls and two packets for
     every answer. An SSE stream whose upstream delivered several events at once is sent one
     `write` per event. Writes are gathered and flushed at the end of the loop step that made them,
-    so nothing waits for more data: the next step sends what the last one wrote."""
+    so nothing waits for more data: the next step sends what the last one wrote. A complete response
+    is sent at once (CoalescingHttpToolsProtocol.on_response_complete): when a burst of upstream
+    answers is handled in one step, each client gets its answer as soon as it is rendered, not after
+    the whole burst."""
 
     __slots__ = ("_loop", "_pending", "_transport")
 
@@ -40,16 +43,16 @@ class CoalescingTransport:
 
     def write(self, data: bytes) -> None:
         if not self._pending:
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self.flush)
         self._pending.append(data)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         pending, self._pending = self._pending, []
         if pending and not self._transport.is_closing():
             self._transport.writelines(pending)
 
     def close(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.close()
 
     def __getattr__(self, name: str) -> Any:
@@ -61,6 +64,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def on_response_complete(self) -> None:
+        self.transport.flush()  # type: ignore[attr-defined]
+        super().on_response_complete()
 
 
 def main(argv: list[str] | None = None) -> None:
