@@ -5,7 +5,7 @@ Routes (POST), each under an optional mode prefix:
     /v1/chat/completions      non-stream JSON, or SSE when the body has "stream": true
                               (exactly 20 content chunks, OpenAI's usage chunk with choices [], [DONE])
     /v1/embeddings            one 1536-float vector per input
-    /delay/<ms>/v1/...        the same, answered after <ms> milliseconds
+    /delay/<ms>/v1/...        the same, answered <ms> milliseconds after the request (PreciseTimer)
     /spread/<s>/v1/...        streams spread over <s> seconds (chunk i at i*s/20, usage and [DONE] at s)
     GET /health               200 "ok"
 
@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import heapq
+import itertools
 import json
 import os
 import random
@@ -25,6 +28,7 @@ import resource
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 CONTENT_CHUNKS = 20
 EMBEDDING_DIMENSIONS = 1536
@@ -100,6 +104,73 @@ HEALTH_RESPONSE = _response("200 OK", "text/plain", b"ok")
 
 def error_response(status: str, message: str) -> bytes:
     return _response(status, "application/json", _json({"error": {"message": message, "type": "bench_error"}}))
+
+
+class PreciseTimer:
+    """Calls a callback on the event loop at a deadline, to within tens of microseconds.
+
+    asyncio's own call_later is late by up to a millisecond: epoll_wait takes whole milliseconds and
+    the selector rounds the loop's timeout up. A "50 ms" upstream then answered after 50 to 51 ms, and
+    answers due within the same millisecond all left together, in bursts that a real upstream's
+    independent latencies do not make. Linux's timerfd has nanosecond resolution: one timer, armed for
+    the earliest deadline, wakes the loop through its own epoll like any socket. Where there is no
+    timerfd (not Linux), it falls back to call_later."""
+
+    _TFD_NONBLOCK_CLOEXEC = 0o4000 | 0o2000000
+    _TFD_TIMER_ABSTIME = 1
+
+    class _Timespec(ctypes.Structure):
+        _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+    class _Itimerspec(ctypes.Structure):
+        _fields_ = [("it_interval", ctypes.c_long * 2), ("it_value", ctypes.c_long * 2)]
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._due: list[tuple[float, int, Callable[[], None]]] = []
+        self._order = itertools.count()
+        self._armed_for: float | None = None
+        self._fd = -1
+        try:
+            self._libc = ctypes.CDLL(None, use_errno=True)
+            fd = self._libc.timerfd_create(time.CLOCK_MONOTONIC, self._TFD_NONBLOCK_CLOEXEC)
+        except (OSError, AttributeError):
+            fd = -1
+        if fd >= 0:
+            self._fd = fd
+            loop.add_reader(fd, self._fire)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        if self._fd < 0:
+            self._loop.call_later(delay, callback)
+            return
+        deadline = time.monotonic() + delay
+        heapq.heappush(self._due, (deadline, next(self._order), callback))
+        if self._armed_for is None or deadline < self._armed_for:
+            self._arm(deadline)
+
+    def _arm(self, deadline: float) -> None:
+        seconds = int(deadline)
+        spec = self._Itimerspec()
+        spec.it_value[0], spec.it_value[1] = seconds, max(1, int((deadline - seconds) * 1e9))
+        if self._libc.timerfd_settime(self._fd, self._TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
+            raise OSError(ctypes.get_errno(), "timerfd_settime failed")
+        self._armed_for = deadline
+
+    def _fire(self) -> None:
+        try:
+            os.read(self._fd, 8)
+        except BlockingIOError:
+            pass
+        self._armed_for = None
+        now = time.monotonic()
+        while self._due and self._due[0][0] <= now:
+            heapq.heappop(self._due)[2]()
+        if self._due:
+            self._arm(self._due[0][0])
+
+
+TIMER: PreciseTimer | None = None
 
 
 class Stats:
@@ -228,7 +299,8 @@ class UpstreamProtocol(asyncio.Protocol):
             response = error_response("404 Not Found", f"no route {path}")
         if delay > 0:
             self.busy = True
-            asyncio.get_running_loop().call_later(delay, self.send_later, response, close)
+            assert TIMER is not None
+            TIMER.call_later(delay, lambda: self.send_later(response, close))
             return
         self.send(response, close)
 
@@ -278,7 +350,9 @@ def raise_fd_limit() -> None:
 
 
 async def serve(host: str, port: int, ready_file: str | None) -> None:
+    global TIMER
     loop = asyncio.get_running_loop()
+    TIMER = PreciseTimer(loop)
     server = await loop.create_server(UpstreamProtocol, host, port, backlog=4096, reuse_address=True)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
