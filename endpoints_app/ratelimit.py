@@ -4,11 +4,17 @@ Fixed windows counted with atomic increments: in Redis when REDIS_URL is set (on
 INCR and EXPIRE NX in a pipeline), otherwise in process memory, which is right only for a single
 process (the embedded default). The window starts on multiples of the period, so every
 process agrees on it without coordination.
+
+When Redis cannot count (unreachable, slower than GATEWAY_RATE_LIMIT_TIMEOUT, an error reply), the
+request is served without a limit and a warning is logged, or, with GATEWAY_RATE_LIMIT_FAIL_OPEN
+off, refused with a 503: a gateway that stops when its counter store does would make Redis a single
+point of failure for every endpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 import time
@@ -17,8 +23,11 @@ from typing import Any
 
 from django.conf import settings
 
+from endpoints_app.resp import AsyncRedis, RedisAddress, RespConnectionError, RespError
 from providers.asyncbridge import await_, in_bridge
-from providers.errors import RateLimited
+from providers.errors import RateLimited, RateLimitUnavailable
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,15 +52,18 @@ class RateState:
 
 
 class _RedisCounter:
-    """Counters in Redis. Inside the async bridge (the ASGI server) it talks to Redis through
-    redis.asyncio on the running event loop instead of blocking it."""
+    """Counters in Redis. Inside the async bridge (the ASGI server) it talks to Redis on the running
+    event loop instead of blocking it: through endpoints_app.resp (one pipelined connection per loop),
+    or redis.asyncio for the URLs that client does not parse (a Unix socket, query options)."""
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str, prefix: str, timeout: float) -> None:
         import redis
 
         self._url = url
-        self._client = redis.Redis.from_url(url)
+        self._timeout = timeout
+        self._client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self._prefix = prefix
+        self._address = RedisAddress.parse(url)
         self._async_client: Any = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
 
@@ -68,10 +80,20 @@ class _RedisCounter:
     async def _incr_async(self, key: str, ttl: int) -> int:
         loop = asyncio.get_running_loop()
         if self._async_loop is not loop:  # its connections belong to one event loop
-            import redis.asyncio
+            if self._address is not None:
+                self._async_client = AsyncRedis(self._address, timeout=self._timeout)
+            else:
+                import redis.asyncio
 
-            self._async_client = redis.asyncio.Redis.from_url(self._url)
+                self._async_client = redis.asyncio.Redis.from_url(
+                    self._url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
+                )
             self._async_loop = loop
+        if isinstance(self._async_client, AsyncRedis):
+            count, _ = await self._async_client.execute([("INCR", key), ("EXPIRE", key, ttl, "NX")])
+            if isinstance(count, RespError):
+                raise count
+            return int(count)
         pipe = self._async_client.pipeline(transaction=False)
         pipe.incr(key)
         pipe.expire(key, ttl, nx=True)
@@ -110,7 +132,7 @@ def _get_counter() -> Any:
                 location = settings.CACHES["default"]["LOCATION"]
                 if settings.CACHES["default"]["BACKEND"].endswith("RedisCache"):
                     prefix = settings.CACHES["default"].get("KEY_PREFIX", "gateway")
-                    _counter = _RedisCounter(location, prefix)
+                    _counter = _RedisCounter(location, prefix, settings.GATEWAY_RATE_LIMIT_TIMEOUT)
                 else:
                     _counter = _LocalCounter()
     return _counter
@@ -122,15 +144,33 @@ def reset_counter_backend() -> None:
     _counter = None
 
 
-def hit(endpoint_name: str, limit: RateLimit) -> RateState:
-    """Count one call; raise RateLimited (429, Retry-After) when over the limit."""
+def _counter_failures() -> tuple[type[BaseException], ...]:
+    import redis.exceptions
+
+    return (redis.exceptions.RedisError, RespConnectionError, RespError, TimeoutError, OSError)
+
+
+_COUNTER_FAILURES = _counter_failures()
+_WARN_EVERY_SECONDS = 10.0
+_last_warning = 0.0
+
+
+def hit(endpoint_name: str, limit: RateLimit) -> RateState | None:
+    """Count one call; raise RateLimited (429, Retry-After) when over the limit.
+
+    None when the counters could not be reached and the limit is not applied (see the module's
+    docstring); RateLimitUnavailable (503) instead when GATEWAY_RATE_LIMIT_FAIL_OPEN is off."""
     now = time.time()
     window = int(now // limit.period_seconds)
     reset = max(1, math.ceil((window + 1) * limit.period_seconds - now))
     if limit.calls == 0:
         raise _limited(limit, reset)
     key = f"ratelimit:{endpoint_name}:{limit.period_seconds}:{window}"
-    count = _get_counter().incr(key, limit.period_seconds + 1)
+    try:
+        count = _get_counter().incr(key, limit.period_seconds + 1)
+    except _COUNTER_FAILURES as exc:
+        _cannot_count(endpoint_name, exc)
+        return None
     if count > limit.calls:
         raise _limited(limit, reset)
     return RateState(limit=limit.calls, remaining=limit.calls - count, reset_seconds=reset)
@@ -144,3 +184,19 @@ def _limited(limit: RateLimit, reset: int) -> RateLimited:
         "X-RateLimit-Reset": str(reset),
     }
     return error
+
+
+def _cannot_count(endpoint_name: str, exc: BaseException) -> None:
+    global _last_warning
+    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if not settings.GATEWAY_RATE_LIMIT_FAIL_OPEN:
+        logger.warning("rate limit of %s refused the call: the counters cannot be reached (%s)", endpoint_name, reason)
+        raise RateLimitUnavailable(
+            "The rate-limit counters cannot be reached, so calls to limited endpoints are refused "
+            "(GATEWAY_RATE_LIMIT_FAIL_OPEN is off)."
+        )
+    now = time.monotonic()
+    if now - _last_warning >= _WARN_EVERY_SECONDS:  # one line per interval, not one per request
+        _last_warning = now
+        logger.warning("rate limits are not applied: the counters cannot be reached (%s); calls to %s and "
+                       "other limited endpoints are served without a limit", reason, endpoint_name)

@@ -213,6 +213,11 @@ GATEWAY_POOL_MAXSIZE = env_int("GATEWAY_POOL_MAXSIZE", 64)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("GATEWAY_MAX_REQUEST_BYTES", 32 * 1024 * 1024)
 # How often each process checks whether the endpoint table changed elsewhere.
 GATEWAY_CONFIG_POLL_SECONDS = env_float("GATEWAY_CONFIG_POLL_SECONDS", 0.5)
+# Rate-limit counters in Redis: how long a count may take, and what happens when Redis cannot count
+# (unreachable, too slow, or an error reply). Open (the default, as Kong and Envoy do): the request is
+# served unlimited and a warning is logged. Closed: it is refused with a 503.
+GATEWAY_RATE_LIMIT_TIMEOUT = env_float("GATEWAY_RATE_LIMIT_TIMEOUT", 1.0)
+GATEWAY_RATE_LIMIT_FAIL_OPEN = env_bool("GATEWAY_RATE_LIMIT_FAIL_OPEN", True)
 
 LOGGING = {
     "version": 1,

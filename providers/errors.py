@@ -94,6 +94,14 @@ class RateLimited(GatewayError):
     openai_type = "rate_limit_error"
 
 
+class RateLimitUnavailable(GatewayError):
+    """The rate-limit counters cannot be reached and GATEWAY_RATE_LIMIT_FAIL_OPEN is off."""
+
+    status = 503
+    code = "rate_limit_unavailable"
+    openai_type = "server_error"
+
+
 class ConfigurationError(GatewayError):
     """The endpoint's configuration cannot be used (e.g. an environment variable is unset)."""
 

@@ -3,9 +3,11 @@ faults, and zero queries on the warm path."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -13,6 +15,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
+from endpoints_app import ratelimit
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
 from tests.conftest import post_json, sse_events
 from tests.fixtures import payload
@@ -163,6 +166,60 @@ def test_one_limit_counter_is_shared_by_every_route_family(client: Any, make_end
     v1 = post_json(client, "/v1/chat/completions", {**HI, "model": "limited"})
     assert v1.status_code == 429
     assert v1.json()["error"]["type"] == "rate_limit_error"
+
+
+@pytest.fixture(params=["refusing", "silent"])
+def redis_that_cannot_count(
+    request: pytest.FixtureRequest, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """REDIS_URL pointing at a port where nothing listens, or at a socket that accepts and never
+    answers (past GATEWAY_RATE_LIMIT_TIMEOUT). Yields the address the warning must name."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    if request.param == "silent":
+        listener.listen(16)  # the kernel completes the handshakes; nobody reads or answers
+    else:
+        listener.close()
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": f"redis://127.0.0.1:{port}/0"}
+    }
+    settings.GATEWAY_RATE_LIMIT_TIMEOUT = 0.2
+    monkeypatch.setattr(ratelimit, "_last_warning", 0.0)
+    ratelimit.reset_counter_backend()
+    yield "Timeout" if request.param == "silent" else f"127.0.0.1:{port}"
+    ratelimit.reset_counter_backend()
+    listener.close()
+
+
+def test_when_redis_cannot_count_limited_endpoints_are_served_without_a_limit_and_it_is_logged_once(
+    client: Any, make_endpoint: Any, redis_that_cannot_count: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_endpoint("limited", CHAT, "mock", "m", limit={"calls": 1, "renewal_period": "minute"})
+    with caplog.at_level(logging.WARNING, logger="endpoints_app.ratelimit"):
+        responses = [post_json(client, "/endpoints/limited/invocations", HI) for _ in range(3)]
+        responses.append(post_json(client, "/v1/chat/completions", {**HI, "model": "limited"}))
+    assert [response.status_code for response in responses] == [200] * 4  # 4 calls on a 1-call limit
+    assert not any(response.has_header("X-RateLimit-Limit") for response in responses)
+    messages = [record.getMessage() for record in caplog.records]
+    warnings = [message for message in messages if "rate limits are not applied" in message]
+    assert len(warnings) == 1, warnings  # one line per interval, not one per request
+    assert redis_that_cannot_count in warnings[0] and "limited" in warnings[0]
+
+
+def test_with_fail_open_off_limited_endpoints_are_refused_with_503_when_redis_cannot_count(
+    client: Any, make_endpoint: Any, redis_that_cannot_count: str, settings: Any
+) -> None:
+    settings.GATEWAY_RATE_LIMIT_FAIL_OPEN = False
+    make_endpoint("limited", CHAT, "mock", "m", limit={"calls": 100, "renewal_period": "minute"})
+    make_endpoint("unlimited", CHAT, "mock", "m")
+    refused = post_json(client, "/endpoints/limited/invocations", HI)
+    assert refused.status_code == 503
+    assert "rate-limit counters cannot be reached" in refused.json()["detail"]
+    v1 = post_json(client, "/v1/chat/completions", {**HI, "model": "limited"})
+    assert v1.status_code == 503
+    assert v1.json()["error"]["code"] == "rate_limit_unavailable"
+    assert post_json(client, "/endpoints/unlimited/invocations", HI).status_code == 200  # no limit, no Redis call
 
 
 def test_a_zero_call_limit_refuses_everything(client: Any, make_endpoint: Any) -> None:
