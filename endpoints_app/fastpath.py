@@ -136,7 +136,9 @@ class AsyncInvocationFastPath:
             body = b""
         if body is None:
             return  # the client went away before sending its whole request
-        response = await run_sync(respond, view, ASGIRequest(scope, io.BytesIO(body)))
+        response = await _run_view(view, ASGIRequest(scope, io.BytesIO(body)), receive)
+        if response is None:
+            return  # the client went away while the view waited on its upstream
         await send({
             "type": "http.response.start",
             "status": response.status_code,
@@ -146,6 +148,47 @@ class AsyncInvocationFastPath:
             await send({"type": "http.response.body", "body": response.content})  # type: ignore[attr-defined]
             return
         await _pass_stream(response, receive, send)
+
+
+# A view still running after this long starts listening for its client's disconnect. Most answers come
+# sooner, and pay nothing for it: a timer, not a task per request.
+WATCH_FOR_DISCONNECT_AFTER_SECONDS = 1.0
+
+
+async def _run_view(view: View, request: HttpRequest, receive: Receive) -> HttpResponseBase | None:
+    """Run the view in the async bridge; None if the client went away before it answered. Then the
+    view is cancelled where it waits (the upstream call, whose connection is closed), so a long
+    completion nobody will read stops holding the worker and the vendor's connection. Streams have
+    their own watcher (_pass_stream)."""
+    task = asyncio.current_task()
+    assert task is not None
+    watcher: asyncio.Future[None] | None = None
+    client_gone = False
+
+    async def cancel_on_disconnect() -> None:
+        nonlocal client_gone
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        client_gone = True
+        task.cancel()
+
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(cancel_on_disconnect())
+
+    timer = asyncio.get_running_loop().call_later(WATCH_FOR_DISCONNECT_AFTER_SECONDS, start_watching)
+    try:
+        return await run_sync(respond, view, request)
+    except asyncio.CancelledError:
+        if not client_gone:
+            raise  # we were cancelled ourselves (the server is stopping)
+        task.uncancel()
+        logger.info("client went away before the answer: %s cancelled", request.path)
+        return None
+    finally:
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 async def _pass_stream(response: HttpResponseBase, receive: Receive, send: Send) -> None:

@@ -164,3 +164,73 @@ def test_a_client_that_goes_away_mid_stream_closes_the_upstream_stream(make_endp
             future.result(timeout=10)  # ends quietly: nobody is left to tell
         assert b'"Hel"' in sent[0]
         assert upstream_saw_close.wait(5)
+
+
+def _silent_upstream(upstream_saw_close: threading.Event) -> Any:
+    """An upstream that reads the request and never answers, until the gateway hangs up."""
+
+    def behaviour(conn: socket.socket) -> None:
+        conn.settimeout(10)
+        if conn.recv(1) == b"":
+            upstream_saw_close.set()
+
+    return behaviour
+
+
+def test_a_client_that_goes_away_before_a_slow_answer_cancels_the_upstream_call(
+    make_endpoint: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past WATCH_FOR_DISCONNECT_AFTER_SECONDS a waiting non-stream view listens for its client; when
+    it leaves, the view is cancelled and the upstream connection closed. Nothing is sent."""
+    from endpoints_app import fastpath
+
+    monkeypatch.setattr(fastpath, "WATCH_FOR_DISCONNECT_AFTER_SECONDS", 0.05)
+    upstream_saw_close = threading.Event()
+    with raw_server(_silent_upstream(upstream_saw_close)) as base:
+        make_endpoint("chat", CHAT, "openai", "gpt", {"openai_api_key": "sk", "openai_api_base": f"{base}/v1"})
+        runtime.current_table()
+        from gateway_project.asgi import application
+
+        sent: list[Mapping[str, Any]] = []
+        requested = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": orjson.dumps(HI), "more_body": False}
+            await asyncio.sleep(0.3)  # the client gives up
+            return {"type": "http.disconnect"}
+
+        async def send(message: Mapping[str, Any]) -> None:
+            sent.append(message)
+
+        future = asyncio.run_coroutine_threadsafe(application(STREAM_SCOPE, receive, send), event_loop())
+        future.result(timeout=10)  # returns quietly, long before the upstream's read timeout
+        assert upstream_saw_close.wait(5)
+        assert sent == []
+
+
+def test_a_quick_answer_never_listens_for_a_disconnect(endpoints: None) -> None:
+    """Under WATCH_FOR_DISCONNECT_AFTER_SECONDS (the usual case) receive() is not called again after the
+    body: no watcher task per request."""
+    from gateway_project.asgi import application
+
+    runtime.current_table()
+    calls = 0
+    sent: list[Mapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return {"type": "http.request", "body": orjson.dumps(HI), "more_body": False}
+        await asyncio.sleep(60)
+        return {"type": "http.disconnect"}
+
+    async def send(message: Mapping[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run_coroutine_threadsafe(application(STREAM_SCOPE, receive, send), event_loop()).result(timeout=10)
+    assert sent[0]["status"] == 200 and b'"choices"' in sent[1]["body"]
+    assert calls == 1
