@@ -30,6 +30,10 @@ from providers.errors import RateLimited, RateLimitUnavailable
 logger = logging.getLogger(__name__)
 
 
+class CounterUnavailable(Exception):
+    """The counters could not be reached or did not answer (the message says why)."""
+
+
 @dataclass(frozen=True)
 class RateLimit:
     calls: int
@@ -57,8 +61,9 @@ class _RedisCounter:
     or redis.asyncio for the URLs that client does not parse (a Unix socket, query options)."""
 
     def __init__(self, url: str, prefix: str, timeout: float) -> None:
-        import redis
+        import redis  # only here: a worker without REDIS_URL never loads redis-py (about 7 MiB each)
 
+        self._failures = (redis.exceptions.RedisError, RespConnectionError, RespError, TimeoutError, OSError)
         self._url = url
         self._timeout = timeout
         self._client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
@@ -69,13 +74,16 @@ class _RedisCounter:
 
     def incr(self, key: str, ttl: int) -> int:
         key = f"{self._prefix}:{key}"
-        if in_bridge():
-            return await_(self._incr_async(key, ttl))
-        pipe = self._client.pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, ttl, nx=True)
-        count, _ = pipe.execute()
-        return int(count)
+        try:
+            if in_bridge():
+                return await_(self._incr_async(key, ttl))
+            pipe = self._client.pipeline(transaction=False)
+            pipe.incr(key)
+            pipe.expire(key, ttl, nx=True)
+            count, _ = pipe.execute()
+            return int(count)
+        except self._failures as exc:
+            raise CounterUnavailable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
 
     async def _incr_async(self, key: str, ttl: int) -> int:
         loop = asyncio.get_running_loop()
@@ -144,13 +152,6 @@ def reset_counter_backend() -> None:
     _counter = None
 
 
-def _counter_failures() -> tuple[type[BaseException], ...]:
-    import redis.exceptions
-
-    return (redis.exceptions.RedisError, RespConnectionError, RespError, TimeoutError, OSError)
-
-
-_COUNTER_FAILURES = _counter_failures()
 _WARN_EVERY_SECONDS = 10.0
 _last_warning = 0.0
 
@@ -168,8 +169,8 @@ def hit(endpoint_name: str, limit: RateLimit) -> RateState | None:
     key = f"ratelimit:{endpoint_name}:{limit.period_seconds}:{window}"
     try:
         count = _get_counter().incr(key, limit.period_seconds + 1)
-    except _COUNTER_FAILURES as exc:
-        _cannot_count(endpoint_name, exc)
+    except CounterUnavailable as exc:
+        _cannot_count(endpoint_name, str(exc))
         return None
     if count > limit.calls:
         raise _limited(limit, reset)
@@ -186,9 +187,8 @@ def _limited(limit: RateLimit, reset: int) -> RateLimited:
     return error
 
 
-def _cannot_count(endpoint_name: str, exc: BaseException) -> None:
+def _cannot_count(endpoint_name: str, reason: str) -> None:
     global _last_warning
-    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if not settings.GATEWAY_RATE_LIMIT_FAIL_OPEN:
         logger.warning("rate limit of %s refused the call: the counters cannot be reached (%s)", endpoint_name, reason)
         raise RateLimitUnavailable(
