@@ -3,8 +3,9 @@
 It imports no Django (it is exec'd by `start_server` once the database is prepared and the file
 applied), so the one long-lived process that is not a worker stays small: about 20 MB instead of
 the 90 MB of a Django process. A changed file is applied by `manage.py load_config --prune`, run as a
-short-lived child: the same all-or-nothing import (one transaction that bumps the config version;
-every worker's poller rebuilds its table within GATEWAY_CONFIG_POLL_SECONDS). Workers are never
+short-lived child: the same all-or-nothing import (one transaction that bumps the config version),
+after which the supervisor tells its workers to rebuild their tables at once (other instances' workers
+poll within GATEWAY_CONFIG_POLL_SECONDS). Workers are never
 restarted, so no request is dropped. SIGTERM or SIGINT stops uvicorn and every process under it.
 
 Why ASGI, and why uvicorn: an invocation spends nearly all its time waiting on the upstream. Under
@@ -137,6 +138,15 @@ def stop_workers(workers: list[subprocess.Popen[bytes]], grace: float = STOP_GRA
         worker.wait()
 
 
+def check_config_now(workers: list[subprocess.Popen[bytes]]) -> None:
+    """Tell our workers the config version has moved (SIGUSR1, endpoints_app.worker), so they rebuild
+    their table now instead of at their next poll. Other instances see it at their next poll."""
+    for worker in list(workers):
+        if worker.poll() is None:
+            with suppress_missing():
+                worker.send_signal(signal.SIGUSR1)
+
+
 @contextmanager
 def suppress_missing() -> Iterator[None]:
     try:
@@ -153,9 +163,11 @@ class ApplyResult:
 
 
 def load_config_subprocess(path: str) -> ApplyResult:
-    """`manage.py load_config --prune PATH` in a child process (all or nothing)."""
+    """`manage.py load_config --prune PATH` in a child process (all or nothing). Django's system checks
+    ran when start_server started, on the same code; skipping them here halves the child's start-up
+    (0.71 → 0.40 s)."""
     try:
-        done = subprocess.run([sys.executable, MANAGE, "load_config", "--prune", path], cwd=BASE_DIR,
+        done = subprocess.run([sys.executable, MANAGE, "load_config", "--skip-checks", "--prune", path], cwd=BASE_DIR,
                               capture_output=True, text=True, timeout=APPLY_TIMEOUT_SECONDS, check=False)
     except subprocess.TimeoutExpired:
         return ApplyResult(False, f"load_config did not finish within {APPLY_TIMEOUT_SECONDS} s")
@@ -176,9 +188,11 @@ class ConfigWatcher:
     """
 
     def __init__(self, path: str, applied_digest: str | None = None,
-                 apply: Callable[[str], ApplyResult] = load_config_subprocess) -> None:
+                 apply: Callable[[str], ApplyResult] = load_config_subprocess,
+                 on_applied: Callable[[], None] = lambda: None) -> None:
         self.path = os.path.abspath(path)
         self._apply = apply
+        self._on_applied = on_applied
         self._applied = applied_digest
         self._rejected: str | None = None
         self._missing = False
@@ -225,6 +239,7 @@ class ConfigWatcher:
         if result.ok:
             self._applied, self._rejected = digest, None
             logger.info("Configuration updated from %s: %s", self.path, result.message)
+            self._on_applied()
         else:
             self._rejected = digest
             logger.error("Invalid configuration: %s\nThe previous configuration keeps serving.", result.message)
@@ -255,7 +270,9 @@ def file_digest(path: str) -> str:
 # -- the whole run ----------------------------------------------------------------------------------
 def supervise(options: ServeOptions, applied_digest: str | None = None) -> int:
     """Serve until SIGTERM/SIGINT, then stop the workers. Returns the exit code."""
-    watcher = ConfigWatcher(options.config_path, applied_digest) if options.config_path else None
+    workers: list[subprocess.Popen[bytes]] = []
+    watcher = ConfigWatcher(options.config_path, applied_digest, on_applied=lambda: check_config_now(workers)) \
+        if options.config_path else None
     try:
         listener = listen(options.host, options.port)
     except OSError as exc:
@@ -263,7 +280,7 @@ def supervise(options: ServeOptions, applied_digest: str | None = None) -> int:
         return 1
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    workers = [start_worker(listener, options) for _ in range(options.workers)]
+    workers += [start_worker(listener, options) for _ in range(options.workers)]
     try:
         if watcher is not None:
             threading.Thread(target=watcher.run, args=(stop,), name="config-watcher", daemon=True).start()

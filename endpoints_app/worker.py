@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import socket
+import sys
 from typing import Any
 
 import uvicorn
@@ -70,12 +72,21 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         super().on_response_complete()
 
 
+def _check_config_now(signum: int, frame: object) -> None:
+    """SIGUSR1 from the supervisor: the config file was just applied. The next request rebuilds the
+    endpoint table (in a helper thread) instead of waiting for the poller."""
+    runtime = sys.modules.get("endpoints_app.runtime")  # loaded with the application; no import here
+    if runtime is not None:
+        runtime.invalidate()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m endpoints_app.worker",
                                      description="Run by `manage.py start_server`; not meant to be called directly.")
     parser.add_argument("--fd", type=int, required=True, help="the listening socket's file descriptor")
     args = parser.parse_args(argv)
     listener = socket.socket(fileno=args.fd)  # family and type read from the descriptor
+    signal.signal(signal.SIGUSR1, _check_config_now)
     config = uvicorn.Config(ASGI_APP, loop="uvloop", http=CoalescingHttpToolsProtocol, ws="none", lifespan="on",
                             access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     uvicorn.Server(config).run(sockets=[listener])

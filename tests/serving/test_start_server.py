@@ -163,6 +163,20 @@ def test_the_admin_and_docs_assets_are_served(gateway: Server) -> None:
         assert len(response.content) > 1000
 
 
+def test_after_applying_the_file_the_supervisor_tells_every_worker_at_once(servers: Servers, tmp_path: Path) -> None:
+    """With the poll interval at a minute, only the supervisor's signal (SIGUSR1 after a successful
+    apply) can make both workers serve the edit within seconds."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(FIRST)
+    env = server_env(f"sqlite:///{tmp_path / 'gateway.sqlite3'}", GATEWAY_CONFIG_POLL_SECONDS="60")
+    server = servers.start(env, config)
+    assert status_of(server, "added") == 404
+    assert len(server.worker_pids()) == 2
+    write(config, FIRST + mock_endpoint("added"))
+    # Every worker: several fresh connections in a row (the kernel spreads them over both workers).
+    wait_until(lambda: all(status_of(server, "added") == 200 for _ in range(8)), timeout=20)
+
+
 def test_a_valid_edit_is_served_within_seconds_without_dropping_a_request(gateway: Server,
                                                                             config_file: Path) -> None:
     workers_before = gateway.worker_pids()
