@@ -40,10 +40,17 @@ def browser_page() -> Iterator[Any]:
             browser.close()
 
 
-def test_swagger_ui_renders_the_invocation_routes_offline(
-    browser_page: Any, live_server: Any, make_endpoint: Any
-) -> None:
+@pytest.fixture
+def chat_endpoint(make_endpoint: Any) -> None:
+    """Created before the browser starts. Created inside the test, once Playwright's sync API was
+    running, it left a database connection that the test database's teardown did not close (on
+    PostgreSQL: "database is being accessed by other users" at the end of every run)."""
     make_endpoint("chat", CHAT, "mock", "m")
+
+
+def test_swagger_ui_renders_the_invocation_routes_offline(
+    chat_endpoint: None, browser_page: Any, live_server: Any
+) -> None:
     origin = urlparse(live_server.url).netloc
     foreign: list[str] = []
     browser_page.on(
