@@ -126,6 +126,9 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def send(self, payload: bytes, replies: int, future: asyncio.Future[list[Any]]) -> None:
+        if self.lost is not None:  # lost between being handed out and this call
+            future.set_exception(self.lost)
+            return
         self.waiting.append((future, replies, []))
         assert self.transport is not None
         self.transport.write(payload)

@@ -248,3 +248,20 @@ def test_an_unreachable_redis_is_a_connection_error() -> None:
     client = AsyncRedis(RedisAddress("127.0.0.1", port, 0, None, None, False), timeout=2)
     with pytest.raises(RespConnectionError, match=f"cannot connect to Redis at 127.0.0.1:{port}"):
         run(lambda: client.execute([("PING",)]))
+
+
+def test_a_call_on_a_connection_lost_in_the_meantime_fails_at_once() -> None:
+    """A connection can be lost between being handed to a caller and its command being sent: the
+    call fails then, instead of waiting for an answer that cannot come."""
+    from endpoints_app.resp import _Connection
+
+    async def scenario() -> None:
+        connection = _Connection()
+        connection.connection_lost(None)
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        connection.send(encode_command("PING"), 1, future)
+        assert future.done()
+        with pytest.raises(RespConnectionError, match="lost"):
+            future.result()
+
+    run(scenario)
