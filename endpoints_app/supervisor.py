@@ -84,7 +84,10 @@ def start_worker(listener: socket.socket, options: ServeOptions) -> subprocess.P
 
 
 def _terminate_with_parent() -> None:
-    """In the child, before exec: get SIGTERM if the supervisor dies without cleaning up (SIGKILL, OOM)."""
+    """In the child, before exec: get SIGTERM if the supervisor dies without cleaning up (SIGKILL, OOM).
+    SIGUSR1 (check_config_now) stays blocked until the worker has its handler: its default action would
+    end a worker still starting up. A signal sent meanwhile waits, and is handled once unblocked."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     if sys.platform == "linux":
         import ctypes
 

@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     listener = socket.socket(fileno=args.fd)  # family and type read from the descriptor
     signal.signal(signal.SIGUSR1, _check_config_now)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})  # blocked by the supervisor until now
     config = uvicorn.Config(ASGI_APP, loop="uvloop", http=CoalescingHttpToolsProtocol, ws="none", lifespan="on",
                             access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     uvicorn.Server(config).run(sockets=[listener])
