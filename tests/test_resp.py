@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable, Callable, Coroutine
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -97,15 +99,27 @@ def test_it_reads_plain_redis_urls_and_leaves_the_rest_to_redis_py(url: str, exp
 
 
 # -- against the real Redis ----------------------------------------------------------------------------------
+@dataclass
+class RealRedis:
+    client: redis.Redis
+    prefix: str  # this test's own keys: parallel test workers share the database
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+
 @pytest.fixture
-def real_redis() -> redis.Redis:
+def real_redis() -> Iterator[RealRedis]:
     client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB, socket_connect_timeout=1)
     try:
         client.ping()
     except redis.exceptions.ConnectionError:
         require(False, "Redis is not reachable on 127.0.0.1:6379")
-    client.flushdb()
-    return client
+    prefix = f"test-resp:{uuid.uuid4().hex}:"
+    yield RealRedis(client, prefix)
+    keys = list(client.scan_iter(match=f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
 
 
 def run(scenario: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
@@ -120,12 +134,13 @@ class CountingRedis(AsyncRedis):
         return await super()._open()
 
 
-def test_concurrent_calls_share_one_connection_and_each_gets_its_own_answers(real_redis: redis.Redis) -> None:
+def test_concurrent_calls_share_one_connection_and_each_gets_its_own_answers(real_redis: RealRedis) -> None:
+    key = real_redis.key("k")
     client = CountingRedis(RedisAddress.parse(f"redis://127.0.0.1:6379/{REDIS_DB}"), timeout=5)  # type: ignore[arg-type]
 
     async def scenario() -> list[list[Any]]:
         try:
-            calls = [client.execute([("INCR", "k"), ("EXPIRE", "k", 60, "NX")]) for _ in range(200)]
+            calls = [client.execute([("INCR", key), ("EXPIRE", key, 60, "NX")]) for _ in range(200)]
             return await asyncio.gather(*calls)
         finally:
             client.close()
@@ -134,17 +149,18 @@ def test_concurrent_calls_share_one_connection_and_each_gets_its_own_answers(rea
     assert sorted(count for count, _ in answers) == list(range(1, 201))  # every INCR's own count, none lost
     assert [expire for _, expire in answers].count(1) == 1  # only the first EXPIRE NX set the TTL
     assert client.connections_opened == 1
-    assert int(real_redis.get("k") or 0) == 200  # in the database of the URL
-    assert 0 < real_redis.ttl("k") <= 60
+    assert int(real_redis.client.get(key) or 0) == 200  # in the database of the URL
+    assert 0 < real_redis.client.ttl(key) <= 60
 
 
-def test_an_error_reply_comes_back_in_its_place(real_redis: redis.Redis) -> None:
-    real_redis.set("text", "not a number")
+def test_an_error_reply_comes_back_in_its_place(real_redis: RealRedis) -> None:
+    text, number = real_redis.key("text"), real_redis.key("n")
+    real_redis.client.set(text, "not a number")
     client = AsyncRedis(RedisAddress.parse(f"redis://127.0.0.1:6379/{REDIS_DB}"), timeout=5)  # type: ignore[arg-type]
 
     async def scenario() -> list[Any]:
         try:
-            return await client.execute([("INCR", "text"), ("INCR", "n")])
+            return await client.execute([("INCR", text), ("INCR", number)])
         finally:
             client.close()
 
@@ -153,7 +169,7 @@ def test_an_error_reply_comes_back_in_its_place(real_redis: redis.Redis) -> None
     assert count == 1
 
 
-def test_a_refused_set_up_is_a_connection_error(real_redis: redis.Redis) -> None:
+def test_a_refused_set_up_is_a_connection_error(real_redis: RealRedis) -> None:
     # This Redis has no password: AUTH is refused, and the client says why.
     client = AsyncRedis(RedisAddress.parse("redis://:wrong@127.0.0.1:6379/0"), timeout=5)  # type: ignore[arg-type]
     with pytest.raises(RespConnectionError, match=r"refused the connection set-up: .*AUTH"):
