@@ -207,6 +207,19 @@ class _Connection(asyncio.Protocol):
         self.timer = self.loop.call_later(self.read_timeout, self._timed_out)
         return waiter
 
+    async def progress(self) -> None:
+        """Wait for the next event. On an error, or if the wait is cancelled, the connection is
+        abandoned (never reused) and the error, or the cancellation, raised."""
+        error = self.error
+        if error is not None:
+            self.abandon()
+            raise error
+        try:
+            await self.wait()
+        except asyncio.CancelledError:
+            self.abandon()
+            raise
+
     def take(self) -> bytes:
         chunks = self.chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -295,15 +308,10 @@ class AsyncResponse:
             if conn.complete:
                 self._release()
                 return b""
-            error = conn.error
-            if error is not None:
-                self._conn = None
-                conn.abandon()
-                raise error
             try:
-                await conn.wait()
-            except asyncio.CancelledError:
-                self.close()
+                await conn.progress()
+            except BaseException:
+                self._conn = None  # abandoned
                 raise
         body = conn.take()
         if conn.complete:
@@ -340,15 +348,7 @@ async def _exchange(conn: _Connection, head: bytes, body: bytes | None) -> Async
         else:
             conn.transport.writelines((head, body))
     while not conn.head_done:
-        error = conn.error
-        if error is not None:
-            conn.abandon()
-            raise error
-        try:
-            await conn.wait()
-        except asyncio.CancelledError:
-            conn.abandon()
-            raise
+        await conn.progress()
     return AsyncResponse(conn)
 
 
