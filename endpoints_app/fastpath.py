@@ -163,24 +163,16 @@ async def _run_view(view: View, request: HttpRequest, receive: Receive) -> HttpR
     task = asyncio.current_task()
     assert task is not None
     watcher: asyncio.Future[None] | None = None
-    client_gone = False
-
-    async def cancel_on_disconnect() -> None:
-        nonlocal client_gone
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        client_gone = True
-        task.cancel()
 
     def start_watching() -> None:
         nonlocal watcher
-        watcher = asyncio.ensure_future(cancel_on_disconnect())
+        watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, task))
 
     timer = asyncio.get_running_loop().call_later(WATCH_FOR_DISCONNECT_AFTER_SECONDS, start_watching)
     try:
         return await run_sync(respond, view, request)
     except asyncio.CancelledError:
-        if not client_gone:
+        if watcher is None or not _client_left(watcher):
             raise  # we were cancelled ourselves (the server is stopping)
         task.uncancel()
         logger.info("client went away before the answer: %s cancelled", request.path)
@@ -196,20 +188,26 @@ async def _pass_stream(response: HttpResponseBase, receive: Receive, send: Send)
     tokens are generated and paid for that nobody reads). uvicorn's send() drops data for a gone
     client silently: only receive() says so."""
     pump = asyncio.ensure_future(run_sync(_send_stream, response, send))
-
-    async def stop_on_disconnect() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        pump.cancel()
-
-    watcher = asyncio.ensure_future(stop_on_disconnect())
+    watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, pump))
     try:
         await pump
     except asyncio.CancelledError:
-        if not watcher.done() or watcher.cancelled():
+        if not _client_left(watcher):
             raise  # we were cancelled ourselves (the server is stopping)
     finally:
         watcher.cancel()
+
+
+async def _cancel_on_disconnect(receive: Receive, target: asyncio.Future[Any]) -> None:
+    """Wait for the client's http.disconnect, then cancel `target`."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    target.cancel()
+
+
+def _client_left(watcher: asyncio.Future[None]) -> bool:
+    """Whether a _cancel_on_disconnect watcher saw the client go (it ended on its own)."""
+    return watcher.done() and not watcher.cancelled()
 
 
 def _send_stream(response: HttpResponseBase, send: Send) -> None:
