@@ -27,16 +27,16 @@ import run as bench  # re-execs under .venv when needed
 
 # A sample goes to the group of its innermost frame that matches one (groups checked in this order).
 GROUPS = (
-    ("upstream HTTP client (aioclient, urllib3, http.client, the seam)", ("providers/aioclient.py", "urllib3/",
+    ("upstream HTTP client (aioclient, urllib3, http.client, the seam)", ("providers/httpclient.py", "urllib3/",
                                                                           "http/client.py", "socket.py",
-                                                                          "providers/http.py")),
-    ("async bridge (greenlet switches)", ("providers/asyncbridge.py", "greenlet")),
-    ("rate limit (ratelimit.py)", ("endpoints_app/ratelimit.py",)),
+                                                                          "serving/upstream.py")),
+    ("async bridge (greenlet switches)", ("serving/bridge.py", "greenlet")),
+    ("rate limit (ratelimit.py)", ("serving/ratelimit.py",)),
     ("request validation (schemas.py, pydantic)", ("endpoints_app/schemas.py", "pydantic")),
     ("response rendering (errors.json_response, HttpResponse)", ("json_response", "sse_response", "events (",
                                                                  "django/http/response.py")),
     ("HTTP server (uvicorn, or granian)", ("uvicorn/", "granian/")),
-    ("ASGI fast path (endpoints_app/fastpath.py, ASGIRequest)", ("endpoints_app/fastpath.py",
+    ("ASGI fast path (serving/app.py, ASGIRequest)", ("serving/app.py",
                                                                  "django/core/handlers/asgi.py")),
     ("Django request handling and middleware", ("django/",)),
     ("provider translation (providers/*)", ("providers/",)),

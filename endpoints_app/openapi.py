@@ -212,7 +212,7 @@ def add_invocation_paths(result: dict[str, Any], generator: Any, request: Any, p
 
 
 def _configured_endpoints() -> list[tuple[str, str]]:
-    from endpoints_app import runtime
+    from serving import runtime
 
     try:
         table = runtime.current_table()

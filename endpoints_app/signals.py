@@ -13,7 +13,8 @@ from endpoints_app.models import Endpoint, Source, TrafficDestination, TrafficRo
 
 
 def _changed(sender: Any, **kwargs: Any) -> None:
-    from endpoints_app import runtime, services
+    from endpoints_app import services
+    from serving import runtime
 
     if kwargs.get("raw"):
         return

@@ -16,11 +16,11 @@ from typing import Any
 
 import yaml
 
-from endpoints_app.limits import parse_period
 from endpoints_app.models import NAME_PATTERN
 from providers import registry
 from providers.config import ConfigValidationError
 from providers.shapes import ENDPOINT_TYPES
+from serving.ratelimit import parse_period
 
 _NAME = re.compile(NAME_PATTERN)
 

@@ -1,6 +1,6 @@
 """The management API (listings, legacy and traffic-route reads) as DRF views, and DRF's error handler.
 
-The invocation routes and /health are plain Django views in endpoints_app.invocations (the hot path).
+The invocation routes and /health are plain Django views in serving.views (the hot path).
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_default_handler
 
-from endpoints_app import runtime, serializers
+from endpoints_app import serializers
 from endpoints_app.errors import error_headers, log_error, mlflow_body
 from providers.errors import EndpointNotFound, GatewayError, NotSupported
 from providers.shapes import now
+from serving import runtime
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:

@@ -1,6 +1,6 @@
 """ASGI entry point (what `manage.py start_server` runs under uvicorn).
 
-Invocation POSTs and /health take the async fast path (endpoints_app.fastpath); the collected static
+Invocation POSTs and /health take the async fast path (serving.app); the collected static
 files (the admin's, Swagger UI's and ReDoc's assets) are served by ServeStatic from STATIC_ROOT,
 which start_server fills; everything else is Django's ASGI handler.
 """
@@ -18,7 +18,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
 
 django_application = get_asgi_application()
 
-from endpoints_app.fastpath import AsyncInvocationFastPath  # noqa: E402  (needs Django set up first)
+from serving.app import AsyncInvocationFastPath  # noqa: E402  (needs Django set up first)
 
 application: Any = AsyncInvocationFastPath(django_application)
 if os.path.isdir(settings.STATIC_ROOT):

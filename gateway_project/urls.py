@@ -6,7 +6,8 @@ from django.contrib import admin
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from endpoints_app import invocations, views
+from endpoints_app import views
+from serving import views as invocations
 
 NAME = r"(?P<name>[a-zA-Z0-9_.\-]+)"
 

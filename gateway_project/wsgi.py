@@ -1,6 +1,6 @@
 """WSGI entry point (granian, gunicorn or any WSGI server).
 
-Invocation POSTs take the fast path (endpoints_app.fastpath); everything else is plain Django.
+Invocation POSTs take the fast path (serving.app); everything else is plain Django.
 """
 
 from __future__ import annotations
@@ -13,6 +13,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
 
 django_application = get_wsgi_application()
 
-from endpoints_app.fastpath import InvocationFastPath  # noqa: E402  (needs Django set up first)
+from serving.app import InvocationFastPath  # noqa: E402  (needs Django set up first)
 
 application = InvocationFastPath(django_application)

@@ -16,8 +16,8 @@ from providers import shapes
 from providers.base import BaseProvider, drop_none, reject_native_names, rename_keys
 from providers.config import ConfigField, ConfigValidationError, ProviderConfig
 from providers.errors import UpstreamBadResponse
-from providers.http import UpstreamRequest
 from providers.shapes import COMPLETIONS
+from serving.upstream import UpstreamRequest
 
 MODELS = ("j2-ultra", "j2-mid", "j2-light")
 NAME_MAP = {"stop": "stopSequences", "n": "numResults", "max_tokens": "maxTokens", "top_p": "topP"}

@@ -16,9 +16,9 @@ from providers import shapes
 from providers.base import BaseProvider, content_text, drop_none, parse_base64_data_url, require_n_is_one
 from providers.config import ConfigField, ProviderConfig
 from providers.errors import InvalidParameter, UpstreamBadResponse, UpstreamError
-from providers.http import UpstreamRequest
 from providers.openai_compatible import sse_json
 from providers.shapes import CHAT, COMPLETIONS
+from serving.upstream import UpstreamRequest
 
 DISPLAY_NAME = "Anthropic"
 DEFAULT_MAX_TOKENS = 8192

@@ -2,7 +2,7 @@
 
 A provider turns the gateway's request (a dict already validated against the endpoint type's
 schema, see endpoints_app.schemas) into its vendor's request, sends it through the one HTTP seam
-(providers.http), and turns the vendor's answer into the gateway's response shapes
+(serving.upstream), and turns the vendor's answer into the gateway's response shapes
 (providers.shapes). Translation lives in pure methods; only the `post_*` helpers do I/O.
 
 A provider overrides only the operations it offers and declares them in `endpoint_types` and
@@ -17,7 +17,9 @@ from typing import Any, ClassVar
 from providers import config as provider_config
 from providers.config import ConfigValidationError, ProviderConfig
 from providers.errors import ConfigurationError, NotSupported
-from providers.http import (
+from providers.secrets import SecretError
+from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
+from serving.upstream import (
     SSEEvent,
     Timeouts,
     UpstreamRequest,
@@ -26,8 +28,6 @@ from providers.http import (
     iter_ndjson,
     iter_sse,
 )
-from providers.secrets import SecretError
-from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
 
 _OPERATION_WORDS = {CHAT: "chat", COMPLETIONS: "completions", EMBEDDINGS: "embeddings"}
 

@@ -46,8 +46,8 @@ from providers.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from providers.http import Timeouts, UpstreamRequest, default_error_message, get_transport, iter_raw
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
+from serving.upstream import Timeouts, UpstreamRequest, default_error_message, get_transport, iter_raw
 
 # botocore (about 20 MB per process) is imported when a Bedrock endpoint first signs or decodes,
 # not in every worker that merely knows the provider exists.

@@ -12,8 +12,8 @@ from providers import shapes
 from providers.base import BaseProvider, content_text, reject_native_names
 from providers.config import ConfigField, ProviderConfig
 from providers.errors import InvalidParameter, UpstreamBadResponse, UpstreamError
-from providers.http import UpstreamRequest
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
+from serving.upstream import UpstreamRequest
 
 DEFAULT_API_BASE = "https://api.cohere.ai/v1"
 COMPLETIONS_NAMES = {"stop": "stop_sequences", "n": "num_generations"}

@@ -19,8 +19,8 @@ from urllib.parse import urlencode
 
 from providers.config import ConfigField, ConfigValidationError, ProviderConfig
 from providers.errors import UpstreamBadResponse
-from providers.http import UpstreamRequest
 from providers.openai_compatible import OpenAICompatibleProvider
+from serving.upstream import UpstreamRequest
 
 #: Refresh an OAuth token this many seconds before Databricks says it expires.
 TOKEN_REFRESH_MARGIN = 60.0

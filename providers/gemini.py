@@ -17,9 +17,9 @@ from providers import shapes
 from providers.base import BaseProvider, content_text, drop_none, parse_base64_data_url, reject_native_names
 from providers.config import ConfigField, ProviderConfig
 from providers.errors import InvalidParameter, UpstreamBadResponse, UpstreamError
-from providers.http import UpstreamRequest, default_error_message
 from providers.openai_compatible import sse_json
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
+from serving.upstream import UpstreamRequest, default_error_message
 
 DEFAULT_API_BASE = "https://generativelanguage.googleapis.com/v1beta/models"
 # Our parameter name → Gemini's generationConfig field.

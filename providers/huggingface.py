@@ -21,8 +21,8 @@ from providers import shapes
 from providers.base import BaseProvider, drop_none, reject_native_names, rename_keys, require_n_is_one
 from providers.config import ConfigField, ProviderConfig
 from providers.errors import UpstreamBadResponse, UpstreamError
-from providers.http import SSEEvent, UpstreamRequest
 from providers.shapes import COMPLETIONS
+from serving.upstream import SSEEvent, UpstreamRequest
 
 NAME_MAP = {"max_tokens": "max_new_tokens"}
 DISPLAY_NAME = "Text Generation Inference"

@@ -22,9 +22,9 @@ from providers import shapes
 from providers.base import BaseProvider, drop_none
 from providers.config import ConfigField, ProviderConfig
 from providers.errors import UpstreamBadResponse
-from providers.http import UpstreamRequest
 from providers.openai_compatible import parse_chat
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
+from serving.upstream import UpstreamRequest
 
 PREDICTIONS = "predictions"
 

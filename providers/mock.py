@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from providers import shapes
-from providers.asyncbridge import sleep
 from providers.base import BaseProvider, require_n_is_one
 from providers.config import ConfigField, ProviderConfig
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
+from serving.bridge import sleep
 
 
 class MockConfig(ProviderConfig):

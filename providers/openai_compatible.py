@@ -17,8 +17,8 @@ from providers import shapes
 from providers.base import BaseProvider
 from providers.config import ConfigField, ProviderConfig
 from providers.errors import UpstreamBadResponse
-from providers.http import SSEEvent, UpstreamRequest
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
+from serving.upstream import SSEEvent, UpstreamRequest
 
 
 # -- pure translation -------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 import orjson
 from django.utils.datastructures import CaseInsensitiveMapping
 
-from endpoints_app import runtime
-from endpoints_app.fastpath import find_view
+from serving import runtime
+from serving.app import find_view
 
 _loop: asyncio.AbstractEventLoop | None = None
 _loop_lock = threading.Lock()

@@ -11,9 +11,9 @@ import orjson
 import pytest
 from django.core.cache import cache
 
-from endpoints_app import ratelimit, runtime
 from endpoints_app.models import Endpoint, Source
 from endpoints_app.validation import validate_endpoint
+from serving import ratelimit, runtime
 from tests.asgi import ASGIClient
 
 ON_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}

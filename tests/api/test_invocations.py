@@ -15,8 +15,8 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from endpoints_app import ratelimit
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
+from serving import ratelimit
 from tests.conftest import post_json, sse_events
 from tests.fixtures import payload
 from tests.rawserver import chunk, raw_server
@@ -196,7 +196,7 @@ def test_when_redis_cannot_count_limited_endpoints_are_served_without_a_limit_an
     client: Any, make_endpoint: Any, redis_that_cannot_count: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     make_endpoint("limited", CHAT, "mock", "m", limit={"calls": 1, "renewal_period": "minute"})
-    with caplog.at_level(logging.WARNING, logger="endpoints_app.ratelimit"):
+    with caplog.at_level(logging.WARNING, logger="serving.ratelimit"):
         responses = [post_json(client, "/endpoints/limited/invocations", HI) for _ in range(3)]
         responses.append(post_json(client, "/v1/chat/completions", {**HI, "model": "limited"}))
     assert [response.status_code for response in responses] == [200] * 4  # 4 calls on a 1-call limit

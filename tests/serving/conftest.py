@@ -71,11 +71,11 @@ class Server:
             return []
 
     def worker_pids(self) -> set[int]:
-        """The serving workers (start_server's live children running endpoints_app.worker)."""
+        """The serving workers (start_server's live children running serving.worker)."""
         pids = set()
         for process in self.tree():
             try:
-                if "endpoints_app.worker" in " ".join(process.cmdline()):
+                if "serving.worker" in " ".join(process.cmdline()):
                     pids.add(process.pid)
             except psutil.Error:  # gone, or a zombie not yet reaped
                 pass

@@ -14,8 +14,8 @@ import pytest
 
 from endpoints_app.models import Endpoint
 from endpoints_app.services import import_config
-from endpoints_app.supervisor import BASE_DIR, ApplyResult, ConfigWatcher, load_config_subprocess, symlinks_on_path
 from endpoints_app.validation import ConfigError
+from serving.supervisor import BASE_DIR, ApplyResult, ConfigWatcher, load_config_subprocess, symlinks_on_path
 from tests.serving.conftest import config_text, mock_endpoint
 
 

@@ -1,11 +1,11 @@
-"""The supervisor's workers, started and signalled directly (endpoints_app.supervisor)."""
+"""The supervisor's workers, started and signalled directly (serving.supervisor)."""
 from __future__ import annotations
 
 import http.client
 import signal
 import time
 
-from endpoints_app.supervisor import ServeOptions, listen, start_worker, stop_workers
+from serving.supervisor import ServeOptions, listen, start_worker, stop_workers
 
 
 def test_a_worker_told_to_check_the_config_while_it_starts_up_survives() -> None:

@@ -6,9 +6,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import OperationalError
 
-from endpoints_app.serving import exec_supervisor, prepare
-from endpoints_app.supervisor import ServeOptions
 from endpoints_app.validation import ConfigError
+from serving.prepare import exec_supervisor, prepare
+from serving.supervisor import ServeOptions
 
 
 class Command(BaseCommand):

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from providers.asyncbridge import await_, in_bridge, run_sync, sleep
+from serving.bridge import await_, in_bridge, run_sync, sleep
 
 
 async def _value(value: int) -> int:

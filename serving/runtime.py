@@ -22,15 +22,14 @@ from typing import Any
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-from endpoints_app.limits import describe, period_seconds
 from endpoints_app.models import Endpoint, TrafficRoute
-from endpoints_app.ratelimit import RateLimit, RateState, hit
 from providers import registry, shapes
-from providers.asyncbridge import await_, in_bridge
 from providers.base import BaseProvider
 from providers.errors import EndpointNotFound, WrongEndpointType
-from providers.http import Timeouts
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
+from serving.bridge import await_, in_bridge
+from serving.ratelimit import RateLimit, RateState, describe, hit, period_seconds
+from serving.upstream import Timeouts
 
 logger = logging.getLogger(__name__)
 

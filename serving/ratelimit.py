@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -23,11 +24,38 @@ from typing import Any
 
 from django.conf import settings
 
-from endpoints_app.resp import AsyncRedis, RedisAddress, RespConnectionError, RespError
-from providers.asyncbridge import await_, in_bridge
 from providers.errors import RateLimited, RateLimitUnavailable
+from serving.bridge import await_, in_bridge
+from serving.resp import AsyncRedis, RedisAddress, RespConnectionError, RespError
 
 logger = logging.getLogger(__name__)
+
+# Seconds per granularity, as the `limits` library counts them (month = 30 days, year = 360 days).
+GRANULARITIES = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "month": 30 * 86400, "year": 360 * 86400}
+_PERIOD = re.compile(r"^\s*(?:(\d+)\s+)?(second|minute|hour|day|month|year)s?\s*$", re.IGNORECASE)
+
+
+def parse_period(text: object) -> tuple[int, str]:
+    """`"5 minutes"` → (5, "minute"). Raises ValueError with a message that names the accepted words."""
+    match = _PERIOD.match(text) if isinstance(text, str) else None
+    if not match or (match.group(1) is not None and int(match.group(1)) < 1):
+        raise ValueError(
+            f"renewal_period {text!r} is not a period: use second, minute, hour, day, month or year, "
+            "optionally plural and with a count, e.g. '5 minutes'"
+        )
+    return int(match.group(1) or 1), match.group(2).lower()
+
+
+def period_seconds(text: str) -> int:
+    multiples, granularity = parse_period(text)
+    return multiples * GRANULARITIES[granularity]
+
+
+def describe(calls: int, text: str) -> str:
+    """MLflow's wording in the 429 body: '2 per 1 minute'."""
+    multiples, granularity = parse_period(text)
+    return f"{calls} per {multiples} {granularity}"
+
 
 
 class CounterUnavailable(Exception):
@@ -57,7 +85,7 @@ class RateState:
 
 class _RedisCounter:
     """Counters in Redis. Inside the async bridge (the ASGI server) it talks to Redis on the running
-    event loop instead of blocking it: through endpoints_app.resp (one pipelined connection per loop),
+    event loop instead of blocking it: through serving.resp (one pipelined connection per loop),
     or redis.asyncio for the URLs that client does not parse (a Unix socket, query options)."""
 
     def __init__(self, url: str, prefix: str, timeout: float) -> None:

@@ -13,9 +13,9 @@ import orjson
 import pytest
 from werkzeug.test import Client
 
-from endpoints_app import runtime
 from gateway_project.wsgi import application, django_application
 from providers.shapes import CHAT, EMBEDDINGS
+from serving import runtime
 from tests.asgi import ASGIClient, event_loop
 from tests.conftest import parse_sse_text
 from tests.rawserver import chunk, raw_server
@@ -182,7 +182,7 @@ def test_a_client_that_goes_away_before_a_slow_answer_cancels_the_upstream_call(
 ) -> None:
     """Past WATCH_FOR_DISCONNECT_AFTER_SECONDS a waiting non-stream view listens for its client; when
     it leaves, the view is cancelled and the upstream connection closed. Nothing is sent."""
-    from endpoints_app import fastpath
+    from serving import app as fastpath
 
     monkeypatch.setattr(fastpath, "WATCH_FOR_DISCONNECT_AFTER_SECONDS", 0.05)
     upstream_saw_close = threading.Event()

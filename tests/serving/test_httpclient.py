@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from providers.aioclient import (
+from serving.httpclient import (
     AsyncPool,
     ConnectFailed,
     ConnectionBroken,

@@ -25,9 +25,10 @@ from django.core.handlers.asgi import ASGIRequest
 from django.core.handlers.wsgi import WSGIRequest
 from django.http import HttpRequest, HttpResponseBase
 
-from endpoints_app import invocations, runtime
 from endpoints_app.errors import json_response
-from providers.asyncbridge import await_, run_sync
+from serving import runtime
+from serving import views as invocations
+from serving.bridge import await_, run_sync
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ class InvocationFastPath:
 class AsyncInvocationFastPath:
     """The ASGI application (what start_server runs): the fast path in front of Django's ASGI handler.
 
-    A fast-path view runs in the async bridge (providers.asyncbridge): the same synchronous view as
+    A fast-path view runs in the async bridge (serving.bridge): the same synchronous view as
     under WSGI, whose upstream I/O, Redis calls and sleeps await on this worker's event loop. An SSE
     stream is pulled one chunk at a time and each chunk is sent as it comes, so a held stream costs a
     suspended greenlet and a socket, not a thread. Everything else goes to Django's ASGI handler,
@@ -218,7 +219,7 @@ def _send_stream(response: HttpResponseBase, send: Send) -> None:
             await_(send({"type": "http.response.body", "body": chunk, "more_body": True}))
             if index == 0:
                 # The worker's transport sends what one loop step wrote at the end of that step
-                # (endpoints_app.worker): let the head and the first event leave now, not with the
+                # (serving.worker): let the head and the first event leave now, not with the
                 # events that arrived together with it.
                 await_(asyncio.sleep(0))
         await_(send({"type": "http.response.body", "body": b""}))

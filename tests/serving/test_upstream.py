@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from providers.http import get_transport
 from providers.shapes import CHAT
+from serving.upstream import get_transport
 from tests.conftest import MakeEndpoint, post_json
 from tests.fixtures import payload
 

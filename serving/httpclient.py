@@ -1,4 +1,4 @@
-"""A lean asyncio HTTP/1.1 client for upstream LLM APIs, used only by the HTTP seam (`providers/http.py`).
+"""A lean asyncio HTTP/1.1 client for upstream LLM APIs, used only by the HTTP seam (`serving/upstream.py`).
 
 Keep-alive connections are pooled per origin; each connection is one `asyncio.Protocol` parsing with
 httptools and carrying one request at a time. The seam maps the three exceptions below to the gateway's

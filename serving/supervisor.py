@@ -10,12 +10,12 @@ restarted, so no request is dropped. SIGTERM or SIGINT stops uvicorn and every p
 
 Why ASGI, and why uvicorn: an invocation spends nearly all its time waiting on the upstream. Under
 ASGI a waiting invocation (or an SSE stream, for its whole length) is a suspended greenlet on the
-worker's event loop (endpoints_app.fastpath, providers.asyncbridge), a few KiB, where under WSGI it
+worker's event loop (serving.app, serving.bridge), a few KiB, where under WSGI it
 held a thread (about 120 KiB, measured: bench/README.md). uvicorn (uvloop, httptools) runs the HTTP
 protocol on that same loop; granian's ASGI mode hands every request between its Rust threads and
 the Python loop, and cost 0.61-0.68 ms of CPU per proxied chat where uvicorn cost 0.43 ms, measured
 side by side on the benchmark's fake upstream. The supervisor binds the port and starts the workers
-itself (endpoints_app.worker), restarting any that dies: uvicorn's multi-worker mode would add a
+itself (serving.worker), restarting any that dies: uvicorn's multi-worker mode would add a
 parent process and a multiprocessing resource tracker, about 40 MiB, for the same job.
 """
 
@@ -40,12 +40,12 @@ from pathlib import Path
 import psutil
 import watchfiles
 
-logger = logging.getLogger("endpoints_app.supervisor")
+logger = logging.getLogger("serving.supervisor")
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 MANAGE = str(BASE_DIR / "manage.py")
 BACKLOG = 4096  # connections waiting to be accepted (1,000 streams opened within a second must all fit)
-# On stop, a worker lets in-flight requests finish for 10 s (endpoints_app.worker.GRACEFUL_SHUTDOWN_SECONDS);
+# On stop, a worker lets in-flight requests finish for 10 s (serving.worker.GRACEFUL_SHUTDOWN_SECONDS);
 # we give it a little more before killing whatever is left.
 STOP_GRACE_SECONDS = 15
 APPLY_TIMEOUT_SECONDS = 120
@@ -79,7 +79,7 @@ def start_worker(listener: socket.socket, options: ServeOptions) -> subprocess.P
         env["STATIC_ROOT"] = options.static_root
     fd = listener.fileno()
     # Its own session: the terminal's Ctrl-C reaches only us, and we stop the workers in order.
-    return subprocess.Popen([sys.executable, "-m", "endpoints_app.worker", "--fd", str(fd)], cwd=BASE_DIR,
+    return subprocess.Popen([sys.executable, "-m", "serving.worker", "--fd", str(fd)], cwd=BASE_DIR,
                             env=env, pass_fds=(fd,), start_new_session=True, preexec_fn=_terminate_with_parent)
 
 
@@ -142,7 +142,7 @@ def stop_workers(workers: list[subprocess.Popen[bytes]], grace: float = STOP_GRA
 
 
 def check_config_now(workers: list[subprocess.Popen[bytes]]) -> None:
-    """Tell our workers the config version has moved (SIGUSR1, endpoints_app.worker), so they rebuild
+    """Tell our workers the config version has moved (SIGUSR1, serving.worker), so they rebuild
     their table now instead of at their next poll. Other instances see it at their next poll."""
     for worker in list(workers):
         if worker.poll() is None:
@@ -318,7 +318,7 @@ def _display_host(host: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m endpoints_app.supervisor",
+    parser = argparse.ArgumentParser(prog="python -m serving.supervisor",
                                      description="Run by `manage.py start_server`; not meant to be called directly.")
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)

@@ -1,7 +1,7 @@
 """The one HTTP seam: every upstream call goes through here.
 
 Keep-alive connections are pooled per upstream origin: by urllib3 for synchronous callers (WSGI,
-management commands), by the asyncio client (providers.aioclient) for code running in the async
+management commands), by the asyncio client (serving.httpclient) for code running in the async
 bridge (the ASGI server's invocations). Both go through the same retry and error code. This module
 maps transport failures to the gateway's errors (timeout 504, unreachable 502, bad body 502,
 upstream error status passed through), retries only where it is safe (connection failures and
@@ -30,14 +30,14 @@ from urllib3.exceptions import (
     ReadTimeoutError,
 )
 
-from providers import aioclient
-from providers.asyncbridge import await_, in_bridge, sleep
 from providers.errors import (
     UpstreamBadResponse,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from serving import httpclient
+from serving.bridge import await_, in_bridge, sleep
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +76,9 @@ ErrorMessageExtractor = Callable[[Any], Any]
 
 
 # Each failure, as either client reports it.
-_CONNECT_FAILED = (ConnectTimeoutError, NewConnectionError, aioclient.ConnectFailed)  # nothing was sent
-_READ_TIMED_OUT = (ReadTimeoutError, aioclient.ReadTimedOut)
-_BROKEN = (ProtocolError, HTTPError, aioclient.ConnectionBroken)  # after the request may have been sent
+_CONNECT_FAILED = (ConnectTimeoutError, NewConnectionError, httpclient.ConnectFailed)  # nothing was sent
+_READ_TIMED_OUT = (ReadTimeoutError, httpclient.ReadTimedOut)
+_BROKEN = (ProtocolError, HTTPError, httpclient.ConnectionBroken)  # after the request may have been sent
 
 
 class UpstreamAnswer:
@@ -133,7 +133,7 @@ class _SyncAnswer(UpstreamAnswer):
 class _BridgedAnswer(UpstreamAnswer):
     """A response of the asyncio client, read from synchronous code inside the async bridge."""
 
-    def __init__(self, response: aioclient.AsyncResponse, data: bytes | None = None) -> None:
+    def __init__(self, response: httpclient.AsyncResponse, data: bytes | None = None) -> None:
         self._response = response
         self._data = data
         self.status = response.status
@@ -161,7 +161,7 @@ class Transport:
     """Sends UpstreamRequests with pooling, timeouts and safe retries.
 
     Two clients behind one behaviour: urllib3 for synchronous callers (WSGI, commands), and the
-    asyncio client (providers.aioclient) when the caller runs inside the async bridge (the ASGI
+    asyncio client (serving.httpclient) when the caller runs inside the async bridge (the ASGI
     server). Retries, deadlines and error mapping are the same code for both."""
 
     def __init__(self, *, maxsize: int = 64) -> None:
@@ -170,7 +170,7 @@ class Transport:
         # origin → its connection pool: PoolManager finds it by parsing the URL and building a key on every
         # request (about a tenth of a proxied call's CPU); upstream origins are few and never change.
         self._pools: dict[str, urllib3.HTTPConnectionPool] = {}
-        self._async_pool: aioclient.AsyncPool | None = None
+        self._async_pool: httpclient.AsyncPool | None = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
 
     def _pool_for(self, url: str) -> tuple[urllib3.HTTPConnectionPool, str]:
@@ -182,11 +182,11 @@ class Transport:
             pool = self._pools[origin] = self._manager.connection_from_url(origin)
         return pool, target
 
-    def _pool_for_loop(self) -> aioclient.AsyncPool:
+    def _pool_for_loop(self) -> httpclient.AsyncPool:
         """The asyncio client's pool: its connections belong to the running event loop."""
         loop = asyncio.get_running_loop()
         if self._async_loop is not loop or self._async_pool is None:
-            self._async_pool = aioclient.AsyncPool(maxsize=self._maxsize)
+            self._async_pool = httpclient.AsyncPool(maxsize=self._maxsize)
             self._async_loop = loop
         return self._async_pool
 

@@ -1,4 +1,4 @@
-"""The serving worker's write coalescing (endpoints_app.worker), on a real socket pair."""
+"""The serving worker's write coalescing (serving.worker), on a real socket pair."""
 from __future__ import annotations
 
 import asyncio
@@ -9,7 +9,7 @@ from typing import Any
 import uvicorn
 from uvicorn.server import ServerState
 
-from endpoints_app.worker import CoalescingHttpToolsProtocol, CoalescingTransport
+from serving.worker import CoalescingHttpToolsProtocol, CoalescingTransport
 
 
 class _Recorder(asyncio.Protocol):

@@ -5,7 +5,7 @@ The supervisor binds the port once and starts N of these; the kernel spreads con
 them. uvicorn's own multi-worker mode would add a parent process and a multiprocessing resource
 tracker (about 40 MiB together) to do what the supervisor already does.
 
-    python -m endpoints_app.worker --fd N
+    python -m serving.worker --fd N
 """
 from __future__ import annotations
 
@@ -75,13 +75,13 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 def _check_config_now(signum: int, frame: object) -> None:
     """SIGUSR1 from the supervisor: the config file was just applied. The next request rebuilds the
     endpoint table (in a helper thread) instead of waiting for the poller."""
-    runtime = sys.modules.get("endpoints_app.runtime")  # loaded with the application; no import here
+    runtime = sys.modules.get("serving.runtime")  # loaded with the application; no import here
     if runtime is not None:
         runtime.invalidate()
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m endpoints_app.worker",
+    parser = argparse.ArgumentParser(prog="python -m serving.worker",
                                      description="Run by `manage.py start_server`; not meant to be called directly.")
     parser.add_argument("--fd", type=int, required=True, help="the listening socket's file descriptor")
     args = parser.parse_args(argv)

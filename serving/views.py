@@ -19,9 +19,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from endpoints_app import runtime
 from endpoints_app.errors import dumps, json_response, mlflow_error, openai_error
-from endpoints_app.ratelimit import RateState
 from endpoints_app.schemas import validate_request
 from providers.errors import (
     EndpointNotFound,
@@ -30,6 +28,8 @@ from providers.errors import (
     RequestValidationError,
 )
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
+from serving import runtime
+from serving.ratelimit import RateState
 
 logger = logging.getLogger(__name__)
 

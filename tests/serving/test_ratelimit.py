@@ -6,10 +6,9 @@ import asyncio
 
 import pytest
 
-from endpoints_app.limits import describe, parse_period, period_seconds
-from endpoints_app.ratelimit import RateLimit, RateState, hit
-from providers.asyncbridge import run_sync
 from providers.errors import RateLimited
+from serving.bridge import run_sync
+from serving.ratelimit import RateLimit, RateState, describe, hit, parse_period, period_seconds
 
 
 @pytest.mark.parametrize(
@@ -62,7 +61,7 @@ def test_counters_are_per_endpoint() -> None:
 
 
 def test_calls_on_the_event_loop_share_the_counter_with_synchronous_ones() -> None:
-    """Under the ASGI server `hit` runs in the async bridge (Redis through endpoints_app.resp when
+    """Under the ASGI server `hit` runs in the async bridge (Redis through serving.resp when
     REDIS_URL is set, never blocking the loop); the window is the same one."""
     limit = RateLimit(calls=3, period_seconds=3600, description="3 per 1 hour")
     assert counted("shared-endpoint", limit).remaining == 2

@@ -1,4 +1,4 @@
-"""The rate limiter's asyncio Redis client (endpoints_app.resp): the wire format, URLs, and its
+"""The rate limiter's asyncio Redis client (serving.resp): the wire format, URLs, and its
 behaviour against the real Redis and against local servers that misbehave."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from endpoints_app.resp import (
+from serving.resp import (
     _INCOMPLETE,
     AsyncRedis,
     RedisAddress,
@@ -269,7 +269,7 @@ def test_an_unreachable_redis_is_a_connection_error() -> None:
 def test_a_call_on_a_connection_lost_in_the_meantime_fails_at_once() -> None:
     """A connection can be lost between being handed to a caller and its command being sent: the
     call fails then, instead of waiting for an answer that cannot come."""
-    from endpoints_app.resp import _Connection
+    from serving.resp import _Connection
 
     async def scenario() -> None:
         connection = _Connection()

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from endpoints_app import runtime
-from providers.asyncbridge import run_sync
 from providers.shapes import CHAT
+from serving import runtime
+from serving.bridge import run_sync
 
 
 @pytest.mark.django_db(transaction=True)

@@ -2,7 +2,7 @@
 
 It prepares the database (migrations), applies the config file like `load_config --prune`, reports
 what it serves, then replaces itself (exec) with the Django-free supervisor
-(endpoints_app.supervisor), which runs uvicorn, watches the file and stops the whole tree.
+(serving.supervisor), which runs uvicorn, watches the file and stops the whole tree.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from django.db.migrations.executor import MigrationExecutor
 
 from endpoints_app.models import Endpoint
 from endpoints_app.services import config_version, exclusive_config_lock, import_config
-from endpoints_app.supervisor import ServeOptions, file_digest
 from endpoints_app.validation import ConfigError, Issue
+from serving.supervisor import ServeOptions, file_digest
 
 
 def prepare_database() -> bool:
@@ -69,7 +69,7 @@ def exec_supervisor(options: ServeOptions, applied_digest: str | None) -> None:
     connections.close_all()
     sys.stdout.flush()
     sys.stderr.flush()
-    argv = [sys.executable, "-m", "endpoints_app.supervisor", "--host", options.host, "--port", str(options.port),
+    argv = [sys.executable, "-m", "serving.supervisor", "--host", options.host, "--port", str(options.port),
             "--workers", str(options.workers), "--static-root", str(settings.STATIC_ROOT)]
     if options.config_path:
         argv += ["--config-path", os.path.abspath(options.config_path), "--applied-digest", applied_digest or ""]
