@@ -6,7 +6,9 @@ from django.db import models
 
 from providers.shapes import ENDPOINT_TYPES
 
-NAME_PATTERN = r"^[a-zA-Z0-9_.\-]+\Z"
+# The one pattern of endpoint, route and consumer names: the URL routes and the validators all use it.
+NAME_CHARS = r"[a-zA-Z0-9_.\-]+"
+NAME_PATTERN = rf"^{NAME_CHARS}\Z"
 name_validator = RegexValidator(
     NAME_PATTERN, "Names may contain only ASCII letters, digits, '_', '-' and '.' (they become part of a URL)."
 )

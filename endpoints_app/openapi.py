@@ -215,7 +215,7 @@ def _configured_endpoints() -> list[tuple[str, str]]:
     from serving import runtime
 
     try:
-        table = runtime.current_table()
+        table = runtime.load_table()
     except Exception:  # the schema must render even when the database is not ready
         return []
     items = [(name, table.endpoints[name].endpoint_type) for name in table.order]

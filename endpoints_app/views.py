@@ -101,7 +101,7 @@ class EndpointListView(GatewayAPIView):
         summary="List endpoints (MLflow list_endpoints)",
     )
     def get(self, request: Request) -> Response:
-        table = runtime.current_table()
+        table = runtime.load_table()
         page, token = _paginate(request, [table.endpoints[name] for name in table.order])
         return Response({"endpoints": [serializers.endpoint_json(e) for e in page], "next_page_token": token})
 
@@ -113,7 +113,7 @@ class EndpointDetailView(GatewayAPIView):
         summary="Get one endpoint (MLflow get_endpoint)",
     )
     def get(self, request: Request, name: str) -> Response:
-        endpoint = runtime.current_table().endpoints.get(name)
+        endpoint = runtime.load_table().endpoints.get(name)
         if endpoint is None:
             raise EndpointNotFound(
                 f"The endpoint '{name}' is not present or active on the server. Please verify the endpoint name."
@@ -129,7 +129,7 @@ class LegacyRouteListView(GatewayAPIView):
         summary="List endpoints as MLflow 2.x routes (legacy)",
     )
     def get(self, request: Request) -> Response:
-        table = runtime.current_table()
+        table = runtime.load_table()
         page, token = _paginate(request, [table.endpoints[name] for name in table.order])
         return Response({"routes": [serializers.legacy_route_json(e) for e in page], "next_page_token": token})
 
@@ -141,7 +141,7 @@ class LegacyRouteDetailView(GatewayAPIView):
         summary="Get one endpoint as an MLflow 2.x route (legacy)",
     )
     def get(self, request: Request, name: str) -> Response:
-        endpoint = runtime.current_table().endpoints.get(name)
+        endpoint = runtime.load_table().endpoints.get(name)
         if endpoint is None:
             raise EndpointNotFound(
                 f"The route '{name}' is not present or active on the server. Please verify the route name."
@@ -156,7 +156,7 @@ class TrafficRouteDetailView(GatewayAPIView):
         summary="Get a traffic route (MLflow 3.x)",
     )
     def get(self, request: Request, name: str) -> Response:
-        route = runtime.current_table().routes.get(name)
+        route = runtime.load_table().routes.get(name)
         if route is None:
             raise EndpointNotFound(
                 f"The route '{name}' is not present or active on the server. Please verify the route name."
@@ -199,7 +199,7 @@ class ModelListView(GatewayAPIView):
         summary="OpenAI-style list of endpoints and routes",
     )
     def get(self, request: Request) -> Response:
-        table = runtime.current_table()
+        table = runtime.load_table()
         created = now()
         data = [
             {"id": name, "object": "model", "created": created, "owned_by": table.endpoints[name].provider_name}

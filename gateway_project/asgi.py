@@ -1,8 +1,9 @@
-"""ASGI entry point (what `manage.py start_server` runs under uvicorn).
+"""The ASGI application: what start_server's workers, `manage.py runserver` and the tests all run.
 
-Invocation POSTs and /health take the async fast path (serving.app); the collected static
-files (the admin's, Swagger UI's and ReDoc's assets) are served by ServeStatic from STATIC_ROOT,
-which start_server fills; everything else is Django's ASGI handler.
+Invocations and /health are served by serving.app; the collected static files (the admin's, Swagger
+UI's and ReDoc's assets) by ServeStatic from STATIC_ROOT, which start_server fills (under runserver
+with DEBUG and nothing collected, by Django's static-files finders); everything else is Django's ASGI
+handler.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
 
 django_application = get_asgi_application()
 
-from serving.app import AsyncInvocationFastPath  # noqa: E402  (needs Django set up first)
+from serving.app import GatewayApplication  # noqa: E402  (needs Django set up first)
 
-application: Any = AsyncInvocationFastPath(django_application)
+application: Any = GatewayApplication(django_application)
 if os.path.isdir(settings.STATIC_ROOT):
     application = ServeStaticASGI(application, root=settings.STATIC_ROOT, prefix=settings.STATIC_URL)
+elif settings.DEBUG:
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+    application = ASGIStaticFilesHandler(application)

@@ -1,8 +1,8 @@
 """Settings, all from the environment.
 
 With no environment at all the gateway runs on SQLite and an in-process cache (the embedded
-default). Production sets DATABASE_URL (PostgreSQL), REDIS_URL (shared cache, rate limits and
-config propagation), SECRET_KEY, ALLOWED_HOSTS and DEBUG=false.
+default). Production sets DATABASE_URL (PostgreSQL), REDIS_URL (counts shared across instances:
+rate limits), SECRET_KEY, ALLOWED_HOSTS and DEBUG=false.
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
+    "endpoints_app",  # first: its runserver (the ASGI application under uvicorn) replaces Django's
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -83,7 +84,6 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
-    "endpoints_app",
 ]
 
 MIDDLEWARE = [
@@ -97,7 +97,6 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "gateway_project.urls"
-WSGI_APPLICATION = "gateway_project.wsgi.application"
 ASGI_APPLICATION = "gateway_project.asgi.application"
 # The MLflow routes have no trailing slash; never redirect a POST.
 APPEND_SLASH = False
@@ -130,19 +129,19 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 if "TEST" not in DATABASES["default"] and os.environ.get("TEST_DATABASE_NAME"):
     DATABASES["default"]["TEST"] = {"NAME": os.environ["TEST_DATABASE_NAME"]}
 
+# Shared counts (rate limits, budgets, circuit state): in Redis with REDIS_URL, across instances;
+# without it, start_server's supervisor shares them between its workers (serving.counters).
 REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
-    if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
-        raise ImproperlyConfigured(f"REDIS_URL={REDIS_URL!r} must start with redis://, rediss:// or unix://.")
-    CACHES = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": REDIS_URL,
-            "KEY_PREFIX": os.environ.get("CACHE_KEY_PREFIX", "gateway"),
-        }
-    }
-else:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "gateway"}}
+    from serving.resp import RedisAddress
+
+    try:
+        RedisAddress.parse(REDIS_URL)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"REDIS_URL is not a usable Redis URL: {exc}.") from None
+GATEWAY_REDIS_PREFIX = os.environ.get("GATEWAY_REDIS_PREFIX") or os.environ.get("CACHE_KEY_PREFIX") or "gateway"
+# Set by start_server's supervisor for its workers: the Unix socket of its shared counter store.
+GATEWAY_COUNTERS_SOCKET = os.environ.get("GATEWAY_COUNTERS_SOCKET", "")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

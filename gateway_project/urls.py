@@ -1,4 +1,8 @@
-"""Routes: MLflow's (§3.1), OpenAI's /v1, the docs and the admin."""
+"""Django's routes: the MLflow and OpenAI listings, the docs and the admin.
+
+The invocation routes and /health are matched before Django sees a request (serving.app, with the
+pattern of serving.routes); they are not here, so there is one router for them.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,9 @@ from django.urls import path, re_path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from endpoints_app import views
-from serving import views as invocations
+from endpoints_app.models import NAME_CHARS
 
-NAME = r"(?P<name>[a-zA-Z0-9_.\-]+)"
+NAME = rf"(?P<name>{NAME_CHARS})"
 
 handler400 = "endpoints_app.errors.handler400"
 handler403 = "endpoints_app.errors.handler403"
@@ -17,14 +21,7 @@ handler404 = "endpoints_app.errors.handler404"
 handler500 = "endpoints_app.errors.handler500"
 
 urlpatterns = [
-    # The invocation routes come first: they are the hot path, and URL resolution tries in order.
-    re_path(rf"^endpoints/{NAME}/invocations$", invocations.endpoint_invocations, name="invocations"),
-    re_path(rf"^gateway/{NAME}/invocations$", invocations.endpoint_invocations),
-    path("v1/chat/completions", invocations.openai_chat),
-    path("v1/completions", invocations.openai_completions),
-    path("v1/embeddings", invocations.openai_embeddings),
     path("", views.root_redirect),
-    path("health", invocations.health, name="health"),
     path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi"),
     path("docs", SpectacularSwaggerView.as_view(url_name="openapi"), name="docs"),
     path("redoc", SpectacularRedocView.as_view(url_name="openapi"), name="redoc"),

@@ -1,13 +1,17 @@
-"""The invocation fast path: a thin WSGI (and ASGI) layer in front of Django.
+"""The ASGI application: the one way every request is served.
 
-An invocation POST (`/endpoints/<name>/invocations`, `/gateway/<name>/invocations`, `/v1/chat/
-completions`, `/v1/completions`, `/v1/embeddings`), and `GET /health` (load balancers poll it), go
-straight to their view. It skips URL resolution,
-the middleware stack (sessions, auth, messages, CSRF: none of which an invocation uses) and the
-request signals; measured, these were about half the CPU of a mock invocation (see bench/README.md).
-Every other request goes to Django unchanged; a worker that serves only these never imports DRF
-(about 50 MB of memory per worker). The views are the same either way, so behaviour is
-the same; the host check and the security headers the middleware would add are kept here.
+An invocation (`/endpoints/<name>/invocations`, `/gateway/<name>/invocations`, `/v1/chat/completions`,
+`/v1/completions`, `/v1/embeddings`) and `GET /health` (load balancers poll it) go straight to their
+view (serving.views), run in the async bridge (serving.bridge) on the worker's event loop. They skip
+URL resolution, the middleware stack (sessions, auth, messages, CSRF: none of which an invocation
+uses) and the request signals; measured, these were about half the CPU of a mock invocation (see
+bench/README.md). What the middleware would do for them is done here: the host check
+(ALLOWED_HOSTS) and Django's SecurityMiddleware (the SECURE_* settings: HTTPS redirect, HSTS,
+nosniff, referrer and cross-origin-opener policies). Every other request (the admin, the management
+API, the docs) goes to Django's ASGI handler unchanged; a worker that serves only invocations never
+imports DRF (about 50 MB of memory per worker).
+
+The same application runs under start_server's workers, `manage.py runserver` and the tests.
 """
 
 from __future__ import annotations
@@ -15,110 +19,99 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.core.handlers.asgi import ASGIRequest
-from django.core.handlers.wsgi import WSGIRequest
 from django.http import HttpRequest, HttpResponseBase
+from django.middleware.security import SecurityMiddleware
 
 from endpoints_app.errors import json_response
 from serving import runtime
 from serving import views as invocations
 from serving.bridge import await_, run_sync
+from serving.routes import match_invocation
 
 logger = logging.getLogger(__name__)
 
-StartResponse = Callable[..., Any]
-WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
+View = Callable[[HttpRequest], HttpResponseBase]
 
-_ROUTE = re.compile(
-    r"^/(?:(?:endpoints|gateway)/(?P<name>[a-zA-Z0-9_.\-]+)/invocations|v1/(?P<v1>chat/completions|completions|embeddings))$"
-)
-_V1_VIEWS = {
+_V1_VIEWS: dict[str, View] = {
     "chat/completions": invocations.openai_chat,
     "completions": invocations.openai_completions,
     "embeddings": invocations.openai_embeddings,
 }
-# What SecurityMiddleware would add to these responses.
-_SECURITY_HEADERS = [
-    ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "same-origin"),
-    ("Cross-Origin-Opener-Policy", "same-origin"),
-]
 
 
-View = Callable[[HttpRequest], HttpResponseBase]
-
-
-def find_view(method: str | None, path: str) -> View | None:
-    """The view for a fast-path request, or None for everything Django should route."""
-    if method == "POST":
-        match = _ROUTE.match(path)
-        if match is not None:
-            name = match["name"]
-            if name:
-                return lambda request: invocations.endpoint_invocations(request, name)
-            return _V1_VIEWS[match["v1"]]
-    elif method == "GET" and path == "/health":
+def find_view(path: str) -> View | None:
+    """The view for an invocation or health-check path (any method: the view answers 405 itself),
+    or None for everything Django routes."""
+    if path == "/health":
         return invocations.health
-    return None
+    match = match_invocation(path)
+    if match is None:
+        return None
+    name, v1 = match
+    if name is not None:
+        return lambda request: invocations.endpoint_invocations(request, name)
+    return _V1_VIEWS[v1]
+
+
+class _Security:
+    """Django's SecurityMiddleware, applied to the views this application serves itself."""
+
+    def __init__(self) -> None:
+        self.middleware = SecurityMiddleware(lambda request: json_response({}))
+
+    def redirect(self, request: HttpRequest) -> HttpResponseBase | None:
+        return self.middleware.process_request(request)
+
+    def headers(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        # Typed for HttpResponse, it only sets headers: a StreamingHttpResponse takes them as well.
+        return self.middleware.process_response(request, response)  # type: ignore[arg-type]
+
+
+_security: _Security | None = None
 
 
 def respond(view: View, request: HttpRequest) -> HttpResponseBase:
-    """Run a fast-path view as CommonMiddleware would guard it: the host check, and a 500 for a crash."""
+    """Run a view as Django's middleware would guard it: the host check, the SECURE_* settings,
+    and a JSON 500 for a crash."""
+    global _security
+    if _security is None:
+        _security = _Security()  # reads the settings once, as Django's middleware does
     try:
         request.get_host()  # ALLOWED_HOSTS
-        return view(request)
+        response = _security.redirect(request) or view(request)
     except DisallowedHost:
-        return json_response({"detail": "Bad Request: the Host header is not allowed."}, 400)
+        response = json_response({"detail": "Bad Request: the Host header is not allowed."}, 400)
     except Exception:
         logger.exception("invocation failed: %s", request.path)
-        return json_response({"detail": "Internal Server Error"}, 500)
+        response = json_response({"detail": "Internal Server Error"}, 500)
+    return _security.headers(request, response)
 
 
-def response_headers(response: HttpResponseBase) -> list[tuple[str, str]]:
-    return [*response.items(), *_SECURITY_HEADERS]
+class GatewayApplication:
+    """The ASGI application start_server's workers run: the invocation views in front of Django's
+    ASGI handler.
 
-
-class InvocationFastPath:
-    """The WSGI application: the fast path in front of Django's WSGI handler."""
-
-    def __init__(self, django_app: WSGIApp) -> None:
-        self.django_app = django_app
-
-    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        view = find_view(environ.get("REQUEST_METHOD"), environ.get("PATH_INFO", ""))
-        if view is None:
-            return self.django_app(environ, start_response)
-        response = respond(view, WSGIRequest(environ))
-        start_response(f"{response.status_code} {response.reason_phrase}", response_headers(response))
-        if response.streaming:
-            return response.streaming_content  # type: ignore[attr-defined]
-        return [response.content]  # type: ignore[attr-defined]
-
-
-class AsyncInvocationFastPath:
-    """The ASGI application (what start_server runs): the fast path in front of Django's ASGI handler.
-
-    A fast-path view runs in the async bridge (serving.bridge): the same synchronous view as
-    under WSGI, whose upstream I/O, Redis calls and sleeps await on this worker's event loop. An SSE
-    stream is pulled one chunk at a time and each chunk is sent as it comes, so a held stream costs a
-    suspended greenlet and a socket, not a thread. Everything else goes to Django's ASGI handler,
-    which runs the (synchronous) admin and API views in its thread as usual."""
+    An invocation runs in the async bridge (serving.bridge): a synchronous view whose upstream I/O,
+    Redis calls and sleeps await on this worker's event loop. An SSE stream is pulled one chunk at a
+    time and each chunk is sent as it comes, so a held stream costs a suspended greenlet and a socket,
+    not a thread. Everything else goes to Django's ASGI handler, which runs the (synchronous) admin and
+    API views in its thread as usual."""
 
     def __init__(self, django_app: ASGIApp) -> None:
         self.django_app = django_app
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            view = find_view(scope["method"], scope["path"])
+            view = find_view(scope["path"])
             if view is not None:
                 await self._serve(view, scope, receive, send)
                 return
@@ -143,7 +136,7 @@ class AsyncInvocationFastPath:
         await send({
             "type": "http.response.start",
             "status": response.status_code,
-            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response_headers(response)],
+            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.items()],
         })
         if not response.streaming:
             await send({"type": "http.response.body", "body": response.content})  # type: ignore[attr-defined]
@@ -261,7 +254,7 @@ async def _lifespan(receive: Receive, send: Send) -> None:
         message = await receive()
         if message["type"] == "lifespan.startup":
             try:
-                await asyncio.to_thread(runtime.current_table)
+                await asyncio.to_thread(runtime.load_table)
             except Exception:  # the database may be down: the first request retries, /health reports it
                 logger.exception("endpoint table cannot be loaded at start-up")
             await send({"type": "lifespan.startup.complete"})

@@ -7,14 +7,13 @@ table rebuild) would block, it hands an awaitable to the event loop with `await_
 its result. This is the technique SQLAlchemy's asyncio extension uses for its synchronous core.
 A waiting invocation costs a suspended greenlet (a few KiB of saved stack), not a thread.
 
-Outside a bridge (WSGI, management commands, tests with the Django test client) the same code runs
-synchronously and `in_bridge()` is False.
+Every invocation runs this way, whatever server runs the application (start_server's workers,
+`manage.py runserver`, the tests): there is no second, blocking road.
 """
 from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -25,11 +24,6 @@ T = TypeVar("T")
 
 class _Bridge(greenlet):
     """A greenlet running synchronous code for a coroutine (its parent, the event loop's greenlet)."""
-
-
-def in_bridge() -> bool:
-    """True when the calling code runs inside `run_sync`, on an event loop."""
-    return isinstance(getcurrent(), _Bridge)
 
 
 def await_(awaitable: Awaitable[T]) -> T:
@@ -61,8 +55,11 @@ async def run_sync(fn: Callable[..., T], *args: Any) -> T:
 
 
 def sleep(seconds: float) -> None:
-    """Pause the calling code: on the event loop inside a bridge (other requests go on), else the thread."""
-    if in_bridge():
-        await_(asyncio.sleep(seconds))
-    else:
-        time.sleep(seconds)
+    """Pause the calling code on the event loop (other requests go on)."""
+    await_(asyncio.sleep(seconds))
+
+
+def to_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking `fn(*args)` (a database query, a file read, botocore's credential chain) in a helper
+    thread, and wait for it on the event loop: other requests of the worker go on meanwhile."""
+    return await_(asyncio.to_thread(fn, *args))

@@ -1,32 +1,30 @@
-"""Per-endpoint rate limits, shared by every route family, worker and instance.
+"""Rate limits: MLflow's periods, and fixed windows counted where every worker and instance agrees.
 
-Fixed windows counted with atomic increments: in Redis when REDIS_URL is set (one round trip:
-INCR and EXPIRE NX in a pipeline), otherwise in process memory, which is right only for a single
-process (the embedded default). The window starts on multiples of the period, so every
-process agrees on it without coordination.
+A window starts on a multiple of its period, so every process agrees on it without coordination.
+A call is one round trip to the counters (serving.counters: Redis, the server's shared store, or this
+process): `SET key 0 EX ttl NX` then `INCRBY key 1`, pipelined. The first starts the window's key
+with its expiry, the second counts; both exist since Redis 2.6, so the same commands work on Redis 6
+and 7 (EXPIRE's NX flag is 7.0 only: Redis 6 refuses it).
 
-When Redis cannot count (unreachable, slower than GATEWAY_RATE_LIMIT_TIMEOUT, an error reply), the
-request is served without a limit and a warning is logged, or, with GATEWAY_RATE_LIMIT_FAIL_OPEN
+When the counters cannot count (unreachable, slower than GATEWAY_RATE_LIMIT_TIMEOUT, an error reply),
+the request is served without a limit and a warning is logged, or, with GATEWAY_RATE_LIMIT_FAIL_OPEN
 off, refused with a 503: a gateway that stops when its counter store does would make Redis a single
 point of failure for every endpoint.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import re
-import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from django.conf import settings
 
 from providers.errors import RateLimited, RateLimitUnavailable
-from serving.bridge import await_, in_bridge
-from serving.resp import AsyncRedis, RedisAddress, RespConnectionError, RespError
+from serving import counters
+from serving.counters import CounterUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +56,6 @@ def describe(calls: int, text: str) -> str:
 
 
 
-class CounterUnavailable(Exception):
-    """The counters could not be reached or did not answer (the message says why)."""
-
-
 @dataclass(frozen=True)
 class RateLimit:
     calls: int
@@ -83,103 +77,6 @@ class RateState:
         }
 
 
-class _RedisCounter:
-    """Counters in Redis. Inside the async bridge (the ASGI server) it talks to Redis on the running
-    event loop instead of blocking it: through serving.resp (one pipelined connection per loop),
-    or redis.asyncio for the URLs that client does not parse (a Unix socket, query options)."""
-
-    def __init__(self, url: str, prefix: str, timeout: float) -> None:
-        import redis  # only here: a worker without REDIS_URL never loads redis-py (about 7 MiB each)
-
-        self._failures = (redis.exceptions.RedisError, RespConnectionError, RespError, TimeoutError, OSError)
-        self._url = url
-        self._timeout = timeout
-        self._client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        self._prefix = prefix
-        self._address = RedisAddress.parse(url)
-        self._async_client: Any = None
-        self._async_loop: asyncio.AbstractEventLoop | None = None
-
-    def incr(self, key: str, ttl: int) -> int:
-        key = f"{self._prefix}:{key}"
-        try:
-            if in_bridge():
-                return await_(self._incr_async(key, ttl))
-            pipe = self._client.pipeline(transaction=False)
-            pipe.incr(key)
-            pipe.expire(key, ttl, nx=True)
-            count, _ = pipe.execute()
-            return int(count)
-        except self._failures as exc:
-            raise CounterUnavailable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
-
-    async def _incr_async(self, key: str, ttl: int) -> int:
-        loop = asyncio.get_running_loop()
-        if self._async_loop is not loop:  # its connections belong to one event loop
-            if self._address is not None:
-                self._async_client = AsyncRedis(self._address, timeout=self._timeout)
-            else:
-                import redis.asyncio
-
-                self._async_client = redis.asyncio.Redis.from_url(
-                    self._url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
-                )
-            self._async_loop = loop
-        if isinstance(self._async_client, AsyncRedis):
-            count, _ = await self._async_client.execute([("INCR", key), ("EXPIRE", key, ttl, "NX")])
-            if isinstance(count, RespError):
-                raise count
-            return int(count)
-        pipe = self._async_client.pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, ttl, nx=True)
-        count, _ = await pipe.execute()
-        return int(count)
-
-
-class _LocalCounter:
-    """In-process windows for the single-process default (a dict and a lock: no pickling, no cache)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: dict[str, tuple[int, float]] = {}
-
-    def incr(self, key: str, ttl: int) -> int:
-        now = time.monotonic()
-        with self._lock:
-            count, expires = self._counts.get(key, (0, 0.0))
-            if expires <= now:
-                count, expires = 0, now + ttl
-                if len(self._counts) > 10_000:
-                    self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
-            self._counts[key] = (count + 1, expires)
-            return count + 1
-
-
-_counter: Any = None
-_counter_lock = threading.Lock()
-
-
-def _get_counter() -> Any:
-    global _counter
-    if _counter is None:
-        with _counter_lock:
-            if _counter is None:
-                location = settings.CACHES["default"]["LOCATION"]
-                if settings.CACHES["default"]["BACKEND"].endswith("RedisCache"):
-                    prefix = settings.CACHES["default"].get("KEY_PREFIX", "gateway")
-                    _counter = _RedisCounter(location, prefix, settings.GATEWAY_RATE_LIMIT_TIMEOUT)
-                else:
-                    _counter = _LocalCounter()
-    return _counter
-
-
-def reset_counter_backend() -> None:
-    """Forget the counter client (tests that change the cache settings)."""
-    global _counter
-    _counter = None
-
-
 _WARN_EVERY_SECONDS = 10.0
 _last_warning = 0.0
 
@@ -194,9 +91,9 @@ def hit(endpoint_name: str, limit: RateLimit) -> RateState | None:
     reset = max(1, math.ceil((window + 1) * limit.period_seconds - now))
     if limit.calls == 0:
         raise _limited(limit, reset)
-    key = f"ratelimit:{endpoint_name}:{limit.period_seconds}:{window}"
+    key = counters.key("ratelimit", endpoint_name, limit.period_seconds, window)
     try:
-        count = _get_counter().incr(key, limit.period_seconds + 1)
+        _, count = counters.execute([("SET", key, 0, "EX", limit.period_seconds + 1, "NX"), ("INCRBY", key, 1)])
     except CounterUnavailable as exc:
         _cannot_count(endpoint_name, str(exc))
         return None

@@ -1,4 +1,4 @@
-"""A small asyncio Redis client for the rate limiter, on a serving worker's event loop.
+"""The gateway's Redis client: asyncio, pipelined, on a serving worker's event loop.
 
 redis.asyncio takes a connection from its pool and checks it (several loop iterations) for every
 call. With 16 INCR + EXPIRE pipelines in flight on one uvloop it spent 85-90 µs of CPU per call,
@@ -7,9 +7,9 @@ through a 50 ms upstream (bench/README.md). This client keeps one connection per
 pipelines every concurrent call on it (Redis answers in order), so a call costs one write and one
 wake-up: 23-24 µs of CPU and a 0.21 ms median in the same test, and 94.6 % in the benchmark.
 
-It speaks RESP2 over `redis://` and `rediss://` URLs (user, password, database number). Other URLs
-(a Unix socket, query options) are not parsed here: `RedisAddress.parse` returns None and the caller
-keeps redis.asyncio.
+It speaks RESP2 to Redis over TCP (`redis://`), TLS (`rediss://`, with `ssl_cert_reqs` and
+`ssl_ca_certs` as redis-py reads them) and Unix sockets (`unix://`), with a user, a password and a
+database number, and to the supervisor's embedded store (serving.store) over its Unix socket.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 
 class RespError(Exception):
@@ -31,6 +31,10 @@ class RespConnectionError(ConnectionError):
     """The connection failed or was lost before the answer came."""
 
 
+_QUERY_OPTIONS = frozenset({"db", "password", "ssl_cert_reqs", "ssl_ca_certs"})
+_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
+
 @dataclass(frozen=True)
 class RedisAddress:
     host: str
@@ -39,37 +43,92 @@ class RedisAddress:
     username: str | None
     password: str | None
     tls: bool
+    path: str | None = None  # a Unix socket instead of host and port
+    cert_reqs: str = "required"  # for TLS: none, optional or required
+    ca_certs: str | None = None  # for TLS: a CA bundle instead of the system's
 
     @classmethod
-    def parse(cls, url: str) -> RedisAddress | None:
-        """The address of a plain `redis://` or `rediss://` URL, or None for any other form."""
+    def parse(cls, url: str) -> RedisAddress:
+        """The address in a `redis://`, `rediss://` or `unix://` URL, as redis-py reads them:
+        `redis://[[user]:password@]host[:port][/db]`, `unix://[[user]:password@]/path/to.sock`,
+        and the query options db, password, ssl_cert_reqs and ssl_ca_certs. ValueError, with a
+        message naming what is wrong, for anything else."""
         parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss") or parts.query or parts.fragment or not parts.hostname:
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("the scheme must be redis://, rediss:// or unix://")
+        query = {name: values[-1] for name, values in parse_qs(parts.query, keep_blank_values=True).items()}
+        unknown = sorted(set(query) - _QUERY_OPTIONS)
+        if unknown:
+            raise ValueError(f"unsupported option(s) {', '.join(unknown)}; use {', '.join(sorted(_QUERY_OPTIONS))}")
+        db_text = query.get("db", "")
+        path = None
+        if parts.scheme == "unix":
+            path = unquote(parts.path)
+            if not path:
+                raise ValueError("a unix:// URL needs the socket's path, e.g. unix:///run/redis/redis.sock")
+            host, port = "", 0
+        else:
+            if not parts.hostname:
+                raise ValueError("the URL names no host")
+            host = parts.hostname
+            try:
+                port = parts.port or 6379
+            except ValueError:
+                raise ValueError("the port is not a number from 1 to 65535") from None
+            if parts.path.strip("/"):
+                db_text = parts.path.strip("/")
+        if db_text and not db_text.isdigit():
+            raise ValueError(f"the database number {db_text!r} is not a number")
+        cert_reqs = query.get("ssl_cert_reqs", "required").lower()
+        if cert_reqs not in _CERT_REQS:
+            raise ValueError("ssl_cert_reqs must be none, optional or required")
+        password = unquote(parts.password) if parts.password is not None else query.get("password")
+        return cls(host=host, port=port, db=int(db_text or 0),
+                   username=unquote(parts.username) if parts.username else None,
+                   password=password, tls=parts.scheme == "rediss", path=path, cert_reqs=cert_reqs,
+                   ca_certs=query.get("ssl_ca_certs") or None)
+
+    def describe(self) -> str:
+        """Where it is, without the credentials (for messages and logs)."""
+        return f"unix:{self.path}" if self.path else f"{self.host}:{self.port}"
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
             return None
-        path = parts.path.strip("/")
-        if path and not path.isdigit():
-            return None
-        try:
-            port = parts.port or 6379
-        except ValueError:
-            return None
-        return cls(
-            host=parts.hostname,
-            port=port,
-            db=int(path or 0),
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password is not None else None,
-            tls=parts.scheme == "rediss",
-        )
+        context = ssl.create_default_context(cafile=self.ca_certs)
+        if self.cert_reqs != "required":
+            context.check_hostname = False
+            context.verify_mode = _CERT_REQS[self.cert_reqs]
+        return context
 
 
-def encode_command(*args: str | bytes | int) -> bytes:
+def encode_command(*args: str | bytes | int | float) -> bytes:
     """One command as a RESP array of bulk strings."""
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
         data = arg if isinstance(arg, bytes) else str(arg).encode()
         out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
+
+
+def encode_reply(value: Any) -> bytes:
+    """One reply in RESP2 (for the embedded store): an int, bytes, None, a status string ("OK"), a
+    list, or a RespError."""
+    if isinstance(value, bool):
+        value = int(value)
+    if isinstance(value, int):
+        return b":%d\r\n" % value
+    if isinstance(value, bytes):
+        return b"$%d\r\n%s\r\n" % (len(value), value)
+    if value is None:
+        return b"$-1\r\n"
+    if isinstance(value, str):
+        return b"+%s\r\n" % value.encode()
+    if isinstance(value, RespError):
+        return b"-%s\r\n" % str(value).replace("\r", " ").replace("\n", " ").encode()
+    if isinstance(value, list):
+        return b"*%d\r\n" % len(value) + b"".join(encode_reply(item) for item in value)
+    raise TypeError(f"cannot encode {type(value).__name__} as a RESP reply")
 
 
 _INCOMPLETE = object()
@@ -184,7 +243,7 @@ class AsyncRedis:
         self._connection: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
 
-    async def execute(self, commands: Sequence[Sequence[str | bytes | int]]) -> list[Any]:
+    async def execute(self, commands: Sequence[Sequence[str | bytes | int | float]]) -> list[Any]:
         payload = b"".join(encode_command(*command) for command in commands)
         try:
             async with asyncio.timeout(self.timeout):
@@ -219,11 +278,14 @@ class AsyncRedis:
     async def _open(self) -> _Connection:
         address = self.address
         loop = asyncio.get_running_loop()
-        tls = ssl.create_default_context() if address.tls else None
         try:
-            _, connection = await loop.create_connection(_Connection, address.host, address.port, ssl=tls)
+            if address.path is not None:
+                _, connection = await loop.create_unix_connection(_Connection, address.path)
+            else:
+                _, connection = await loop.create_connection(_Connection, address.host, address.port,
+                                                             ssl=address.tls_context())
         except OSError as exc:
-            raise RespConnectionError(f"cannot connect to Redis at {address.host}:{address.port}: {exc}") from None
+            raise RespConnectionError(f"cannot connect to Redis at {address.describe()}: {exc}") from None
         setup: list[tuple[str | bytes | int, ...]] = []
         if address.password is not None and address.username:
             setup.append(("AUTH", address.username, address.password))

@@ -8,7 +8,6 @@ move (another worker, instance, the admin or `load_config`), within GATEWAY_CONF
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import logging
 import os
@@ -27,7 +26,7 @@ from providers import registry, shapes
 from providers.base import BaseProvider
 from providers.errors import EndpointNotFound, WrongEndpointType
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
-from serving.bridge import await_, in_bridge
+from serving.bridge import to_thread
 from serving.ratelimit import RateLimit, RateState, describe, hit, period_seconds
 from serving.upstream import Timeouts
 
@@ -165,13 +164,19 @@ def invalidate() -> None:
 
 
 def current_table() -> EndpointTable:
-    """The live table; rebuilt only when stale (zero queries on the warm path)."""
+    """The live table, for code running in the async bridge (an invocation); rebuilt when stale, in a
+    helper thread (Django refuses database calls on the event loop). Zero queries on the warm path."""
     table = _table
     if table is not None and not _stale:
         return table
-    if in_bridge():
-        # On the event loop: the database is reached from a thread (Django refuses it on the loop).
-        return await_(asyncio.to_thread(_rebuild))
+    return to_thread(load_table)
+
+
+def load_table() -> EndpointTable:
+    """The live table, for code that may block (a thread: the management API, start-up, tests)."""
+    table = _table
+    if table is not None and not _stale:
+        return table
     return _rebuild()
 
 

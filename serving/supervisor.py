@@ -26,10 +26,12 @@ import hashlib
 import http.client
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +41,8 @@ from pathlib import Path
 
 import psutil
 import watchfiles
+
+from serving.store import StoreServer
 
 logger = logging.getLogger("serving.supervisor")
 
@@ -73,10 +77,13 @@ def listen(host: str, port: int) -> socket.socket:
     return listener
 
 
-def start_worker(listener: socket.socket, options: ServeOptions) -> subprocess.Popen[bytes]:
+def start_worker(listener: socket.socket, options: ServeOptions, counters_socket: str | None = None
+                 ) -> subprocess.Popen[bytes]:
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "gateway_project.settings")}
     if options.static_root:
         env["STATIC_ROOT"] = options.static_root
+    if counters_socket:
+        env["GATEWAY_COUNTERS_SOCKET"] = counters_socket
     fd = listener.fileno()
     # Its own session: the terminal's Ctrl-C reaches only us, and we stop the workers in order.
     return subprocess.Popen([sys.executable, "-m", "serving.worker", "--fd", str(fd)], cwd=BASE_DIR,
@@ -282,8 +289,10 @@ def supervise(options: ServeOptions, applied_digest: str | None = None) -> int:
         logger.error("cannot listen on %s:%s: %s", options.host, options.port, exc.strerror or exc)
         return 1
     stop = threading.Event()
+    store = start_counter_store()
+    counters_socket = store.path if store is not None else None
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    workers += [start_worker(listener, options) for _ in range(options.workers)]
+    workers += [start_worker(listener, options, counters_socket) for _ in range(options.workers)]
     try:
         if watcher is not None:
             threading.Thread(target=watcher.run, args=(stop,), name="config-watcher", daemon=True).start()
@@ -300,15 +309,28 @@ def supervise(options: ServeOptions, applied_digest: str | None = None) -> int:
             for index, worker in enumerate(workers):
                 if worker.poll() is not None and not stop.is_set():
                     logger.error("worker %s exited (code %s); starting another", worker.pid, worker.returncode)
-                    workers[index] = start_worker(listener, options)
+                    workers[index] = start_worker(listener, options, counters_socket)
         logger.info("Stopping...")
         return 0
     finally:
         stop.set()
         stop_workers(workers)
         listener.close()
+        if store is not None:
+            store.stop()
+            shutil.rmtree(os.path.dirname(store.path), ignore_errors=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def start_counter_store() -> StoreServer | None:
+    """Without REDIS_URL, the store the workers share their counts in (serving.store), on a Unix socket
+    in a private temporary directory. None with REDIS_URL: Redis holds them, for every instance."""
+    if os.environ.get("REDIS_URL"):
+        return None
+    store = StoreServer(os.path.join(tempfile.mkdtemp(prefix="gateway-"), "counters.sock"))
+    store.start()
+    return store
 
 
 def _display_host(host: str) -> str:

@@ -1,34 +1,26 @@
 """The one HTTP seam: every upstream call goes through here.
 
-Keep-alive connections are pooled per upstream origin: by urllib3 for synchronous callers (WSGI,
-management commands), by the asyncio client (serving.httpclient) for code running in the async
-bridge (the ASGI server's invocations). Both go through the same retry and error code. This module
-maps transport failures to the gateway's errors (timeout 504, unreachable 502, bad body 502,
-upstream error status passed through), retries only where it is safe (connection failures and
-429/502/503 before any byte reached the client, with backoff and jitter, bounded by the endpoint's
-timeout), and decodes streams (SSE, NDJSON, raw) chunk by chunk as they arrive.
+Provider adapters are synchronous code that runs in the async bridge (serving.bridge) on a worker's
+event loop; every request they send goes through the asyncio client (serving.httpclient), whose
+keep-alive connections are pooled per upstream origin, awaited with `await_`. This module maps
+transport failures to the gateway's errors (timeout 504, unreachable 502, bad body 502, upstream
+error status passed through), retries only where it is safe (a request the upstream cannot have
+received, and 429/502/503 before any byte reached the client, with backoff and jitter, bounded by
+the endpoint's timeout), and decodes streams (SSE, NDJSON, raw) chunk by chunk as they arrive.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
-import urllib3
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    HTTPError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-)
 
 from providers.errors import (
     UpstreamBadResponse,
@@ -37,7 +29,7 @@ from providers.errors import (
     UpstreamUnavailable,
 )
 from serving import httpclient
-from serving.bridge import await_, in_bridge, sleep
+from serving.bridge import await_, sleep
 
 logger = logging.getLogger(__name__)
 
@@ -75,63 +67,16 @@ class UpstreamRequest:
 ErrorMessageExtractor = Callable[[Any], Any]
 
 
-# Each failure, as either client reports it.
-_CONNECT_FAILED = (ConnectTimeoutError, NewConnectionError, httpclient.ConnectFailed)  # nothing was sent
-_READ_TIMED_OUT = (ReadTimeoutError, httpclient.ReadTimedOut)
-_BROKEN = (ProtocolError, HTTPError, httpclient.ConnectionBroken)  # after the request may have been sent
+# Each failure, as the client reports it.
+_CONNECT_FAILED = (httpclient.ConnectFailed,)  # nothing was sent
+_READ_TIMED_OUT = (httpclient.ReadTimedOut,)
+_BROKEN = (httpclient.ConnectionBroken,)  # after the request may have been sent
 
 
 class UpstreamAnswer:
-    """One upstream response, whichever client read it: the status and headers, then the body.
-    Body failures surface as the clients' own exceptions; iter_raw and the seam map them."""
-
-    status: int
-
-    def header(self, name: str) -> str | None:
-        """A response header by its lower-case name."""
-        raise NotImplementedError
-
-    def read(self) -> bytes:
-        """The whole body; the connection goes back to the pool."""
-        raise NotImplementedError
-
-    def chunks(self) -> Iterator[bytes]:
-        """The body as it arrives; the connection goes back to the pool at the end (closed if abandoned)."""
-        raise NotImplementedError
-
-    def discard(self) -> None:
-        """Read and drop the rest of the body (before a retry), keeping the connection."""
-        raise NotImplementedError
-
-
-class _SyncAnswer(UpstreamAnswer):
-    def __init__(self, response: urllib3.BaseHTTPResponse) -> None:
-        self._response = response
-        self.status = response.status
-
-    def header(self, name: str) -> str | None:
-        return self._response.headers.get(name)
-
-    def read(self) -> bytes:
-        data = self._response.data  # preloaded, or read now
-        self._response.release_conn()
-        return data
-
-    def chunks(self) -> Iterator[bytes]:
-        try:
-            for chunk in self._response.stream(8192, decode_content=True):
-                if chunk:
-                    yield chunk
-        finally:
-            self._response.release_conn()
-
-    def discard(self) -> None:
-        self._response.drain_conn()
-        self._response.release_conn()
-
-
-class _BridgedAnswer(UpstreamAnswer):
-    """A response of the asyncio client, read from synchronous code inside the async bridge."""
+    """One upstream response whose head has arrived: the status and headers, then the body, read from
+    synchronous code inside the async bridge. Body failures surface as the client's own exceptions;
+    iter_raw and the seam map them."""
 
     def __init__(self, response: httpclient.AsyncResponse, data: bytes | None = None) -> None:
         self._response = response
@@ -139,12 +84,15 @@ class _BridgedAnswer(UpstreamAnswer):
         self.status = response.status
 
     def header(self, name: str) -> str | None:
+        """A response header by its lower-case name."""
         return self._response.headers.get(name)
 
     def read(self) -> bytes:
+        """The whole body; the connection goes back to the pool."""
         return self._data if self._data is not None else await_(self._response.read())
 
     def chunks(self) -> Iterator[bytes]:
+        """The body as it arrives; the connection goes back to the pool at the end (closed if abandoned)."""
         response = self._response
         try:
             while chunk := await_(response.next_chunk()):
@@ -153,57 +101,38 @@ class _BridgedAnswer(UpstreamAnswer):
             response.close()  # a no-op once the body was read to its end and the connection pooled
 
     def discard(self) -> None:
+        """Read and drop the rest of the body (before a retry), keeping the connection."""
         if self._data is None:
             await_(self._response.drain())
 
 
 class Transport:
-    """Sends UpstreamRequests with pooling, timeouts and safe retries.
-
-    Two clients behind one behaviour: urllib3 for synchronous callers (WSGI, commands), and the
-    asyncio client (serving.httpclient) when the caller runs inside the async bridge (the ASGI
-    server). Retries, deadlines and error mapping are the same code for both."""
+    """Sends UpstreamRequests with pooling, timeouts and safe retries, through the asyncio client."""
 
     def __init__(self, *, maxsize: int = 64) -> None:
         self._maxsize = maxsize
-        self._manager = urllib3.PoolManager(num_pools=64, maxsize=maxsize, block=False, retries=False)
-        # origin → its connection pool: PoolManager finds it by parsing the URL and building a key on every
-        # request (about a tenth of a proxied call's CPU); upstream origins are few and never change.
-        self._pools: dict[str, urllib3.HTTPConnectionPool] = {}
-        self._async_pool: httpclient.AsyncPool | None = None
-        self._async_loop: asyncio.AbstractEventLoop | None = None
-
-    def _pool_for(self, url: str) -> tuple[urllib3.HTTPConnectionPool, str]:
-        """The pool for the URL's origin, and the request target (path and query) to send it."""
-        end = url.find("/", url.find("://") + 3)
-        origin, target = (url, "/") if end < 0 else (url[:end], url[end:])
-        pool = self._pools.get(origin)
-        if pool is None:
-            pool = self._pools[origin] = self._manager.connection_from_url(origin)
-        return pool, target
+        self._pool: httpclient.AsyncPool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _pool_for_loop(self) -> httpclient.AsyncPool:
-        """The asyncio client's pool: its connections belong to the running event loop."""
+        """The client's pool: its connections belong to the running event loop (one per worker)."""
         loop = asyncio.get_running_loop()
-        if self._async_loop is not loop or self._async_pool is None:
-            self._async_pool = httpclient.AsyncPool(maxsize=self._maxsize)
-            self._async_loop = loop
-        return self._async_pool
+        if self._loop is not loop or self._pool is None:
+            self._pool = httpclient.AsyncPool(maxsize=self._maxsize)
+            self._loop = loop
+        return self._pool
 
     def _attempt(self, request: UpstreamRequest, body: bytes | None, headers: dict[str, str],
                  connect: float, read: float, *, stream: bool) -> UpstreamAnswer:
         """One try, with no retry; failures raise the client's own exceptions (see _CONNECT_FAILED...)."""
-        if in_bridge():
-            response = await_(self._pool_for_loop().request(
-                request.method, request.url, headers, body, connect_timeout=connect, read_timeout=read,
-            ))
-            # A whole body is read here, so its failures map as the synchronous client's do.
-            return _BridgedAnswer(response, None if stream else await_(response.read()))
-        pool, target = self._pool_for(request.url)
-        return _SyncAnswer(pool.urlopen(
-            request.method, target, body=body, headers=headers, timeout=urllib3.Timeout(connect=connect, read=read),
-            preload_content=not stream, decode_content=True, redirect=False,
-        ))
+        response = await_(self._request_on_loop(request, body, headers, connect, read))
+        # A whole body is read here, so that its failures map as the connection's do.
+        return UpstreamAnswer(response, None if stream else await_(response.read()))
+
+    async def _request_on_loop(self, request: UpstreamRequest, body: bytes | None, headers: dict[str, str],
+                               connect: float, read: float) -> httpclient.AsyncResponse:
+        return await self._pool_for_loop().request(request.method, request.url, headers, body,
+                                                   connect_timeout=connect, read_timeout=read)
 
     # -- non-streaming -------------------------------------------------------------------------
     def send_json(self, request: UpstreamRequest, timeouts: Timeouts,
@@ -292,8 +221,15 @@ def _retry_after_seconds(value: str | None) -> float | None:
 
 
 def _origin(url: str) -> str:
-    parsed = urllib3.util.parse_url(url)
-    return f"{parsed.scheme}://{parsed.netloc}"
+    """scheme://host[:port] of a URL, without any credentials it carries."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{host}{port}"
 
 
 def _reason(exc: Exception) -> str:
@@ -420,16 +356,13 @@ def iter_ndjson(response: UpstreamAnswer) -> Iterator[Any]:
 
 
 _transport: Transport | None = None
-_transport_lock = threading.Lock()
 
 
 def get_transport() -> Transport:
-    """The process-wide pooled transport (created lazily, after any fork)."""
+    """The process-wide pooled transport (used from the event loop's thread only)."""
     global _transport
     if _transport is None:
-        with _transport_lock:
-            if _transport is None:
-                from django.conf import settings
+        from django.conf import settings
 
-                _transport = Transport(maxsize=getattr(settings, "GATEWAY_POOL_MAXSIZE", 64))
+        _transport = Transport(maxsize=settings.GATEWAY_POOL_MAXSIZE)
     return _transport

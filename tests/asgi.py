@@ -1,11 +1,11 @@
 """Sending test requests through the ASGI application, as a start_server worker runs it.
 
 `ASGIClient` looks like Django's test client (post/get, status_code, json(), headers, content,
-streaming_content), so the invocation tests run unchanged through both applications. Fast-path
-requests (invocations, /health) go through `gateway_project.asgi.application` on one long-lived
-event loop in a background thread (uvloop, as granian runs it), so upstream connections are pooled
-across requests as in a worker. Other requests (the management API, the admin) go to Django's test
-client: they are Django's own ASGI handling, not ours.
+streaming_content). Invocations and /health go through `gateway_project.asgi.application` on one
+long-lived event loop in a background thread (uvloop, as a worker runs it), so upstream connections
+are pooled across requests as in a worker. Other requests (the management API, the admin) go to
+Django's test client: they are Django's own handling, not ours (tests that need the whole server use
+the `live_server` fixture: the same application under uvicorn).
 
 The table is built in the test's thread before each request: the test database lives in the
 test's transaction, which only the test's own connection sees. A worker builds it in a helper
@@ -117,7 +117,7 @@ class ASGIClient:
 
     def post(self, path: str, data: Any = None, content_type: str = "application/octet-stream",
              **extra: Any) -> Any:
-        if find_view("POST", urlsplit(path).path) is None:
+        if find_view(urlsplit(path).path) is None:
             return self.django_client.post(path, data, content_type, **extra)
         if data is None or isinstance(data, dict | list):
             data = orjson.dumps(data or {})
@@ -125,9 +125,25 @@ class ASGIClient:
                           **extra)
 
     def get(self, path: str, data: Any = None, **extra: Any) -> Any:
-        if data is not None or find_view("GET", urlsplit(path).path) is None:
+        if data is not None or find_view(urlsplit(path).path) is None:
             return self.django_client.get(path, data, **extra)
         return self._send("GET", path, b"", None, **extra)
+
+    def _other(self, method: str, path: str, data: Any = b"", content_type: str = "application/octet-stream",
+               **extra: Any) -> Any:
+        if find_view(urlsplit(path).path) is None:
+            return getattr(self.django_client, method.lower())(path, data, content_type, **extra)
+        return self._send(method, path, data.encode() if isinstance(data, str) else bytes(data), content_type,
+                          **extra)
+
+    def put(self, path: str, data: Any = b"", content_type: str = "application/octet-stream", **extra: Any) -> Any:
+        return self._other("PUT", path, data, content_type, **extra)
+
+    def patch(self, path: str, data: Any = b"", content_type: str = "application/octet-stream", **extra: Any) -> Any:
+        return self._other("PATCH", path, data, content_type, **extra)
+
+    def delete(self, path: str, data: Any = b"", content_type: str = "application/octet-stream", **extra: Any) -> Any:
+        return self._other("DELETE", path, data, content_type, **extra)
 
     def _send(self, method: str, path: str, body: bytes, content_type: str | None, **extra: Any) -> Any:
         url = urlsplit(path)
@@ -145,7 +161,7 @@ class ASGIClient:
             "query_string": url.query.encode(), "root_path": "", "headers": headers,
             "client": ("127.0.0.1", 50000), "server": ("testserver", 80),
         }
-        runtime.current_table()
+        runtime.load_table()
         messages: queue.Queue[Any] = queue.Queue()
         asyncio.run_coroutine_threadsafe(self._call(scope, body, messages), event_loop())
         start = messages.get(timeout=60)

@@ -9,12 +9,13 @@ from typing import Any
 
 import orjson
 import pytest
-from django.core.cache import cache
+from django.conf import settings
 
 from endpoints_app.models import Endpoint, Source
 from endpoints_app.validation import validate_endpoint
-from serving import ratelimit, runtime
+from serving import counters, runtime
 from tests.asgi import ASGIClient
+from tests.liveserver import LiveGateway
 
 ON_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -28,20 +29,40 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def flush_redis() -> None:
+    """Empty this test process's Redis database (each xdist worker has its own, tests/settings.py)."""
+    if settings.REDIS_URL:
+        import redis  # the tests' own look at Redis; the gateway talks to it through serving.resp
+
+        with redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2) as client:
+            client.flushdb()
+
+
 @pytest.fixture(autouse=True)
 def _fresh_state() -> Iterator[None]:
     runtime.invalidate()
-    cache.clear()
-    ratelimit.reset_counter_backend()  # fresh in-process windows (Redis ones went with cache.clear())
+    flush_redis()
+    counters.reset()  # fresh in-process counts, and a new connection for the settings in force
     yield
     runtime.invalidate()
 
 
-@pytest.fixture(params=["wsgi", "asgi"])
-def client(request: pytest.FixtureRequest, client: Any) -> Any:
-    """Django's test client, and the same requests through the ASGI application start_server runs
-    (tests.asgi): every test that invokes an endpoint runs through both."""
-    return client if request.param == "wsgi" else ASGIClient(client)
+@pytest.fixture
+def client(client: Any) -> Any:
+    """Invocations and /health through the ASGI application start_server runs (tests.asgi); other
+    requests through Django's test client."""
+    return ASGIClient(client)
+
+
+@pytest.fixture(scope="session")
+def live_server(django_db_setup: None, django_db_blocker: Any) -> Iterator[LiveGateway]:
+    """The whole application (invocations, admin, API, docs, static files) under uvicorn on a free
+    port, as a start_server worker serves it. Replaces pytest-django's WSGI live server; tests that
+    use it get transactional database access (pytest-django's helper), so the server sees their rows."""
+    with django_db_blocker.unblock():
+        server = LiveGateway()
+    yield server
+    server.stop()
 
 
 MakeEndpoint = Callable[..., Endpoint]

@@ -5,6 +5,7 @@ signals invalidate the table; the propagation tests start real servers that poll
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production-" + "x" * 20)
 os.environ.setdefault("GATEWAY_CONFIG_POLL_SECONDS", "0")
@@ -15,9 +16,20 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast log
 
 # Parallel test workers (pytest-xdist) must not share a Redis database: each flushes its own.
 _worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-if REDIS_URL and _worker.startswith("gw"):  # noqa: F405
-    _base = REDIS_URL.rsplit("/", 1)[0] if REDIS_URL.count("/") > 2 else REDIS_URL  # noqa: F405
-    CACHES["default"]["LOCATION"] = f"{_base}/{10 + int(_worker[2:])}"  # noqa: F405
+_redis_url = os.environ.get("REDIS_URL", "")
+if _redis_url and _worker.startswith("gw"):
+    _base = _redis_url.rsplit("/", 1)[0] if _redis_url.count("/") > 2 else _redis_url
+    REDIS_URL = f"{_base}/{10 + int(_worker[2:])}"
 
 # Server threads of live-server tests must not keep connections that block dropping the test database.
 DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
+
+# SQLite: a file on tmpfs instead of an in-memory database, so that the live server's threads (their own
+# connections) see what transactional tests commit; WAL lets them read while the test writes.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    _folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    DATABASES["default"]["TEST"] = {"NAME": f"{_folder}/gateway-tests-{os.getpid()}.sqlite3"}  # noqa: F405
+    DATABASES["default"]["OPTIONS"] = {  # noqa: F405
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF",
+    }

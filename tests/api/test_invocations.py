@@ -16,7 +16,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
-from serving import ratelimit
+from serving import counters, ratelimit
 from tests.conftest import post_json, sse_events
 from tests.fixtures import payload
 from tests.rawserver import chunk, raw_server
@@ -181,14 +181,12 @@ def redis_that_cannot_count(
         listener.listen(16)  # the kernel completes the handshakes; nobody reads or answers
     else:
         listener.close()
-    settings.CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": f"redis://127.0.0.1:{port}/0"}
-    }
+    settings.REDIS_URL = f"redis://127.0.0.1:{port}/0"
     settings.GATEWAY_RATE_LIMIT_TIMEOUT = 0.2
     monkeypatch.setattr(ratelimit, "_last_warning", 0.0)
-    ratelimit.reset_counter_backend()
+    counters.reset()
     yield "Timeout" if request.param == "silent" else f"127.0.0.1:{port}"
-    ratelimit.reset_counter_backend()
+    counters.reset()
     listener.close()
 
 

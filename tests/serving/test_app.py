@@ -1,5 +1,5 @@
-"""The WSGI application the servers run: invocation POSTs take the fast path and answer exactly as
-the Django-routed views do; everything else is plain Django."""
+"""The ASGI application every server runs: invocations and /health served by their views with what
+Django's middleware would add (host check, SECURE_* settings), everything else by Django."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
-from werkzeug.test import Client
 
-from gateway_project.wsgi import application, django_application
 from providers.shapes import CHAT, EMBEDDINGS
 from serving import runtime
 from tests.asgi import ASGIClient, event_loop
@@ -31,81 +29,65 @@ def endpoints(make_endpoint: Any) -> None:
     make_endpoint("emb", EMBEDDINGS, "mock", "e", {"dimensions": 3})
 
 
-def _post(app: Any, path: str, body: Any, **kwargs: Any) -> Any:
-    return Client(app).post(
-        path, data=orjson.dumps(body), content_type="application/json", headers={"Host": "127.0.0.1"}, **kwargs
-    )
+def _post(path: str, body: Any, **headers: str) -> Any:
+    return ASGIClient(None).post(path, data=orjson.dumps(body), content_type="application/json", headers=headers)
 
 
-@pytest.mark.parametrize(
-    ("path", "body"),
-    [
-        ("/endpoints/chat/invocations", {**HI, "temperature": 0.1}),
-        ("/gateway/chat/invocations", {"messages": []}),
-        ("/endpoints/missing/invocations", HI),
-        ("/endpoints/chat/invocations", {**HI, "model": "x"}),
-        ("/v1/chat/completions", {**HI, "model": "emb"}),
-        ("/v1/embeddings", {"model": "emb", "input": ["a", "b"]}),
-        ("/v1/completions", {"model": "nope", "prompt": "x"}),
-    ],
-)
-def test_the_fast_path_answers_like_django(endpoints: None, path: str, body: Any) -> None:
-    fast = _post(application, path, body)
-    routed = _post(django_application, path, body)
-    assert fast.status_code == routed.status_code
-    assert fast.headers["Content-Type"] == routed.headers["Content-Type"]
-    strip = {"id", "created"}
-    fast_body, routed_body = fast.get_json(), routed.get_json()
-    if isinstance(fast_body, dict) and "choices" in fast_body:
-        fast_body = {k: v for k, v in fast_body.items() if k not in strip}
-        routed_body = {k: v for k, v in routed_body.items() if k not in strip}
-    assert fast_body == routed_body
-    assert fast.headers["X-Content-Type-Options"] == "nosniff"
-
-
-def test_the_fast_path_streams(endpoints: None) -> None:
-    response = _post(application, "/endpoints/chat/invocations", {**HI, "stream": True})
+def test_the_application_sends_each_event_as_its_own_message(endpoints: None) -> None:
+    response = _post("/endpoints/chat/invocations", {**HI, "stream": True})
     assert response.status_code == 200
-    assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
-    events = parse_sse_text(response.get_data(as_text=True))
-    assert events[-1] == "[DONE]"
-    assert "".join(e["choices"][0]["delta"]["content"] or "" for e in events[:-1]) == "Echo: hi"
-    assert response.headers["X-RateLimit-Limit"] == "100"
-
-
-def test_the_fast_path_checks_the_host_header(endpoints: None) -> None:
-    response = Client(application).post(
-        "/endpoints/chat/invocations",
-        data=orjson.dumps(HI),
-        content_type="application/json",
-        headers={"Host": "evil.example"},
-    )
-    assert response.status_code == 400
-    assert response.get_json() == {"detail": "Bad Request: the Host header is not allowed."}
-
-
-def test_other_requests_go_to_django(endpoints: None) -> None:
-    client = Client(application)
-    assert client.get("/health", headers={"Host": "127.0.0.1"}).get_json()["status"] == "OK"
-    wrong_method = client.get("/endpoints/chat/invocations", headers={"Host": "127.0.0.1"})
-    assert wrong_method.status_code == 405
-    assert wrong_method.get_json() == {"detail": "Method Not Allowed"}
-
-
-# -- the ASGI application (what start_server runs) -------------------------------------------------------
-def test_the_asgi_fast_path_sends_each_event_as_its_own_message(endpoints: None) -> None:
-    response = ASGIClient(None).post("/endpoints/chat/invocations", data=orjson.dumps({**HI, "stream": True}),
-                                     content_type="application/json")
-    assert response.status_code == 200
+    assert response["Content-Type"] == "text/event-stream; charset=utf-8"
     events = parse_sse_text(response.content.decode())
     assert len(response.chunks) == len(events) > 2  # passed on one by one, not gathered
-    assert response["X-Content-Type-Options"] == "nosniff"
+    assert "".join(e["choices"][0]["delta"]["content"] or "" for e in events[:-1]) == "Echo: hi"
+    assert response["X-RateLimit-Limit"] == "100"
 
 
-def test_the_asgi_fast_path_checks_the_host_header(endpoints: None) -> None:
-    response = ASGIClient(None).post("/endpoints/chat/invocations", data=orjson.dumps(HI),
-                                     content_type="application/json", headers={"Host": "evil.example"})
+def test_the_application_checks_the_host_header(endpoints: None) -> None:
+    response = _post("/endpoints/chat/invocations", HI, Host="evil.example")
     assert response.status_code == 400
+    assert response.json() == {"detail": "Bad Request: the Host header is not allowed."}
+
+
+def test_django_security_headers_are_set_on_invocations(endpoints: None) -> None:
+    response = _post("/endpoints/chat/invocations", HI)
+    assert response.status_code == 200
+    assert response["X-Content-Type-Options"] == "nosniff"
+    assert response["Referrer-Policy"] == "same-origin"
+    assert response["Cross-Origin-Opener-Policy"] == "same-origin"
+    assert "Strict-Transport-Security" not in response
+
+
+def test_the_secure_settings_apply_to_invocations(endpoints: None, settings: Any, monkeypatch: pytest.MonkeyPatch
+                                                  ) -> None:
+    from serving import app
+
+    monkeypatch.setattr(app, "_security", None)  # read the settings again
+    settings.SECURE_SSL_REDIRECT = True
+    settings.SECURE_HSTS_SECONDS = 3600
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    plain = _post("/endpoints/chat/invocations", HI)
+    assert plain.status_code == 301
+    assert plain["Location"] == "https://testserver/endpoints/chat/invocations"
+    secure = _post("/endpoints/chat/invocations", HI, **{"X-Forwarded-Proto": "https"})
+    assert secure.status_code == 200
+    assert secure["Strict-Transport-Security"] == "max-age=3600"
+    monkeypatch.setattr(app, "_security", None)
+
+
+@pytest.mark.parametrize("path", ["/endpoints/chat/invocations", "/gateway/chat/invocations", "/v1/chat/completions",
+                                  "/v1/embeddings"])
+def test_another_method_on_an_invocation_route_is_a_json_405(endpoints: None, path: str) -> None:
+    response = ASGIClient(None).get(path)
+    assert response.status_code == 405
+    assert response["Allow"] == "POST"
+    assert response["Content-Type"] == "application/json"
+
+
+def test_other_requests_go_to_django(endpoints: None, client: Any) -> None:
+    assert client.get("/health").json()["status"] == "OK"
+    assert client.get("/api/2.0/endpoints/").json()["endpoints"][0]["name"] == "chat"
+    assert client.get("/no/such/route").status_code == 404
 
 
 def _endless_stream(upstream_saw_close: threading.Event) -> Any:
@@ -134,7 +116,7 @@ def test_a_client_that_goes_away_mid_stream_closes_the_upstream_stream(make_endp
     upstream_saw_close = threading.Event()
     with raw_server(_endless_stream(upstream_saw_close)) as base:
         make_endpoint("chat", CHAT, "openai", "gpt", {"openai_api_key": "sk", "openai_api_base": f"{base}/v1"})
-        runtime.current_table()
+        runtime.load_table()
         from gateway_project.asgi import application
 
         sent: list[bytes] = []
@@ -188,7 +170,7 @@ def test_a_client_that_goes_away_before_a_slow_answer_cancels_the_upstream_call(
     upstream_saw_close = threading.Event()
     with raw_server(_silent_upstream(upstream_saw_close)) as base:
         make_endpoint("chat", CHAT, "openai", "gpt", {"openai_api_key": "sk", "openai_api_base": f"{base}/v1"})
-        runtime.current_table()
+        runtime.load_table()
         from gateway_project.asgi import application
 
         sent: list[Mapping[str, Any]] = []
@@ -216,7 +198,7 @@ def test_a_quick_answer_never_listens_for_a_disconnect(endpoints: None) -> None:
     body: no watcher task per request."""
     from gateway_project.asgi import application
 
-    runtime.current_table()
+    runtime.load_table()
     calls = 0
     sent: list[Mapping[str, Any]] = []
 

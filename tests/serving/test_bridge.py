@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from serving.bridge import await_, in_bridge, run_sync, sleep
+from serving.bridge import await_, run_sync, sleep, to_thread
 
 
 async def _value(value: int) -> int:
@@ -21,11 +21,9 @@ async def _fail() -> None:
 
 def test_synchronous_code_gets_what_it_awaits_and_returns_its_result() -> None:
     def add() -> int:
-        assert in_bridge()
         return await_(_value(2)) + await_(_value(3))
 
     assert asyncio.run(run_sync(add)) == 5
-    assert not in_bridge()
 
 
 def test_an_awaited_exception_is_raised_inside_and_can_be_caught_there() -> None:
@@ -103,3 +101,29 @@ def test_cancelling_the_coroutine_raises_inside_so_cleanup_runs() -> None:
 
     asyncio.run(cancel())
     assert cleaned == ["closed the upstream"]
+
+
+def test_blocking_work_runs_in_a_helper_thread_while_the_loop_goes_on() -> None:
+    import threading
+    import time
+
+    ticks: list[float] = []
+
+    def blocking() -> str:
+        time.sleep(0.2)
+        return threading.current_thread().name
+
+    async def ticker() -> None:
+        for _ in range(5):
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.02)
+
+    async def scenario() -> str:
+        tick = asyncio.ensure_future(ticker())
+        name = await run_sync(to_thread, blocking)
+        await tick
+        return name
+
+    name = asyncio.run(scenario())
+    assert name != threading.current_thread().name
+    assert len(ticks) == 5 and ticks[-1] - ticks[0] < 0.19  # the loop ticked while the thread slept

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pytest
 
 from providers.errors import RateLimited
+from serving import counters
 from serving.bridge import run_sync
 from serving.ratelimit import RateLimit, RateState, describe, hit, parse_period, period_seconds
+from tests.asgi import event_loop
+
+T = TypeVar("T")
 
 
 @pytest.mark.parametrize(
@@ -35,8 +42,13 @@ def test_it_refuses_other_periods(text: object) -> None:
         parse_period(text)
 
 
+def in_bridge(fn: Callable[..., T], *args: Any) -> T:
+    """Run `fn` as an invocation runs it: in the async bridge, on an event loop."""
+    return asyncio.run_coroutine_threadsafe(run_sync(fn, *args), event_loop()).result(10)
+
+
 def counted(endpoint_name: str, limit: RateLimit) -> RateState:
-    state = hit(endpoint_name, limit)
+    state = in_bridge(hit, endpoint_name, limit)
     assert state is not None, "the counters were not reached"
     return state
 
@@ -48,7 +60,7 @@ def test_it_counts_calls_in_a_window_and_then_refuses_with_retry_after() -> None
     assert 0 < first.reset_seconds <= 3600
     assert counted("unit-endpoint", limit).remaining == 0
     with pytest.raises(RateLimited) as raised:
-        hit("unit-endpoint", limit)
+        in_bridge(hit, "unit-endpoint", limit)
     assert raised.value.message == "Rate limit exceeded: 2 per 1 hour"
     assert raised.value.retry_after is not None and 0 < raised.value.retry_after <= 3600
     assert raised.value.headers["X-RateLimit-Remaining"] == "0"
@@ -56,19 +68,18 @@ def test_it_counts_calls_in_a_window_and_then_refuses_with_retry_after() -> None
 
 def test_counters_are_per_endpoint() -> None:
     limit = RateLimit(calls=1, period_seconds=60, description="1 per 1 minute")
-    hit("endpoint-a", limit)
+    in_bridge(hit, "endpoint-a", limit)
     assert counted("endpoint-b", limit).remaining == 0
 
 
-def test_calls_on_the_event_loop_share_the_counter_with_synchronous_ones() -> None:
-    """Under the ASGI server `hit` runs in the async bridge (Redis through serving.resp when
-    REDIS_URL is set, never blocking the loop); the window is the same one."""
-    limit = RateLimit(calls=3, period_seconds=3600, description="3 per 1 hour")
-    assert counted("shared-endpoint", limit).remaining == 2
-
-    async def two_on_the_loop() -> list[int]:
-        return [(await run_sync(counted, "shared-endpoint", limit)).remaining for _ in range(2)]
-
-    assert asyncio.run(two_on_the_loop()) == [1, 0]
-    with pytest.raises(RateLimited):
-        hit("shared-endpoint", limit)
+def test_a_window_key_expires_one_second_after_its_window() -> None:
+    """The first call of a window sets the key's expiry (SET NX EX: Redis 6 and 7 alike); later calls
+    keep it."""
+    limit = RateLimit(calls=5, period_seconds=60, description="5 per 1 minute")
+    counted("expiring", limit)
+    counted("expiring", limit)
+    window = int(time.time() // 60)
+    key = counters.key("ratelimit", "expiring", 60, window)
+    ttl, value = counters.execute_blocking([("TTL", key), ("GET", key)])
+    assert 0 < ttl <= 61
+    assert value == b"2"

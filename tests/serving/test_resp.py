@@ -4,6 +4,7 @@ behaviour against the real Redis and against local servers that misbehave."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -86,16 +87,34 @@ def test_an_unknown_reply_type_is_refused() -> None:
         ("redis://cache", RedisAddress("cache", 6379, 0, None, None, False)),
         ("redis://:s%40cret@cache:6380/0", RedisAddress("cache", 6380, 0, None, "s@cret", False)),
         ("redis://gateway:pw@cache/3", RedisAddress("cache", 6379, 3, "gateway", "pw", False)),
+        ("redis://cache?db=4&password=pw", RedisAddress("cache", 6379, 4, None, "pw", False)),
         ("rediss://cache.example.com:6380", RedisAddress("cache.example.com", 6380, 0, None, None, True)),
-        ("unix:///run/redis.sock", None),
-        ("redis://cache:6379/0?ssl_cert_reqs=none", None),
-        ("redis://cache/not-a-number", None),
-        ("redis://cache:99999", None),
-        ("http://cache:6379", None),
+        ("rediss://cache:6380/0?ssl_cert_reqs=none",
+         RedisAddress("cache", 6380, 0, None, None, True, cert_reqs="none")),
+        ("rediss://cache?ssl_ca_certs=/etc/ca.pem",
+         RedisAddress("cache", 6379, 0, None, None, True, ca_certs="/etc/ca.pem")),
+        ("unix:///run/redis.sock", RedisAddress("", 0, 0, None, None, False, path="/run/redis.sock")),
+        ("unix://:pw@/run/redis.sock?db=2", RedisAddress("", 0, 2, None, "pw", False, path="/run/redis.sock")),
     ],
 )
-def test_it_reads_plain_redis_urls_and_leaves_the_rest_to_redis_py(url: str, expected: RedisAddress | None) -> None:
+def test_it_reads_the_urls_redis_py_reads(url: str, expected: RedisAddress) -> None:
     assert RedisAddress.parse(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://cache:6379/0?socket_timeout=3", "unsupported option(s) socket_timeout"),
+        ("redis://cache/not-a-number", "'not-a-number' is not a number"),
+        ("redis://cache:99999", "the port is not a number"),
+        ("http://cache:6379", "the scheme must be"),
+        ("unix://", "needs the socket's path"),
+        ("rediss://cache?ssl_cert_reqs=maybe", "ssl_cert_reqs must be"),
+    ],
+)
+def test_it_refuses_other_urls_saying_why(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        RedisAddress.parse(url)
 
 
 # -- against the real Redis ----------------------------------------------------------------------------------
@@ -136,7 +155,7 @@ class CountingRedis(AsyncRedis):
 
 def test_concurrent_calls_share_one_connection_and_each_gets_its_own_answers(real_redis: RealRedis) -> None:
     key = real_redis.key("k")
-    client = CountingRedis(RedisAddress.parse(f"redis://127.0.0.1:6379/{REDIS_DB}"), timeout=5)  # type: ignore[arg-type]
+    client = CountingRedis(RedisAddress.parse(f"redis://127.0.0.1:6379/{REDIS_DB}"), timeout=5)
 
     async def scenario() -> list[list[Any]]:
         try:
@@ -156,7 +175,7 @@ def test_concurrent_calls_share_one_connection_and_each_gets_its_own_answers(rea
 def test_an_error_reply_comes_back_in_its_place(real_redis: RealRedis) -> None:
     text, number = real_redis.key("text"), real_redis.key("n")
     real_redis.client.set(text, "not a number")
-    client = AsyncRedis(RedisAddress.parse(f"redis://127.0.0.1:6379/{REDIS_DB}"), timeout=5)  # type: ignore[arg-type]
+    client = AsyncRedis(RedisAddress.parse(f"redis://127.0.0.1:6379/{REDIS_DB}"), timeout=5)
 
     async def scenario() -> list[Any]:
         try:
@@ -171,7 +190,7 @@ def test_an_error_reply_comes_back_in_its_place(real_redis: RealRedis) -> None:
 
 def test_a_refused_set_up_is_a_connection_error(real_redis: RealRedis) -> None:
     # This Redis has no password: AUTH is refused, and the client says why.
-    client = AsyncRedis(RedisAddress.parse("redis://:wrong@127.0.0.1:6379/0"), timeout=5)  # type: ignore[arg-type]
+    client = AsyncRedis(RedisAddress.parse("redis://:wrong@127.0.0.1:6379/0"), timeout=5)
     with pytest.raises(RespConnectionError, match=r"refused the connection set-up: .*AUTH"):
         run(lambda: client.execute([("PING",)]))
 

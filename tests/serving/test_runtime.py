@@ -21,7 +21,7 @@ def test_a_rebuild_outside_a_transaction_leaves_no_connection_open(make_endpoint
     make_endpoint("chat", CHAT, "mock", "m")
     connection.close()
     runtime.invalidate()
-    table = runtime.current_table()
+    table = runtime.load_table()
     assert "chat" in table.endpoints
     assert connection.connection is None  # request threads must not each keep one
 
@@ -30,7 +30,7 @@ def test_a_rebuild_outside_a_transaction_leaves_no_connection_open(make_endpoint
 def test_a_rebuild_inside_a_transaction_keeps_the_connection(make_endpoint: Any) -> None:
     make_endpoint("chat", CHAT, "mock", "m")
     runtime.invalidate()
-    assert "chat" in runtime.current_table().endpoints
+    assert "chat" in runtime.load_table().endpoints
     assert connection.connection is not None
 
 

@@ -12,8 +12,8 @@ from serving.supervisor import ServeOptions
 
 
 class Command(BaseCommand):
-    help = ("Serve the gateway with granian (WSGI): prepare the database, apply the config file and watch it "
-            "for changes (MLflow's `mlflow gateway start` flags and defaults).")
+    help = ("Serve the gateway in production: prepare the database, apply the config file, then run uvicorn "
+            "workers under a supervisor that watches the file (MLflow's `mlflow gateway start` flags and defaults).")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--config-path", default=os.environ.get("MLFLOW_GATEWAY_CONFIG") or None,
@@ -35,7 +35,7 @@ class Command(BaseCommand):
                                returncode=2) from None
         except OperationalError as exc:
             raise CommandError(f"The database cannot be used (check DATABASE_URL): {exc}") from None
-        exec_supervisor(serve_options, digest)  # granian, the file watcher and the stop, without Django
+        exec_supervisor(serve_options, digest)  # the workers, the file watcher and the stop, without Django
 
     def report(self, message: str) -> None:
         self.stdout.write(message)

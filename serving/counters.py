@@ -1,0 +1,128 @@
+"""Where the counts that every worker and instance must share live, and the one way to reach them.
+
+Rate limits (and, after them, budgets and circuit state) are Redis commands, sent by the one Redis
+client (serving.resp) to one of three places, chosen once per process:
+
+- REDIS_URL: Redis, shared by every worker of every instance;
+- GATEWAY_COUNTERS_SOCKET (set by start_server's supervisor for its workers when REDIS_URL is not):
+  the supervisor's embedded store (serving.store), shared by the workers of that server;
+- neither (`manage.py runserver`, the tests): a Store in this process, its only worker.
+
+Keys carry a prefix (GATEWAY_REDIS_PREFIX, default "gateway") so that a Redis database can be shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from django.conf import settings
+
+from serving.bridge import await_
+from serving.resp import AsyncRedis, RedisAddress, RespConnectionError, RespError
+from serving.store import Store
+
+
+class CounterUnavailable(Exception):
+    """The counters could not be reached or did not answer (the message says why)."""
+
+
+class Backend(Protocol):
+    async def execute(self, commands: Sequence[Sequence[str | bytes | int | float]]) -> list[Any]: ...
+
+
+class _Counters:
+    """The process's backend: a Store, or one AsyncRedis per event loop (its connection belongs to one)."""
+
+    def __init__(self) -> None:
+        url = settings.REDIS_URL or ""
+        socket_path = settings.GATEWAY_COUNTERS_SOCKET
+        self.address: RedisAddress | None = None
+        self.local: Store | None = None
+        if url:
+            self.address = RedisAddress.parse(url)
+        elif socket_path:
+            self.address = RedisAddress(host="", port=0, db=0, username=None, password=None, tls=False,
+                                        path=socket_path)
+        else:
+            self.local = Store()
+        self.where = "in this process" if self.address is None else (
+            "in Redis" if url else "in the server's shared store")
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRedis] = weakref.WeakKeyDictionary()
+
+    def backend(self) -> Backend:
+        if self.local is not None:
+            return self.local
+        assert self.address is not None
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = self._clients[loop] = AsyncRedis(self.address, timeout=settings.GATEWAY_RATE_LIMIT_TIMEOUT)
+        return client
+
+
+_counters: _Counters | None = None
+
+
+def _get() -> _Counters:
+    global _counters
+    if _counters is None:
+        _counters = _Counters()
+    return _counters
+
+
+def key(*parts: str | int) -> str:
+    """A key under this gateway's prefix."""
+    return ":".join((settings.GATEWAY_REDIS_PREFIX, *(str(part) for part in parts)))
+
+
+async def execute_async(commands: Sequence[Sequence[str | bytes | int | float]]) -> list[Any]:
+    """Run commands on the counters, on the running event loop. Raises CounterUnavailable if they cannot
+    be reached in GATEWAY_RATE_LIMIT_TIMEOUT or any of them fails."""
+    return await _checked(_get().backend(), commands)
+
+
+async def _checked(backend: Backend, commands: Sequence[Sequence[str | bytes | int | float]]) -> list[Any]:
+    try:
+        replies = await backend.execute(commands)
+    except (RespConnectionError, TimeoutError, OSError) as exc:
+        raise CounterUnavailable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+    for reply in replies:
+        if isinstance(reply, RespError):
+            raise CounterUnavailable(f"error reply: {reply}")
+    return replies
+
+
+def execute(commands: Sequence[Sequence[str | bytes | int | float]]) -> list[Any]:
+    """execute_async, from code running in the async bridge (an invocation)."""
+    return await_(execute_async(commands))
+
+
+def execute_blocking(commands: Sequence[Sequence[str | bytes | int | float]]) -> list[Any]:
+    """execute_async, from a thread that may block (the admin, a management command): on a loop of its own."""
+    counters = _get()
+    if counters.local is not None:
+        return asyncio.run(_checked(counters.local, commands))
+    assert counters.address is not None
+    client = AsyncRedis(counters.address, timeout=settings.GATEWAY_RATE_LIMIT_TIMEOUT)
+
+    async def once() -> list[Any]:
+        try:
+            return await _checked(client, commands)
+        finally:
+            client.close()
+
+    return asyncio.run(once())
+
+
+def where() -> str:
+    """Where the counts live, in words ("in Redis", "in the server's shared store", "in this process")."""
+    return _get().where
+
+
+def reset() -> None:
+    """Forget the backend and its connections (tests that change the settings)."""
+    global _counters
+    _counters = None
