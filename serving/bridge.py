@@ -15,14 +15,14 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from greenlet import getcurrent, greenlet
 
 T = TypeVar("T")
 
 
-class _Bridge(greenlet):
+class _Bridge(greenlet):  # type: ignore[misc]  # greenlet ships no type information
     """A greenlet running synchronous code for a coroutine (its parent, the event loop's greenlet)."""
 
 
@@ -34,7 +34,7 @@ def await_(awaitable: Awaitable[T]) -> T:
         if close is not None:
             close()  # a coroutine never awaited would warn
         raise RuntimeError("await_() called outside run_sync()")
-    return current.parent.switch(awaitable)
+    return cast(T, current.parent.switch(awaitable))
 
 
 async def run_sync(fn: Callable[..., T], *args: Any) -> T:
@@ -51,7 +51,7 @@ async def run_sync(fn: Callable[..., T], *args: Any) -> T:
             result = bridge.throw(*sys.exc_info())
         else:
             result = bridge.switch(value)
-    return result
+    return cast(T, result)
 
 
 def sleep(seconds: float) -> None:

@@ -207,7 +207,7 @@ class Transport:
 def _backoff(attempt: int, retry_after: float | None) -> float:
     if retry_after is not None:
         return min(retry_after, _MAX_RETRY_AFTER)
-    base = 0.1 * (2 ** attempt)
+    base = 0.1 * 2.0**attempt
     return base + random.uniform(0, base)  # full jitter on top of the exponential step
 
 
