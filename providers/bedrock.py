@@ -47,6 +47,7 @@ from providers.errors import (
     UpstreamUnavailable,
 )
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
+from serving.bridge import to_thread
 from serving.upstream import Timeouts, UpstreamRequest, default_error_message, get_transport, iter_raw
 
 # botocore (about 20 MB per process) is imported when a Bedrock endpoint first signs or decodes,
@@ -64,6 +65,8 @@ ANTHROPIC_VERSION = "bedrock-2023-05-31"
 ANTHROPIC_MAX_TOKENS_TO_SAMPLE = 8191
 HUMAN_STOP = "\n\nHuman:"
 _ROLE_REFRESH_MARGIN = 60.0  # renew assumed-role credentials this long before they expire
+_CHAIN_REFRESH_MARGIN = 600.0  # fetch temporary credentials of the default chain again this long before they expire
+_STATIC_CREDENTIALS_SECONDS = 300.0  # how long long-term keys of the default chain are used before looking again
 
 
 # -- config ------------------------------------------------------------------------------------------
@@ -139,11 +142,18 @@ def assume_role(session: botocore.session.Session, *, role_arn: str, seconds: in
 
 
 class AwsCredentialSource:
-    """botocore's default chain and assumed roles, cached per process (thread-safe)."""
+    """botocore's default chain and assumed roles, cached per process.
+
+    Getting them may block for seconds: botocore reads its config files, runs a credential_process,
+    asks the instance metadata service or calls STS. That runs in a helper thread (serving.bridge.
+    to_thread), never on the worker's event loop, so other requests go on meanwhile; requests find
+    cached credentials ready until shortly before they expire."""
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._session: botocore.session.Session | None = None
+        self._region: tuple[str | None] | None = None  # the config file's region, once read
+        self._chain: tuple[ReadOnlyCredentials, float] | None = None  # credentials, and when to fetch them again
         self._roles: dict[tuple[str, int, str | None], tuple[ReadOnlyCredentials, float]] = {}
 
     def session(self) -> botocore.session.Session:
@@ -156,30 +166,62 @@ class AwsCredentialSource:
 
     def default_region(self) -> str | None:
         """AWS_REGION (what the AWS SDKs read), else botocore's AWS_DEFAULT_REGION or config file."""
-        region = os.environ.get("AWS_REGION") or self.session().get_config_variable("region")
+        region = os.environ.get("AWS_REGION")
+        if region:
+            return region
+        if self._region is None:
+            self._region = (to_thread(self._configured_region),)
+        return self._region[0]
+
+    def _configured_region(self) -> str | None:
+        region = self.session().get_config_variable("region")
         return str(region) if region else None
 
     def default_chain(self) -> ReadOnlyCredentials:
+        cached = self._chain
+        if cached is not None and time.time() < cached[1]:
+            return cached[0]
+        return to_thread(self._load_default_chain)
+
+    def _load_default_chain(self) -> ReadOnlyCredentials:
         from botocore.exceptions import BotoCoreError
 
-        try:
-            credentials = self.session().get_credentials()
-            frozen = credentials.get_frozen_credentials() if credentials is not None else None
-        except BotoCoreError as exc:
-            raise ConfigurationError(f"AWS credentials could not be loaded: {exc}") from None
-        if frozen is None:
-            raise ConfigurationError(
-                "No AWS credentials found: give aws_config a bearer token, a role or an access key pair, or "
-                "configure the AWS default credential chain (environment, ~/.aws, instance role)."
-            )
-        return frozen
+        with self._lock:
+            cached = self._chain
+            if cached is not None and time.time() < cached[1]:
+                return cached[0]  # another request fetched them meanwhile
+            try:
+                credentials = self.session().get_credentials()
+                frozen = credentials.get_frozen_credentials() if credentials is not None else None
+            except BotoCoreError as exc:
+                raise ConfigurationError(f"AWS credentials could not be loaded: {exc}") from None
+            if frozen is None:
+                raise ConfigurationError(
+                    "No AWS credentials found: give aws_config a bearer token, a role or an access key pair, or "
+                    "configure the AWS default credential chain (environment, ~/.aws, instance role)."
+                )
+            expiry = getattr(credentials, "_expiry_time", None)  # temporary credentials (role, SSO, process)
+            now = time.time()
+            if expiry is not None:
+                refresh_at = max(now + 1.0, expiry.timestamp() - _CHAIN_REFRESH_MARGIN)
+            else:
+                refresh_at = now + _STATIC_CREDENTIALS_SECONDS
+            self._chain = (frozen, refresh_at)
+            return frozen
 
     def assumed_role(self, role_arn: str, seconds: int, region: str | None, timeouts: Timeouts) -> ReadOnlyCredentials:
         key = (role_arn, seconds, region)
+        cached = self._roles.get(key)
+        if cached is not None and time.time() < cached[1] - _ROLE_REFRESH_MARGIN:
+            return cached[0]
+        return to_thread(self._assume_role, key, timeouts)
+
+    def _assume_role(self, key: tuple[str, int, str | None], timeouts: Timeouts) -> ReadOnlyCredentials:
+        role_arn, seconds, region = key
         with self._lock:
             cached = self._roles.get(key)
             if cached is not None and time.time() < cached[1] - _ROLE_REFRESH_MARGIN:
-                return cached[0]
+                return cached[0]  # another request assumed it meanwhile
             credentials, expires_at = assume_role(self.session(), role_arn=role_arn, seconds=seconds, region=region,
                                                   timeouts=timeouts)
             self._roles[key] = (credentials, expires_at)

@@ -2,8 +2,9 @@
 
 A secret value from YAML or the admin is one of (MLflow §1.6):
 - `$NAME`: an environment variable, stored as {"$env": "NAME"};
-- a path to an existing file: stored as {"$file": "/abs/path"}; the file is read at call time
-  and its trailing newline stripped (MLflow keeps it, which breaks headers);
+- a path to an existing file: stored as {"$file": "/abs/path"}; the file is read once, kept in
+  memory and read again when it changes (KeyFiles), with its trailing newline stripped (MLflow keeps
+  it, which breaks headers);
 - anything else: a literal key, stored Fernet-encrypted as {"$enc": "<token>"}.
 URL fields take `$NAME` references too (MLflow resolves none of them).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import threading
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -119,15 +121,63 @@ def resolve(stored: Any, field: str) -> Any:
             raise SecretError(field, f"Environment variable '{name}' is not set (needed by {field})")
         return value
     if "$file" in stored:
-        path = stored["$file"]
-        try:
-            with open(path, encoding="utf-8") as fh:
-                return fh.read().rstrip("\r\n")
-        except OSError as exc:
-            raise SecretError(field, f"The key file for {field} cannot be read: {exc.strerror}") from None
+        return KEY_FILES.read(stored["$file"], field)
     if "$enc" in stored:
         return decrypt(stored["$enc"], field)
     return stored
+
+
+class KeyFiles:
+    """`$file` secrets, read once and then served from memory: a request never touches the file system
+    (under the ASGI server it runs on the worker's event loop, where a blocking read would stall every
+    other request). `refresh()` reads again the files whose size or modification time changed; each
+    process calls it from its config poller (every GATEWAY_CONFIG_POLL_SECONDS) and before every
+    rebuild of its endpoint table, which also reads each endpoint's files first (off the loop)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # path -> (its (mtime_ns, size) when read, or None; the key, or the OSError's reason)
+        self._entries: dict[str, tuple[tuple[int, int] | None, str, bool]] = {}
+
+    def read(self, path: str, field: str) -> str:
+        entry = self._entries.get(path)
+        if entry is None:
+            entry = self._load(path)
+        _, value, ok = entry
+        if not ok:
+            raise SecretError(field, f"The key file for {field} cannot be read: {value}")
+        return value
+
+    def refresh(self) -> None:
+        for path, (stamp, _, _) in list(self._entries.items()):
+            if _stamp(path) != stamp:
+                self._load(path)
+
+    def forget(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def _load(self, path: str) -> tuple[tuple[int, int] | None, str, bool]:
+        stamp = _stamp(path)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                entry = (stamp, fh.read().rstrip("\r\n"), True)
+        except OSError as exc:
+            entry = (stamp, str(exc.strerror or exc), False)
+        with self._lock:
+            self._entries[path] = entry
+        return entry
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size
+
+
+KEY_FILES = KeyFiles()
 
 
 @lru_cache(maxsize=1024)

@@ -22,9 +22,9 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 from endpoints_app.models import Endpoint, TrafficRoute
-from providers import registry, shapes
+from providers import registry, secrets, shapes
 from providers.base import BaseProvider
-from providers.errors import EndpointNotFound, WrongEndpointType
+from providers.errors import EndpointNotFound, GatewayError, WrongEndpointType
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
 from serving.bridge import to_thread
 from serving.ratelimit import RateLimit, RateState, describe, hit, period_seconds
@@ -121,6 +121,7 @@ def build_table() -> EndpointTable:
             config=endpoint.config,
             timeouts=_timeouts(endpoint),
         )
+        _read_secrets(provider)
         table.endpoints[endpoint.name] = LiveEndpoint(
             name=endpoint.name,
             endpoint_type=endpoint.endpoint_type,
@@ -149,6 +150,16 @@ def build_table() -> EndpointTable:
             route.name, route.task_type, tuple(n for n, _ in destinations), tuple(cumulative)
         )
     return table
+
+
+def _read_secrets(provider: BaseProvider) -> None:
+    """Resolve the endpoint's secrets once here, off the event loop: key files are read into memory and
+    encrypted keys decrypted, so that requests find them ready. A secret that cannot be resolved yet (an
+    unset variable) is reported by the requests that need it."""
+    try:
+        provider.config  # noqa: B018  (resolving is the point)
+    except GatewayError:
+        pass
 
 
 # -- the process-wide table ----------------------------------------------------------------------------
@@ -187,14 +198,15 @@ def _rebuild() -> EndpointTable:
             _stale = False
             opened_here = connection.connection is None
             try:
+                secrets.KEY_FILES.refresh()
                 _table = build_table()
             except Exception:
                 _stale = True
                 raise
             finally:
-                # Whichever thread rebuilds the table (a WSGI request thread, an ASGI worker's helper thread) must
-                # not keep a database connection for it (Django's are per thread). Not inside a transaction: that
-                # one is in use.
+                # Whichever thread rebuilds the table (a worker's helper thread, a management API thread) must not
+                # keep a database connection for it (Django's are per thread). Not inside a transaction: that one
+                # is in use.
                 if opened_here and not connection.in_atomic_block:
                     connection.close()
             _ensure_poller()
@@ -219,6 +231,7 @@ def _poll(interval: float) -> None:
 
     while True:
         time.sleep(interval)
+        secrets.KEY_FILES.refresh()  # a key file rotated on disk is used from the next request on
         try:
             version = config_version()
         except Exception:  # the database may be briefly away; keep serving the table we have

@@ -105,10 +105,37 @@ def test_a_key_file_removed_after_loading_is_named_when_resolved(tmp_path: Path)
     path = tmp_path / "key.txt"
     path.write_text("sk-file")
     stored = secrets.store_secret(str(path), "openai_api_key")
+    assert secrets.resolve(stored, "openai_api_key") == "sk-file"
     path.unlink()
+    secrets.KEY_FILES.refresh()
     with pytest.raises(SecretError) as caught:
         secrets.resolve(stored, "openai_api_key")
     assert caught.value.message == "The key file for openai_api_key cannot be read: No such file or directory"
+
+
+def test_a_key_file_is_read_once_then_served_from_memory_until_it_changes(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "key.txt"
+    path.write_text("sk-one\n")
+    stored = secrets.store_secret(str(path), "k")
+    assert secrets.resolve(stored, "k") == "sk-one"
+    opened: list[str] = []
+    real_open = open
+
+    def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    for _ in range(3):
+        assert secrets.resolve(stored, "k") == "sk-one"
+    secrets.KEY_FILES.refresh()  # unchanged: not read again
+    assert opened == []
+    path.write_text("sk-two-rotated\n")
+    assert secrets.resolve(stored, "k") == "sk-one"  # until the next refresh (the poller, every 0.5 s)
+    secrets.KEY_FILES.refresh()
+    assert secrets.resolve(stored, "k") == "sk-two-rotated"
+    assert opened == [str(path)]
 
 
 @pytest.mark.parametrize(("stored", "exported", "described"), [
@@ -170,8 +197,8 @@ def test_an_unset_env_key_fails_the_request_by_name_and_calls_no_upstream(
 
 
 @pytest.mark.django_db
-def test_a_key_file_is_read_at_each_request_without_its_newline(make_endpoint: MakeEndpoint, upstream: HTTPServer,
-                                                                client: Any, tmp_path: Path) -> None:
+def test_a_rotated_key_file_is_used_after_the_next_refresh(make_endpoint: MakeEndpoint, upstream: HTTPServer,
+                                                           client: Any, tmp_path: Path) -> None:
     key_file = tmp_path / "openai.key"
     key_file.write_text("sk-file-one\n")
     endpoint = openai_embeddings(make_endpoint, upstream, str(key_file))
@@ -179,6 +206,7 @@ def test_a_key_file_is_read_at_each_request_without_its_newline(make_endpoint: M
     expect_key(upstream, "sk-file-one")
     assert post_json(client, "/endpoints/embed/invocations", EMBED_REQUEST).status_code == 200
     key_file.write_text("sk-file-two\n")
+    secrets.KEY_FILES.refresh()  # what each process's config poller does every GATEWAY_CONFIG_POLL_SECONDS
     expect_key(upstream, "sk-file-two")
     assert post_json(client, "/endpoints/embed/invocations", EMBED_REQUEST).status_code == 200
     upstream.check_assertions()

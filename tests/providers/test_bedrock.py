@@ -6,9 +6,13 @@ from __future__ import annotations
 import binascii
 import re
 import struct
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, cast
 
 import orjson
@@ -23,6 +27,7 @@ from endpoints_app.validation import EntryError, validate_endpoint
 from providers import bedrock
 from providers.errors import InvalidParameter, UpstreamBadResponse, UpstreamError
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
+from serving import runtime
 from tests.conftest import post_json, sse_events
 from tests.fixtures import payload
 
@@ -593,6 +598,40 @@ def test_the_default_credential_chain_and_region_come_from_the_environment(upstr
     upstream.answer(f"/model/{CLAUDE}/converse", payload("bedrock", "converse_response.json"))
     assert post_json(client, "/endpoints/chat/invocations", HELLO).status_code == 200
     verify_signature(upstream.requests[0], "secret-from-env", akid="AKIDFROMENV", region="eu-central-1")
+
+
+def test_a_slow_credential_source_does_not_stall_other_requests_of_the_worker(
+        upstream: Upstream, make_endpoint: Any, client: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """botocore's default chain runs a credential_process that takes a second (as SSO, an instance
+    role's metadata service or STS can): meanwhile the worker's event loop serves another request."""
+    process = tmp_path / "slow_credentials.py"
+    process.write_text(textwrap.dedent("""\
+        import json, time
+        time.sleep(1.5)
+        print(json.dumps({"Version": 1, "AccessKeyId": "AKIDPROCESS", "SecretAccessKey": "process-secret"}))
+    """))
+    config = tmp_path / "aws-config"
+    config.write_text(f"[default]\ncredential_process = {sys.executable} {process}\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    make_endpoint("chat", CHAT, "bedrock", CLAUDE, {"aws_config": {"aws_region": "us-west-2",
+                                                                   "aws_endpoint_url": "$TEST_BEDROCK_URL"}})
+    make_endpoint("echo", CHAT, "mock", "m")
+    upstream.answer(f"/model/{CLAUDE}/converse", payload("bedrock", "converse_response.json"), times=2)
+    runtime.load_table()  # built here, where the test's rows are visible
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(post_json, client, "/endpoints/chat/invocations", HELLO)
+        time.sleep(0.3)  # the credential process is running
+        started = time.monotonic()
+        quick = post_json(client, "/endpoints/echo/invocations", HELLO)
+        elapsed = time.monotonic() - started
+        assert quick.status_code == 200
+        assert elapsed < 0.5, f"the mock endpoint waited {elapsed:.2f} s behind the credential process"
+        assert not slow.done()
+        assert slow.result(timeout=20).status_code == 200
+    verify_signature(upstream.requests[0], "process-secret", akid="AKIDPROCESS")
+    started = time.monotonic()
+    assert post_json(client, "/endpoints/chat/invocations", HELLO).status_code == 200
+    assert time.monotonic() - started < 1.0  # the credentials were cached: the process did not run again
 
 
 @pytest.mark.parametrize(("lifetime", "sts_calls"), [(3600, 1), (30, 2)])
