@@ -8,6 +8,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from endpoints_app.models import Endpoint, TrafficRoute
+from endpoints_app.services import endpoint_columns, endpoint_conflicts
 from endpoints_app.validation import EndpointSpec, EntryError, validate_endpoint, validate_route
 from providers import config as provider_config
 from providers import registry
@@ -89,14 +90,9 @@ class EndpointForm(forms.ModelForm):
             message = f"{exc.field}: {exc.message}" if field in (None, "config_text") and exc.field else exc.message
             self.add_error(field, message)
             return data
-        if TrafficRoute.objects.filter(name=spec.name).exists():
-            self.add_error("name", f"A traffic route is already named {spec.name!r}: names must be unique across "
-                           "endpoints and routes.")
-        if self.instance.pk:
-            for route in TrafficRoute.objects.filter(destinations__endpoint=self.instance).exclude(
-                    task_type=spec.endpoint_type).distinct():
-                self.add_error("endpoint_type", f"the traffic route {route.name!r} sends {route.task_type} traffic to "
-                               f"this endpoint, so it cannot become {spec.endpoint_type}; change the route first")
+        for field, message in endpoint_conflicts(spec, self.instance if self.instance.pk else None):
+            if field != "name" or "traffic route" in message:  # the name's own uniqueness is the model form's
+                self.add_error(field, message)
         self.spec = spec
         return data
 
@@ -104,14 +100,9 @@ class EndpointForm(forms.ModelForm):
         endpoint = super().save(commit=False)
         spec = self.spec
         assert spec is not None
-        endpoint.provider = spec.provider
-        endpoint.config = spec.config
-        endpoint.model_name = spec.model_name
         # What the validator accepted, in the form YAML import stores (e.g. the period trimmed).
-        limit = spec.limit
-        endpoint.limit_calls = limit.calls if limit else None
-        endpoint.limit_renewal_period = limit.renewal_period if limit else ""
-        endpoint.limit_key = limit.key if limit else None
+        for key, value in endpoint_columns(spec).items():
+            setattr(endpoint, key, value)
         if commit:
             endpoint.save()
         return endpoint

@@ -1,4 +1,4 @@
-"""The work behind the commands, the admin and the API: import, export and invocation."""
+"""The work behind the commands, the admin and the API: import and export of the config document."""
 from __future__ import annotations
 
 import os
@@ -11,6 +11,8 @@ import yaml
 from django.db import connection, transaction
 from django.db.models import F
 
+from consumers.models import Consumer
+from consumers.services import apply_consumers, consumer_to_yaml
 from endpoints_app.models import ConfigState, Endpoint, Source, TrafficDestination, TrafficRoute
 from endpoints_app.validation import (
     ConfigDocument,
@@ -155,6 +157,7 @@ def _apply(document: ConfigDocument, source_path: str, prune: bool, report: Impo
                                              "traffic to it")], source_path)
                 endpoint.delete()
                 report.deleted.append(name)
+    apply_consumers(document.consumers, source_path, prune, report)
     if report.changed:
         bump_config_version()
 
@@ -163,7 +166,8 @@ def _owned(row: Endpoint | TrafficRoute, source_path: str) -> bool:
     return row.source == Source.YAML and row.source_path == source_path
 
 
-def _endpoint_values(spec: EndpointSpec, position: int, source_path: str) -> dict[str, Any]:
+def endpoint_columns(spec: EndpointSpec) -> dict[str, Any]:
+    """The columns a validated endpoint definition sets (YAML, admin and API alike)."""
     limit = spec.limit
     return {
         "endpoint_type": spec.endpoint_type,
@@ -177,10 +181,66 @@ def _endpoint_values(spec: EndpointSpec, position: int, source_path: str) -> dic
         "read_timeout": spec.timeouts.read,
         "max_retries": spec.timeouts.retries,
         "enabled": spec.enabled,
-        "source": Source.YAML,
-        "source_path": source_path,
-        "position": position,
     }
+
+
+def _endpoint_values(spec: EndpointSpec, position: int, source_path: str) -> dict[str, Any]:
+    return {**endpoint_columns(spec), "source": Source.YAML, "source_path": source_path, "position": position}
+
+
+def endpoint_conflicts(spec: EndpointSpec, instance: Endpoint | None) -> list[tuple[str, str]]:
+    """What the rest of the config forbids for this definition of one endpoint (the admin and the API):
+    (field, message) pairs, none when it can be saved."""
+    issues = []
+    others = Endpoint.objects.exclude(pk=instance.pk) if instance is not None else Endpoint.objects.all()
+    if others.filter(name=spec.name).exists():
+        issues.append(("name", f"An endpoint is already named {spec.name!r}."))
+    if TrafficRoute.objects.filter(name=spec.name).exists():
+        issues.append(("name", f"A traffic route is already named {spec.name!r}: names must be unique across "
+                       "endpoints and routes."))
+    if instance is not None:
+        for route in TrafficRoute.objects.filter(destinations__endpoint=instance).exclude(
+                task_type=spec.endpoint_type).distinct():
+            issues.append(("endpoint_type", f"the traffic route {route.name!r} sends {route.task_type} traffic to "
+                           f"this endpoint, so it cannot become {spec.endpoint_type}; change the route first"))
+    return issues
+
+
+def save_endpoint(spec: EndpointSpec, instance: Endpoint | None = None) -> Endpoint:
+    """Create (as made in the admin) or update one endpoint from a validated definition."""
+    endpoint = instance or Endpoint(source=Source.ADMIN)
+    endpoint.name = spec.name
+    for key, value in endpoint_columns(spec).items():
+        setattr(endpoint, key, value)
+    endpoint.save()
+    return endpoint
+
+
+def route_conflicts(spec: RouteSpec, instance: TrafficRoute | None) -> list[tuple[str, str]]:
+    issues = []
+    others = TrafficRoute.objects.exclude(pk=instance.pk) if instance is not None else TrafficRoute.objects.all()
+    if others.filter(name=spec.name).exists():
+        issues.append(("name", f"A traffic route is already named {spec.name!r}."))
+    if Endpoint.objects.filter(name=spec.name).exists():
+        issues.append(("name", f"An endpoint is already named {spec.name!r}: names must be unique across endpoints "
+                       "and routes."))
+    return issues
+
+
+def save_route(spec: RouteSpec, instance: TrafficRoute | None = None) -> TrafficRoute:
+    """Create (as made in the admin) or update one traffic route and its destinations."""
+    route = instance or TrafficRoute(source=Source.ADMIN)
+    route.name, route.task_type, route.routing_strategy = spec.name, spec.task_type, spec.routing_strategy
+    route.enabled = spec.enabled
+    route.save()
+    route.destinations.all().delete()
+    endpoints = {e.name: e for e in Endpoint.objects.filter(name__in=[d.name for d in spec.destinations])}
+    TrafficDestination.objects.bulk_create(
+        TrafficDestination(route=route, endpoint=endpoints[d.name], traffic_percentage=d.traffic_percentage,
+                           position=i)
+        for i, d in enumerate(spec.destinations)
+    )
+    return route
 
 
 def _differs(endpoint: Endpoint, values: dict[str, Any]) -> bool:
@@ -308,11 +368,15 @@ def route_to_yaml(route: TrafficRoute) -> dict[str, Any]:
 
 
 def export_config(*, reveal_secrets: bool = False) -> str:
-    """The whole config in MLflow's YAML schema: references as written, literal keys hidden."""
+    """The whole config in MLflow's YAML schema (and our `consumers:`): references as written, literal
+    keys hidden, gateway keys never."""
     document: dict[str, Any] = {
         "endpoints": [endpoint_to_yaml(e, reveal_secrets=reveal_secrets) for e in Endpoint.objects.all()],
     }
     routes = [route_to_yaml(r) for r in TrafficRoute.objects.prefetch_related("destinations__endpoint")]
     if routes:
         document["routes"] = routes
+    consumers = [consumer_to_yaml(c) for c in Consumer.objects.all()]
+    if consumers:
+        document["consumers"] = consumers
     return yaml.safe_dump(document, sort_keys=False, default_flow_style=False, allow_unicode=True)

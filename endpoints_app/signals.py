@@ -1,5 +1,6 @@
-"""Any change to endpoints or routes marks this process's table stale and bumps the version;
-rows made outside a YAML file are appended after the existing ones."""
+"""Any change to what the in-memory table holds (endpoints, routes, consumers, keys) marks this
+process's table stale and bumps the version, which every other process polls; rows made outside a
+YAML file are appended after the existing ones."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from django.db.models.signals import post_delete, post_save, pre_save
 from endpoints_app.models import Endpoint, Source, TrafficDestination, TrafficRoute
 
 
-def _changed(sender: Any, **kwargs: Any) -> None:
+def config_changed(sender: Any, **kwargs: Any) -> None:
     from endpoints_app import services
     from serving import runtime
 
@@ -25,7 +26,7 @@ def _changed(sender: Any, **kwargs: Any) -> None:
     transaction.on_commit(runtime.invalidate)
 
 
-def _append_at_the_end(sender: Any, instance: Any, raw: bool = False, **kwargs: Any) -> None:
+def append_at_the_end(sender: Any, instance: Any, raw: bool = False, **kwargs: Any) -> None:
     # YAML imports set positions from the file; the admin appends (listings keep config order).
     if raw or not instance._state.adding or instance.source != Source.ADMIN:
         return
@@ -34,7 +35,7 @@ def _append_at_the_end(sender: Any, instance: Any, raw: bool = False, **kwargs: 
 
 
 for _model in (Endpoint, TrafficRoute, TrafficDestination):
-    post_save.connect(_changed, sender=_model, dispatch_uid=f"config-changed-save-{_model.__name__}")
-    post_delete.connect(_changed, sender=_model, dispatch_uid=f"config-changed-delete-{_model.__name__}")
+    post_save.connect(config_changed, sender=_model, dispatch_uid=f"config-changed-save-{_model.__name__}")
+    post_delete.connect(config_changed, sender=_model, dispatch_uid=f"config-changed-delete-{_model.__name__}")
 for _model in (Endpoint, TrafficRoute):
-    pre_save.connect(_append_at_the_end, sender=_model, dispatch_uid=f"append-{_model.__name__}")
+    pre_save.connect(append_at_the_end, sender=_model, dispatch_uid=f"append-{_model.__name__}")

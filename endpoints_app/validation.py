@@ -1,8 +1,8 @@
-"""The one validator for endpoint and route definitions.
+"""The one validator for the config document: endpoints, traffic routes and consumers.
 
-`load_config`, `start_server`'s file watcher and the admin forms all call these functions, so a
-definition is accepted or refused the same way wherever it comes from. Everything is checked before
-anything is written; errors name the file, the entry (index and name) and the field.
+`load_config`, `start_server`'s file watcher, the admin forms and the management API all call these
+functions, so a definition is accepted or refused the same way wherever it comes from. Everything is
+checked before anything is written; errors name the file, the entry (index and name) and the field.
 """
 from __future__ import annotations
 
@@ -64,6 +64,22 @@ class TimeoutSpec:
 
 
 @dataclass(frozen=True)
+class TokenLimitSpec:
+    tokens: int
+    renewal_period: str
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    name: str
+    description: str = ""
+    enabled: bool = True
+    allow: tuple[str, ...] = ()  # endpoint and route names, or ("*",)
+    limit: LimitSpec | None = None
+    token_limit: TokenLimitSpec | None = None
+
+
+@dataclass(frozen=True)
 class EndpointSpec:
     name: str
     endpoint_type: str
@@ -94,6 +110,7 @@ class RouteSpec:
 class ConfigDocument:
     endpoints: list[EndpointSpec]
     routes: list[RouteSpec]
+    consumers: list[ConsumerSpec] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -123,14 +140,16 @@ def validate_endpoint_type(value: Any, field_name: str = "endpoint_type") -> str
     return str(value)
 
 
-def validate_limit(raw: Any) -> LimitSpec | None:
+def validate_limit(raw: Any, *, with_key: bool = True) -> LimitSpec | None:
     if raw is None:
         return None
     if not isinstance(raw, Mapping):
         raise EntryError("limit", "limit must be a mapping with calls and renewal_period")
-    unknown = set(raw) - {"calls", "renewal_period", "key"}
+    allowed = ("calls", "renewal_period", "key") if with_key else ("calls", "renewal_period")
+    unknown = set(raw) - set(allowed)
     if unknown:
-        raise EntryError(f"limit.{sorted(unknown)[0]}", "unknown limit key; use calls, renewal_period and key")
+        raise EntryError(f"limit.{sorted(unknown)[0]}",
+                         f"unknown limit key; use {', '.join(allowed[:-1])} and {allowed[-1]}")
     calls = raw.get("calls")
     if isinstance(calls, bool) or not isinstance(calls, int) or calls < 0:
         raise EntryError("limit.calls", f"calls must be a whole number of 0 or more, got {calls!r}")
@@ -142,6 +161,25 @@ def validate_limit(raw: Any) -> LimitSpec | None:
     if key is not None and not isinstance(key, str):
         raise EntryError("limit.key", "key must be a string")
     return LimitSpec(calls=calls, renewal_period=str(raw["renewal_period"]).strip(), key=key)
+
+
+def validate_token_limit(raw: Any) -> TokenLimitSpec | None:
+    """`token_limit: {tokens, renewal_period}`: tokens per period, counted from the providers' usage."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise EntryError("token_limit", "token_limit must be a mapping with tokens and renewal_period")
+    unknown = set(raw) - {"tokens", "renewal_period"}
+    if unknown:
+        raise EntryError(f"token_limit.{sorted(unknown)[0]}", "unknown token_limit key; use tokens and renewal_period")
+    tokens = raw.get("tokens")
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        raise EntryError("token_limit.tokens", f"tokens must be a whole number of 0 or more, got {tokens!r}")
+    try:
+        parse_period(raw.get("renewal_period"))
+    except ValueError as exc:
+        raise EntryError("token_limit.renewal_period", str(exc)) from None
+    return TokenLimitSpec(tokens=tokens, renewal_period=str(raw["renewal_period"]).strip())
 
 
 def validate_timeouts(raw: Any) -> TimeoutSpec:
@@ -273,6 +311,42 @@ def validate_route(raw: Any, endpoint_types: Mapping[str, str]) -> RouteSpec:
                      enabled=validate_enabled(raw))
 
 
+CONSUMER_KEYS = ("name", "description", "enabled", "allow", "limit", "token_limit")
+
+
+def validate_consumer(raw: Any, callable_names: Mapping[str, str] | None = None) -> ConsumerSpec:
+    """One `consumers[]` entry. `callable_names` maps every endpoint and route name a consumer may be
+    allowed to call to its kind ("endpoint" or "route"); None skips the check of the names."""
+    if not isinstance(raw, Mapping):
+        raise EntryError("", "each consumer must be a mapping with at least a name")
+    name = validate_name(raw.get("name"))
+    unknown = [key for key in raw if key not in CONSUMER_KEYS]
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), CONSUMER_KEYS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; use {', '.join(CONSUMER_KEYS)}"
+        raise EntryError(str(unknown[0]), f"unknown consumer key {unknown[0]!r}{hint}")
+    description = raw.get("description") or ""
+    if not isinstance(description, str):
+        raise EntryError("description", "description must be a string")
+    allow = raw.get("allow", [])
+    if allow == "*":
+        allow = ["*"]
+    if not isinstance(allow, list) or not all(isinstance(item, str) and item for item in allow):
+        raise EntryError("allow", 'allow must be a list of endpoint and route names, or ["*"] for all of them')
+    if "*" in allow and len(allow) > 1:
+        raise EntryError("allow", '"*" already allows every endpoint and route: list names or "*", not both')
+    if callable_names is not None:
+        for index, item in enumerate(allow):
+            if item != "*" and item not in callable_names:
+                close = difflib.get_close_matches(item, list(callable_names), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise EntryError(f"allow[{index}]", f"there is no endpoint or route named {item!r}{hint}")
+    return ConsumerSpec(name=name, description=description.strip(), enabled=validate_enabled(raw),
+                        allow=tuple(dict.fromkeys(allow)),
+                        limit=validate_limit(raw.get("limit"), with_key=False),
+                        token_limit=validate_token_limit(raw.get("token_limit")))
+
+
 # -- whole documents ---------------------------------------------------------------------------------
 def _is_endpoint_shaped(entry: Any) -> bool:
     return isinstance(entry, Mapping) and ("model" in entry or "endpoint_type" in entry or "route_type" in entry)
@@ -303,7 +377,7 @@ def validate_document(doc: Any, source: str = "",
     loaded from other files): routes may name them, and a route in the file may not take their names.
     `existing_routes` are the traffic routes that stay: an endpoint in the file may not take their names,
     nor change the type of an endpoint they send traffic to. A row the file defines again under the same
-    kind is simply updated.
+    kind is simply updated. Consumers may allow the endpoints and routes of the file and those that stay.
     """
     existing_configs = existing_configs or {}
     extra_endpoint_types = extra_endpoint_types or {}
@@ -382,11 +456,39 @@ def validate_document(doc: Any, source: str = "",
                 seen[route.name] = label
                 routes.append(route)
     issues.extend(_retyped_destinations(endpoints, seen, existing_routes, _names_in(raw_routes)))
+    callable_names = {**dict.fromkeys(extra_endpoint_types, "endpoint"), **dict.fromkeys(existing_routes, "route"),
+                      **{e.name: "endpoint" for e in endpoints}, **{r.name: "route" for r in routes}}
+    consumers = _validate_consumers(doc.get("consumers"), callable_names, issues)
     if issues:
         raise ConfigError(issues, source)
     for note in notes:
         warnings.warn(note, FutureWarning, stacklevel=2)
-    return ConfigDocument(endpoints=endpoints, routes=routes, warnings=notes)
+    return ConfigDocument(endpoints=endpoints, routes=routes, consumers=consumers, warnings=notes)
+
+
+def _validate_consumers(raw_consumers: Any, callable_names: Mapping[str, str], issues: list[Issue]
+                        ) -> list[ConsumerSpec]:
+    if raw_consumers is None:
+        return []
+    if not isinstance(raw_consumers, list):
+        issues.append(Issue("", "consumers", "'consumers' must be a list"))
+        return []
+    consumers: list[ConsumerSpec] = []
+    seen: dict[str, str] = {}
+    for index, raw in enumerate(raw_consumers):
+        label = _label("consumers", index, raw)
+        try:
+            consumer = validate_consumer(raw, callable_names)
+        except EntryError as exc:
+            issues.append(Issue(label, exc.field, exc.message))
+            continue
+        if consumer.name in seen:
+            issues.append(Issue(label, "name", f"duplicate consumer name {consumer.name!r} "
+                                f"(also {seen[consumer.name]})"))
+            continue
+        seen[consumer.name] = label
+        consumers.append(consumer)
+    return consumers
 
 
 def _retyped_destinations(endpoints: list[EndpointSpec], labels: Mapping[str, str],

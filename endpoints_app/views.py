@@ -20,10 +20,11 @@ from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_default_handler
 
 from endpoints_app import serializers
-from endpoints_app.errors import error_headers, log_error, mlflow_body
-from providers.errors import EndpointNotFound, GatewayError, NotSupported
+from endpoints_app.errors import error_headers, log_error, mlflow_body, openai_body, openai_status
+from providers.errors import EndpointNotFound, Forbidden, GatewayError, NotSupported
 from providers.shapes import now
-from serving import runtime
+from serving import invoke, runtime
+from serving.auth import Caller
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -39,8 +40,24 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
 
 # -- management API (DRF) ---------------------------------------------------------------------------
 class GatewayAPIView(APIView):
+    """MLflow's and OpenAI's listings. With GATEWAY_AUTH=keys they take the same gateway keys as the
+    invocation routes (401 without a valid one) and show only what the key's consumer may call."""
+
     authentication_classes: list[Any] = []
     permission_classes: list[Any] = []
+    caller: Caller | None = None
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        self.caller = invoke.authenticate(runtime.load_table(), request.META.get("HTTP_AUTHORIZATION"))
+        if self.caller is not None and not self.caller.consumer.enabled:
+            raise Forbidden(f"The consumer '{self.caller.consumer.name}' is disabled.")
+
+    def may_call(self, name: str) -> bool:
+        return self.caller is None or self.caller.consumer.may_call(name)
+
+    def check_may_call(self, name: str) -> None:
+        invoke.authorize(self.caller, name)
 
 
 def _temporary_redirect(location: str) -> HttpResponse:
@@ -102,7 +119,7 @@ class EndpointListView(GatewayAPIView):
     )
     def get(self, request: Request) -> Response:
         table = runtime.load_table()
-        page, token = _paginate(request, [table.endpoints[name] for name in table.order])
+        page, token = _paginate(request, [table.endpoints[name] for name in table.order if self.may_call(name)])
         return Response({"endpoints": [serializers.endpoint_json(e) for e in page], "next_page_token": token})
 
 
@@ -113,6 +130,7 @@ class EndpointDetailView(GatewayAPIView):
         summary="Get one endpoint (MLflow get_endpoint)",
     )
     def get(self, request: Request, name: str) -> Response:
+        self.check_may_call(name)
         endpoint = runtime.load_table().endpoints.get(name)
         if endpoint is None:
             raise EndpointNotFound(
@@ -130,7 +148,7 @@ class LegacyRouteListView(GatewayAPIView):
     )
     def get(self, request: Request) -> Response:
         table = runtime.load_table()
-        page, token = _paginate(request, [table.endpoints[name] for name in table.order])
+        page, token = _paginate(request, [table.endpoints[name] for name in table.order if self.may_call(name)])
         return Response({"routes": [serializers.legacy_route_json(e) for e in page], "next_page_token": token})
 
 
@@ -141,6 +159,7 @@ class LegacyRouteDetailView(GatewayAPIView):
         summary="Get one endpoint as an MLflow 2.x route (legacy)",
     )
     def get(self, request: Request, name: str) -> Response:
+        self.check_may_call(name)
         endpoint = runtime.load_table().endpoints.get(name)
         if endpoint is None:
             raise EndpointNotFound(
@@ -156,6 +175,7 @@ class TrafficRouteDetailView(GatewayAPIView):
         summary="Get a traffic route (MLflow 3.x)",
     )
     def get(self, request: Request, name: str) -> Response:
+        self.check_may_call(name)
         route = runtime.load_table().routes.get(name)
         if route is None:
             raise EndpointNotFound(
@@ -203,9 +223,17 @@ class ModelListView(GatewayAPIView):
         created = now()
         data = [
             {"id": name, "object": "model", "created": created, "owned_by": table.endpoints[name].provider_name}
-            for name in table.order
+            for name in table.order if self.may_call(name)
         ]
         data += [
-            {"id": name, "object": "model", "created": created, "owned_by": "traffic-route"} for name in table.routes
+            {"id": name, "object": "model", "created": created, "owned_by": "traffic-route"}
+            for name in table.routes if self.may_call(name)
         ]
         return Response({"object": "list", "data": data})
+
+    def handle_exception(self, exc: Exception) -> Response:
+        """OpenAI's error envelope, with the statuses the openai SDK maps to its exception classes."""
+        if isinstance(exc, GatewayError):
+            log_error(exc)
+            return Response(openai_body(exc), status=openai_status(exc), headers=error_headers(exc))
+        return super().handle_exception(exc)

@@ -75,6 +75,7 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
     "endpoints_app",  # first: its runserver (the ASGI application under uvicorn) replaces Django's
+    "consumers",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -84,6 +85,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "django_filters",
 ]
 
 MIDDLEWARE = [
@@ -173,6 +175,10 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": [],
     "UNAUTHENTICATED_USER": None,
     "EXCEPTION_HANDLER": "endpoints_app.views.exception_handler",
+    # The management API's lists (/api/manage/...): ?limit=&offset= pages, django-filter's query filters.
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 100,
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
 }
 
 SPECTACULAR_SETTINGS = {
@@ -200,6 +206,15 @@ SPECTACULAR_SETTINGS = {
 # comes from GATEWAY_ENCRYPTION_KEY (a Fernet key, or several separated by commas for rotation:
 # the first encrypts, all decrypt); without it, one is derived from SECRET_KEY.
 GATEWAY_ENCRYPTION_KEYS = env_list("GATEWAY_ENCRYPTION_KEY", [])
+
+# Who may call: `off` (MLflow's behaviour: anyone who can reach the gateway) or `keys` (every invocation and
+# listing route needs `Authorization: Bearer <gateway key>` of an enabled consumer allowed to call it).
+GATEWAY_AUTH = os.environ.get("GATEWAY_AUTH", "off").strip().lower() or "off"
+if GATEWAY_AUTH not in ("off", "keys"):
+    raise ImproperlyConfigured(f"GATEWAY_AUTH={GATEWAY_AUTH!r} is not a mode: use off or keys.")
+# Gateway keys and operator tokens are stored as HMAC-SHA256(pepper, key). Without a pepper of its own the
+# gateway derives one from SECRET_KEY, so changing SECRET_KEY would invalidate every key: set this in production.
+GATEWAY_KEY_PEPPER = os.environ.get("GATEWAY_KEY_PEPPER", "")
 
 # Upstream defaults; each endpoint may override them in YAML (model.config is the provider's;
 # these live beside it under `timeouts:`) or in the admin.

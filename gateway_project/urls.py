@@ -7,13 +7,24 @@ pattern of serving.routes); they are not here, so there is one router for them.
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import path, re_path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
 
+from consumers.api import ConsumerViewSet, KeyViewSet
 from endpoints_app import views
+from endpoints_app.api import EndpointViewSet, RouteViewSet
 from endpoints_app.models import NAME_CHARS
 
 NAME = rf"(?P<name>{NAME_CHARS})"
+
+# The management API (operators: a staff session or an operator token).
+manage = DefaultRouter(trailing_slash=True)
+manage.include_root_view = False
+manage.register("consumers", ConsumerViewSet, basename="manage-consumer")
+manage.register("keys", KeyViewSet, basename="manage-key")
+manage.register("endpoints", EndpointViewSet, basename="manage-endpoint")
+manage.register("routes", RouteViewSet, basename="manage-route")
 
 handler400 = "endpoints_app.errors.handler400"
 handler403 = "endpoints_app.errors.handler403"
@@ -38,5 +49,6 @@ urlpatterns = [
     re_path(rf"^api/2\.0/gateway/limits/{NAME}$", views.LimitsView.as_view()),
     re_path(rf"^api/2\.0/gateway/routes/{NAME}$", views.LegacyRouteDetailView.as_view()),
     path("v1/models", views.ModelListView.as_view()),
+    path("api/manage/", include(manage.urls)),
     path("admin/", admin.site.urls),
 ]

@@ -88,6 +88,26 @@ class NotSupported(GatewayError):
     openai_type = "invalid_request_error"
 
 
+class Unauthorized(GatewayError):
+    """No gateway key, or one that is unknown, expired or revoked (GATEWAY_AUTH=keys)."""
+
+    status = 401
+    code = "invalid_api_key"
+    openai_type = "invalid_request_error"
+
+    def __init__(self, detail: Any, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        self.headers["WWW-Authenticate"] = 'Bearer realm="gateway"'
+
+
+class Forbidden(GatewayError):
+    """A valid key whose consumer may not call this endpoint or route (or is disabled)."""
+
+    status = 403
+    code = "permission_denied"
+    openai_type = "permission_error"
+
+
 class RateLimited(GatewayError):
     status = 429
     code = "rate_limit_exceeded"

@@ -14,6 +14,8 @@ Keys carry a prefix (GATEWAY_REDIS_PREFIX, default "gateway") so that a Redis da
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 import weakref
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -24,6 +26,7 @@ from serving.bridge import await_
 from serving.resp import AsyncRedis, RedisAddress, RespConnectionError, RespError
 from serving.store import Store
 
+logger = logging.getLogger(__name__)
 
 class CounterUnavailable(Exception):
     """The counters could not be reached or did not answer (the message says why)."""
@@ -98,6 +101,35 @@ async def _checked(backend: Backend, commands: Sequence[Sequence[str | bytes | i
 def execute(commands: Sequence[Sequence[str | bytes | int | float]]) -> list[Any]:
     """execute_async, from code running in the async bridge (an invocation)."""
     return await_(execute_async(commands))
+
+
+_pending: set[asyncio.Future[Any]] = set()
+
+
+def submit(commands: Sequence[Sequence[str | bytes | int | float]]) -> None:
+    """Send commands without waiting for them (counts added after an answer: the client is not kept
+    waiting for them). A failure is logged, at most once per interval."""
+    future = asyncio.ensure_future(execute_async(commands))
+    _pending.add(future)
+    future.add_done_callback(_submitted)
+
+
+def _submitted(future: asyncio.Future[Any]) -> None:
+    _pending.discard(future)
+    if not future.cancelled() and future.exception() is not None:
+        _warn(f"a count could not be added: {future.exception()}")
+
+
+_WARN_EVERY_SECONDS = 10.0
+_last_warning = 0.0
+
+
+def _warn(message: str) -> None:
+    global _last_warning
+    now = time.monotonic()
+    if now - _last_warning >= _WARN_EVERY_SECONDS:  # one line per interval, not one per request
+        _last_warning = now
+        logger.warning("%s (counters %s)", message, where())
 
 
 def execute_blocking(commands: Sequence[Sequence[str | bytes | int | float]]) -> list[Any]:

@@ -77,45 +77,119 @@ class RateState:
         }
 
 
+@dataclass(frozen=True)
+class TokenLimit:
+    tokens: int
+    period_seconds: int
+    description: str  # "1000 tokens per 1 minute"
+
+
+def call_limit(calls: int, renewal_period: str) -> RateLimit:
+    return RateLimit(calls, period_seconds(renewal_period), describe(calls, renewal_period))
+
+
+def token_limit(tokens: int, renewal_period: str) -> TokenLimit:
+    multiples, granularity = parse_period(renewal_period)
+    return TokenLimit(tokens, period_seconds(renewal_period), f"{tokens} tokens per {multiples} {granularity}")
+
+
+def _window(period: int, now: float) -> tuple[int, int]:
+    """The window's number and the seconds until the next one starts."""
+    window = int(now // period)
+    return window, max(1, math.ceil((window + 1) * period - now))
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """What the checks before a call found: the tightest call window (for the X-RateLimit-* headers) and
+    the token windows to add the call's tokens to once it has answered."""
+
+    rate: RateState | None
+    token_keys: tuple[tuple[str, int], ...]  # (key, ttl)
+
+
+NOTHING_COUNTED = Admitted(None, ())
+
+
+def admit(calls: list[tuple[str, RateLimit]], tokens: list[tuple[str, TokenLimit]]) -> Admitted:
+    """Count one call in each call window and read each token window, in one round trip to the counters;
+    raise RateLimited (429, Retry-After, X-RateLimit-*) for the first one that is over its limit.
+
+    `calls` and `tokens` pair a scope ("e:<endpoint>", "c:<consumer>") with its limit. When the counters
+    cannot be reached no limit applies (a warning is logged), or RateLimitUnavailable (503) is raised
+    with GATEWAY_RATE_LIMIT_FAIL_OPEN off."""
+    now = time.time()
+    commands: list[tuple[str | int, ...]] = []
+    call_windows = []
+    for scope, limit in calls:
+        window, reset = _window(limit.period_seconds, now)
+        if limit.calls == 0:
+            raise _limited(limit.calls, limit.description, reset)
+        key = counters.key("ratelimit", scope, limit.period_seconds, window)
+        commands += [("SET", key, 0, "EX", limit.period_seconds + 1, "NX"), ("INCRBY", key, 1)]
+        call_windows.append((limit, reset))
+    token_windows = []
+    for scope, token_limit_ in tokens:
+        window, reset = _window(token_limit_.period_seconds, now)
+        key = counters.key("tokens", scope, token_limit_.period_seconds, window)
+        commands.append(("GET", key))
+        token_windows.append((token_limit_, reset, key))
+    if not commands:
+        return NOTHING_COUNTED
+    try:
+        replies = counters.execute(commands)
+    except CounterUnavailable as exc:
+        _cannot_count(", ".join(scope for scope, _ in [*calls, *tokens]), str(exc))
+        return NOTHING_COUNTED
+    tightest: RateState | None = None
+    for index, (limit, reset) in enumerate(call_windows):
+        count = int(replies[2 * index + 1])
+        if count > limit.calls:
+            raise _limited(limit.calls, limit.description, reset)
+        state = RateState(limit=limit.calls, remaining=limit.calls - count, reset_seconds=reset)
+        if tightest is None or state.remaining < tightest.remaining:
+            tightest = state
+    offset = 2 * len(call_windows)
+    for index, (token_limit_, reset, _) in enumerate(token_windows):
+        used = int(replies[offset + index] or 0)
+        if used >= token_limit_.tokens:
+            raise _limited(token_limit_.tokens, token_limit_.description, reset, kind="Token limit")
+    return Admitted(tightest, tuple((key, limit.period_seconds + 1) for limit, _, key in token_windows))
+
+
+def add_tokens(admitted: Admitted, count: int) -> None:
+    """After an answer: add its tokens to the caller's token windows, without waiting (from the bridge)."""
+    if count <= 0 or not admitted.token_keys:
+        return
+    commands: list[tuple[str | int, ...]] = []
+    for key, ttl in admitted.token_keys:
+        commands += [("SET", key, 0, "EX", ttl, "NX"), ("INCRBY", key, count)]
+    counters.submit(commands)
+
+
+def hit(endpoint_name: str, limit: RateLimit) -> RateState | None:
+    """Count one call of an endpoint against its limit (admit() with that one window)."""
+    return admit([(f"e:{endpoint_name}", limit)], []).rate
+
+
 _WARN_EVERY_SECONDS = 10.0
 _last_warning = 0.0
 
 
-def hit(endpoint_name: str, limit: RateLimit) -> RateState | None:
-    """Count one call; raise RateLimited (429, Retry-After) when over the limit.
-
-    None when the counters could not be reached and the limit is not applied (see the module's
-    docstring); RateLimitUnavailable (503) instead when GATEWAY_RATE_LIMIT_FAIL_OPEN is off."""
-    now = time.time()
-    window = int(now // limit.period_seconds)
-    reset = max(1, math.ceil((window + 1) * limit.period_seconds - now))
-    if limit.calls == 0:
-        raise _limited(limit, reset)
-    key = counters.key("ratelimit", endpoint_name, limit.period_seconds, window)
-    try:
-        _, count = counters.execute([("SET", key, 0, "EX", limit.period_seconds + 1, "NX"), ("INCRBY", key, 1)])
-    except CounterUnavailable as exc:
-        _cannot_count(endpoint_name, str(exc))
-        return None
-    if count > limit.calls:
-        raise _limited(limit, reset)
-    return RateState(limit=limit.calls, remaining=limit.calls - count, reset_seconds=reset)
-
-
-def _limited(limit: RateLimit, reset: int) -> RateLimited:
-    error = RateLimited(f"Rate limit exceeded: {limit.description}", retry_after=reset)
+def _limited(allowed: int, description: str, reset: int, kind: str = "Rate limit") -> RateLimited:
+    error = RateLimited(f"{kind} exceeded: {description}", retry_after=reset)
     error.headers = {
-        "X-RateLimit-Limit": str(limit.calls),
+        "X-RateLimit-Limit": str(allowed),
         "X-RateLimit-Remaining": "0",
         "X-RateLimit-Reset": str(reset),
     }
     return error
 
 
-def _cannot_count(endpoint_name: str, reason: str) -> None:
+def _cannot_count(scopes: str, reason: str) -> None:
     global _last_warning
     if not settings.GATEWAY_RATE_LIMIT_FAIL_OPEN:
-        logger.warning("rate limit of %s refused the call: the counters cannot be reached (%s)", endpoint_name, reason)
+        logger.warning("rate limit of %s refused the call: the counters cannot be reached (%s)", scopes, reason)
         raise RateLimitUnavailable(
             "The rate-limit counters cannot be reached, so calls to limited endpoints are refused "
             "(GATEWAY_RATE_LIMIT_FAIL_OPEN is off)."
@@ -123,5 +197,5 @@ def _cannot_count(endpoint_name: str, reason: str) -> None:
     now = time.monotonic()
     if now - _last_warning >= _WARN_EVERY_SECONDS:  # one line per interval, not one per request
         _last_warning = now
-        logger.warning("rate limits are not applied: the counters cannot be reached (%s); calls to %s and "
-                       "other limited endpoints are served without a limit", reason, endpoint_name)
+        logger.warning("rate limits are not applied: the counters cannot be reached (%s); calls limited by %s "
+                       "and others are served without a limit", reason, scopes)

@@ -1,9 +1,11 @@
-"""The in-memory endpoint table and the invocation service.
+"""The in-memory table: endpoints, traffic routes, consumers and keys.
 
 Each process keeps every enabled endpoint and route in memory, with its provider adapter built
-once. An invocation reads only this table: no database query once warm. The table is rebuilt when
-this process changes the config (signals) or when a poller thread sees the shared config version
-move (another worker, instance, the admin or `load_config`), within GATEWAY_CONFIG_POLL_SECONDS.
+once, and every consumer and key (keys by their prefix, with their keyed hash). An invocation reads
+only this table: no database query once warm. The table is rebuilt when this process changes the
+config (signals) or when a poller thread sees the shared config version move (another worker,
+instance, the admin, the API or `load_config`), within GATEWAY_CONFIG_POLL_SECONDS: that is how a
+revoked key stops working everywhere within a second.
 """
 
 from __future__ import annotations
@@ -14,20 +16,20 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connection
 
+from consumers.models import Consumer, GatewayKey
 from endpoints_app.models import Endpoint, TrafficRoute
-from providers import registry, secrets, shapes
+from providers import registry, secrets
 from providers.base import BaseProvider
-from providers.errors import EndpointNotFound, GatewayError, WrongEndpointType
-from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
+from providers.errors import EndpointNotFound, GatewayError
+from serving.auth import LiveConsumer, LiveKey
 from serving.bridge import to_thread
-from serving.ratelimit import RateLimit, RateState, describe, hit, period_seconds
+from serving.ratelimit import RateLimit, call_limit, token_limit
 from serving.upstream import Timeouts
 
 logger = logging.getLogger(__name__)
@@ -63,6 +65,8 @@ class EndpointTable:
     endpoints: dict[str, LiveEndpoint] = field(default_factory=dict)
     routes: dict[str, LiveRoute] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)  # endpoint names in config order
+    consumers: dict[str, LiveConsumer] = field(default_factory=dict)
+    keys: dict[str, LiveKey] = field(default_factory=dict)  # by prefix
 
     def resolve(self, name: str) -> LiveEndpoint:
         endpoint = self.endpoints.get(name)
@@ -105,11 +109,7 @@ def build_table() -> EndpointTable:
         limit_info = None
         if endpoint.has_limit:
             assert endpoint.limit_calls is not None
-            limit = RateLimit(
-                endpoint.limit_calls,
-                period_seconds(endpoint.limit_renewal_period),
-                describe(endpoint.limit_calls, endpoint.limit_renewal_period),
-            )
+            limit = call_limit(endpoint.limit_calls, endpoint.limit_renewal_period)
             limit_info = {
                 "calls": endpoint.limit_calls,
                 "key": endpoint.limit_key,
@@ -149,6 +149,20 @@ def build_table() -> EndpointTable:
         table.routes[route.name] = LiveRoute(
             route.name, route.task_type, tuple(n for n, _ in destinations), tuple(cumulative)
         )
+    for consumer in Consumer.objects.all():
+        table.consumers[consumer.name] = LiveConsumer(
+            name=consumer.name, enabled=consumer.enabled, allow_all="*" in consumer.allow,
+            allow=frozenset(consumer.allow),
+            limit=call_limit(consumer.limit_calls, consumer.limit_renewal_period)
+            if consumer.has_limit and consumer.limit_calls is not None else None,
+            token_limit=token_limit(consumer.token_limit_tokens, consumer.token_limit_renewal_period)
+            if consumer.has_token_limit and consumer.token_limit_tokens is not None else None,
+        )
+    for prefix, digest, consumer_name, expires_at, revoked_at in GatewayKey.objects.values_list(
+            "prefix", "digest", "consumer__name", "expires_at", "revoked_at"):
+        table.keys[prefix] = LiveKey(prefix=prefix, digest=digest, consumer=consumer_name,
+                                     expires_at=expires_at.timestamp() if expires_at else None,
+                                     revoked=revoked_at is not None)
     return table
 
 
@@ -242,56 +256,3 @@ def _poll(interval: float) -> None:
         if table is not None and version != table.version:
             logger.info("config version %s → %s: reloading endpoint table", table.version, version)
             invalidate()
-
-
-# -- invocation -----------------------------------------------------------------------------------------
-_TYPE_WORDS = {CHAT: "a chat", COMPLETIONS: "a completions", EMBEDDINGS: "an embeddings"}
-
-
-@dataclass
-class Invocation:
-    endpoint: LiveEndpoint
-    rate: RateState | None
-
-
-def wrong_type(name: str, expected_type: str) -> WrongEndpointType:
-    return WrongEndpointType(f"Endpoint '{name}' is not {_TYPE_WORDS[expected_type]} endpoint.", param="model")
-
-
-def prepare(name: str) -> Invocation:
-    """Look the endpoint (or route destination) up and count it against its rate limit."""
-    endpoint = current_table().resolve(name)
-    rate = hit(endpoint.name, endpoint.limit) if endpoint.limit is not None else None
-    return Invocation(endpoint, rate)
-
-
-def call(invocation: Invocation, payload: dict[str, Any], *, stream: bool) -> Any:
-    """Run the provider operation: a response dict, or an iterator of chunk dicts when streaming."""
-    endpoint = invocation.endpoint
-    provider = endpoint.provider
-    if stream and not endpoint.streaming:
-        # Declared in the registry: refuse before any upstream call, whatever the provider's code does.
-        raise provider.not_supported(endpoint.endpoint_type, streaming=True)
-    if endpoint.endpoint_type == EMBEDDINGS:
-        return _embeddings(provider, payload)
-    if endpoint.endpoint_type == CHAT:
-        return provider.chat_stream(payload) if stream else provider.chat(payload)
-    return provider.completions_stream(payload) if stream else provider.completions(payload)
-
-
-def _embeddings(provider: BaseProvider, payload: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI's `encoding_format` (the openai SDK sends "base64" by default) is the gateway's to honour
-    for vendors that do not speak OpenAI's API: they get no such field, and "base64" vectors are encoded
-    here, as OpenAI encodes them."""
-    if provider.speaks_openai_embeddings:
-        return provider.embeddings(payload)
-    encoding = payload.pop("encoding_format", None)
-    response = provider.embeddings(payload)
-    return shapes.base64_embeddings(response) if encoding == "base64" else response
-
-
-def stream_with_first(chunks: Iterator[dict[str, Any]]) -> tuple[dict[str, Any] | None, Iterator[dict[str, Any]]]:
-    """Pull the first chunk now, so failures before the first byte become normal HTTP errors."""
-    iterator = iter(chunks)
-    first = next(iterator, None)
-    return first, iterator

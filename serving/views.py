@@ -1,9 +1,9 @@
 """The invocation views: the hot path.
 
-Plain Django views on purpose (see bench/README.md): they parse with orjson, validate with the
-pydantic wire schemas, call runtime, and render JSON or SSE. This module imports no DRF, so a worker
-that only serves invocations and health checks never loads it. Their OpenAPI entries come from the
-same schemas (endpoints_app.openapi).
+Plain Django views on purpose (see bench/README.md): they authenticate the caller, parse with orjson,
+validate with the pydantic wire schemas, run the invocation (serving.invoke) and render JSON or SSE.
+This module imports no DRF, so a worker that only serves invocations and health checks never loads
+it. Their OpenAPI entries come from the same schemas (endpoints_app.openapi).
 """
 
 from __future__ import annotations
@@ -28,8 +28,11 @@ from providers.errors import (
     RequestValidationError,
 )
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
-from serving import runtime
+from serving import invoke, runtime
+from serving.auth import Caller
+from serving.invoke import Invocation
 from serving.ratelimit import RateState
+from serving.runtime import EndpointTable
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +105,7 @@ def _error_event(error: GatewayError) -> bytes:
 def sse_response(chunks: Iterator[dict[str, Any]], rate: RateState | None) -> StreamingHttpResponse:
     """Chunks as Server-Sent Events, passed on one by one; errors after the first byte become a
     final `data: {"error": ...}` event and a clean end."""
-    first, rest = runtime.stream_with_first(chunks)
+    first, rest = invoke.stream_with_first(chunks)
 
     def events() -> Iterator[bytes]:
         if first is not None:
@@ -128,13 +131,17 @@ def sse_response(chunks: Iterator[dict[str, Any]], rate: RateState | None) -> St
     return response
 
 
-def _invoke(name: str, endpoint_type: str, payload: dict[str, Any]) -> HttpResponseBase:
+def _invoke(invocation: Invocation, endpoint_type: str, payload: dict[str, Any]) -> HttpResponseBase:
     stream = endpoint_type != EMBEDDINGS and bool(payload.pop("stream", False))
-    invocation = runtime.prepare(name)
-    result = runtime.call(invocation, payload, stream=stream)
+    result = invoke.call(invocation, payload, stream=stream)
     if stream:
-        return sse_response(result, invocation.rate)
+        return sse_response(invoke.metered(invocation, result), invocation.rate)
+    invoke.settle(invocation, result.get("usage"))
     return json_response(result, headers=_rate_headers(invocation.rate))
+
+
+def _caller(table: EndpointTable, request: HttpRequest) -> Caller | None:
+    return invoke.authenticate(table, request.META.get("HTTP_AUTHORIZATION"))
 
 
 def _method_not_allowed(render: Callable[[GatewayError], HttpResponse]) -> HttpResponse:
@@ -149,11 +156,14 @@ def endpoint_invocations(request: HttpRequest, name: str) -> HttpResponseBase:
     if request.method != "POST":
         return _method_not_allowed(mlflow_error)
     try:
-        endpoint_type = runtime.current_table().type_of(name)
+        table = runtime.current_table()
+        caller = _caller(table, request)
+        invoke.authorize(caller, name)
+        endpoint_type = table.type_of(name)
         if endpoint_type is None:
             raise EndpointNotFound("Not Found")
         payload = validate_request(endpoint_type, read_json_body(request), allow_model=False)
-        return _invoke(name, endpoint_type, payload)
+        return _invoke(invoke.prepare(table, caller, name), endpoint_type, payload)
     except GatewayError as error:
         return mlflow_error(error)
 
@@ -164,6 +174,8 @@ def _openai_view(expected_type: str) -> Callable[[HttpRequest], HttpResponseBase
         if request.method != "POST":
             return _method_not_allowed(openai_error)
         try:
+            table = runtime.current_table()
+            caller = _caller(table, request)
             body = read_json_body(request)
             model = body.get("model") if isinstance(body, dict) else None
             if not isinstance(model, str) or not model:
@@ -173,15 +185,16 @@ def _openai_view(expected_type: str) -> Callable[[HttpRequest], HttpResponseBase
                     code="missing_model",
                     param="model",
                 )
-            actual = runtime.current_table().type_of(model)
+            invoke.authorize(caller, model)
+            actual = table.type_of(model)
             if actual is None:
                 raise EndpointNotFound(
                     f"The model '{model}' does not exist: no endpoint or route has that name.", param="model"
                 )
             if actual != expected_type:
-                raise runtime.wrong_type(model, expected_type)
+                raise invoke.wrong_type(model, expected_type)
             payload = validate_request(expected_type, body, allow_model=True)
-            return _invoke(model, expected_type, payload)
+            return _invoke(invoke.prepare(table, caller, model), expected_type, payload)
         except GatewayError as error:
             return openai_error(error)
 

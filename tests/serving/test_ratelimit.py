@@ -79,7 +79,7 @@ def test_a_window_key_expires_one_second_after_its_window() -> None:
     counted("expiring", limit)
     counted("expiring", limit)
     window = int(time.time() // 60)
-    key = counters.key("ratelimit", "expiring", 60, window)
+    key = counters.key("ratelimit", "e:expiring", 60, window)
     ttl, value = counters.execute_blocking([("TTL", key), ("GET", key)])
     assert 0 < ttl <= 61
     assert value == b"2"
