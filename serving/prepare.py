@@ -55,6 +55,11 @@ def prepare(options: ServeOptions, report: Callable[[str], None]) -> str | None:
     report(f"Config version {config_version()}, {count} enabled endpoint(s).")
     admin_hint = "" if _has_operator() else " (no operator account yet: run `python manage.py ensure_admin`)"
     report(f"Admin: {base_url}/admin/{admin_hint}   API docs: {base_url}/docs")
+    if options.host not in _LOOPBACK and settings.GATEWAY_AUTH == "off":
+        report(f"Warning: GATEWAY_AUTH is off and the gateway listens on {options.host}: anyone who can reach it "
+               "can call every endpoint with the provider keys it holds. Set GATEWAY_AUTH=keys and give each "
+               "consumer its keys (`manage.py create_key`), or keep it on a loopback address behind a proxy "
+               "that authenticates.")
     if options.host not in _LOOPBACK and "*" not in settings.ALLOWED_HOSTS:
         report(f"Note: only Host names in ALLOWED_HOSTS are answered ({', '.join(settings.ALLOWED_HOSTS)}); "
                "set ALLOWED_HOSTS to the names clients use.")

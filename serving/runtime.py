@@ -256,3 +256,7 @@ def _poll(interval: float) -> None:
         if table is not None and version != table.version:
             logger.info("config version %s → %s: reloading endpoint table", table.version, version)
             invalidate()
+            try:
+                load_table()  # here, off the event loop: the next request finds it ready
+            except Exception:  # the next request tries again, and reports it
+                logger.warning("endpoint table rebuild failed", exc_info=True)

@@ -127,10 +127,10 @@ class Servers:
         self.started: list[Server] = []
 
     def start(self, env: dict[str, str], config_path: Path | None = None, *, workers: int = 2,
-              wait: bool = True, extra_args: tuple[str, ...] = ()) -> Server:
+              wait: bool = True, extra_args: tuple[str, ...] = (), host: str = "127.0.0.1") -> Server:
         port = free_port()
         log_path = self.log_dir / f"start_server-{port}.log"
-        args = [sys.executable, "manage.py", "start_server", "--host", "127.0.0.1", "--port", str(port),
+        args = [sys.executable, "manage.py", "start_server", "--host", host, "--port", str(port),
                 "--workers", str(workers), *extra_args]
         if config_path is not None:
             args += ["--config-path", str(config_path)]
