@@ -10,10 +10,10 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from endpoints_app.models import Source, name_validator
+from endpoints_app.models import Budgeted, Source, name_validator
 
 
-class Consumer(models.Model):
+class Consumer(Budgeted):
     """A team, an application or a person that calls the gateway with its keys."""
 
     name = models.CharField(max_length=255, unique=True, validators=[name_validator])

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from consumers import keys
 from consumers.models import Consumer, GatewayKey, OperatorToken
+from endpoints_app.columns import budget_columns, budget_to_yaml
 from endpoints_app.models import Source
 
 if TYPE_CHECKING:
@@ -109,6 +110,7 @@ def consumer_values(spec: ConsumerSpec) -> dict[str, Any]:
         "limit_renewal_period": spec.limit.renewal_period if spec.limit else "",
         "token_limit_tokens": spec.token_limit.tokens if spec.token_limit else None,
         "token_limit_renewal_period": spec.token_limit.renewal_period if spec.token_limit else "",
+        **budget_columns(spec.budget),
     }
 
 
@@ -149,6 +151,9 @@ def consumer_to_yaml(consumer: Consumer) -> dict[str, Any]:
     if consumer.has_token_limit:
         entry["token_limit"] = {"tokens": consumer.token_limit_tokens,
                                 "renewal_period": consumer.token_limit_renewal_period}
+    budget = budget_to_yaml(consumer)
+    if budget:
+        entry["budget"] = budget
     if not consumer.enabled:
         entry["enabled"] = False
     return entry

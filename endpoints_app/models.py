@@ -15,12 +15,40 @@ name_validator = RegexValidator(
 ENDPOINT_TYPE_CHOICES = [(t, t) for t in ENDPOINT_TYPES]
 
 
+class BudgetPeriod(models.TextChoices):
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+
+
+class BudgetAction(models.TextChoices):
+    REJECT = "reject", "reject calls (429 budget_exceeded)"
+    ALERT = "alert", "alert only (log and webhook)"
+
+
+class Budgeted(models.Model):
+    """A `budget: {usd, period, action}`: endpoints and consumers each may have one."""
+
+    budget_usd = models.DecimalField("budget (USD)", max_digits=16, decimal_places=6, null=True, blank=True,
+                                     help_text="Spend ceiling per period, in US dollars. Empty: no budget.")
+    budget_period = models.CharField(max_length=8, choices=BudgetPeriod.choices, blank=True, default="",
+                                     help_text="Renews at UTC boundaries (weeks start on Monday).")
+    budget_action = models.CharField(max_length=8, choices=BudgetAction.choices, blank=True, default="")
+
+    class Meta:
+        abstract = True
+
+    @property
+    def has_budget(self) -> bool:
+        return self.budget_usd is not None and bool(self.budget_period)
+
+
 class Source(models.TextChoices):
     YAML = "yaml", "YAML file"
     ADMIN = "admin", "Admin"
 
 
-class Endpoint(models.Model):
+class Endpoint(Budgeted):
     name = models.CharField(max_length=255, unique=True, validators=[name_validator])
     endpoint_type = models.CharField(max_length=32, choices=ENDPOINT_TYPE_CHOICES)
     # Validated against providers.registry (no choices here, so a new provider needs no migration).
@@ -34,6 +62,11 @@ class Endpoint(models.Model):
     connect_timeout = models.FloatField(null=True, blank=True, help_text="Seconds; empty for the default.")
     read_timeout = models.FloatField(null=True, blank=True, help_text="Seconds (idle time for streams).")
     max_retries = models.PositiveSmallIntegerField(null=True, blank=True)
+    cost_input_per_million = models.DecimalField("input USD per million tokens", max_digits=16, decimal_places=6,
+                                                 null=True, blank=True,
+                                                 help_text="Empty: the built-in list price of the model, if known.")
+    cost_output_per_million = models.DecimalField("output USD per million tokens", max_digits=16, decimal_places=6,
+                                                  null=True, blank=True)
     enabled = models.BooleanField(default=True)
     source = models.CharField(max_length=8, choices=Source.choices, default=Source.ADMIN)
     source_path = models.CharField(max_length=1024, blank=True, default="")
@@ -50,6 +83,10 @@ class Endpoint(models.Model):
     @property
     def has_limit(self) -> bool:
         return self.limit_calls is not None and bool(self.limit_renewal_period)
+
+    @property
+    def has_cost(self) -> bool:
+        return self.cost_input_per_million is not None and self.cost_output_per_million is not None
 
 
 class TrafficRoute(models.Model):

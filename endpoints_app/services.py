@@ -13,6 +13,7 @@ from django.db.models import F
 
 from consumers.models import Consumer
 from consumers.services import apply_consumers, consumer_to_yaml
+from endpoints_app.columns import budget_columns, budget_to_yaml, plain_number
 from endpoints_app.models import ConfigState, Endpoint, Source, TrafficDestination, TrafficRoute
 from endpoints_app.validation import (
     ConfigDocument,
@@ -180,6 +181,9 @@ def endpoint_columns(spec: EndpointSpec) -> dict[str, Any]:
         "connect_timeout": spec.timeouts.connect,
         "read_timeout": spec.timeouts.read,
         "max_retries": spec.timeouts.retries,
+        "cost_input_per_million": spec.cost.input_per_million_tokens if spec.cost else None,
+        "cost_output_per_million": spec.cost.output_per_million_tokens if spec.cost else None,
+        **budget_columns(spec.budget),
         "enabled": spec.enabled,
     }
 
@@ -349,6 +353,12 @@ def endpoint_to_yaml(endpoint: Endpoint, *, reveal_secrets: bool = False) -> dic
                                   ("retries", endpoint.max_retries)) if v is not None}
     if timeouts:
         entry["timeouts"] = timeouts
+    if endpoint.has_cost:
+        entry["cost"] = {"input_per_million_tokens": plain_number(endpoint.cost_input_per_million),
+                         "output_per_million_tokens": plain_number(endpoint.cost_output_per_million)}
+    budget = budget_to_yaml(endpoint)
+    if budget:
+        entry["budget"] = budget
     if not endpoint.enabled:
         entry["enabled"] = False
     return entry

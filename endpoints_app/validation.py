@@ -12,6 +12,7 @@ import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import yaml
@@ -64,6 +65,21 @@ class TimeoutSpec:
 
 
 @dataclass(frozen=True)
+class CostSpec:
+    """USD per million tokens, as vendors list their prices."""
+
+    input_per_million_tokens: Decimal
+    output_per_million_tokens: Decimal
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    usd: Decimal
+    period: str  # day, week or month (UTC)
+    action: str  # reject or alert
+
+
+@dataclass(frozen=True)
 class TokenLimitSpec:
     tokens: int
     renewal_period: str
@@ -77,6 +93,7 @@ class ConsumerSpec:
     allow: tuple[str, ...] = ()  # endpoint and route names, or ("*",)
     limit: LimitSpec | None = None
     token_limit: TokenLimitSpec | None = None
+    budget: BudgetSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +106,8 @@ class EndpointSpec:
     limit: LimitSpec | None = None
     timeouts: TimeoutSpec = field(default_factory=TimeoutSpec)
     enabled: bool = True
+    cost: CostSpec | None = None
+    budget: BudgetSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -182,6 +201,63 @@ def validate_token_limit(raw: Any) -> TokenLimitSpec | None:
     return TokenLimitSpec(tokens=tokens, renewal_period=str(raw["renewal_period"]).strip())
 
 
+BUDGET_PERIODS = ("day", "week", "month")
+BUDGET_ACTIONS = ("reject", "alert")
+_MAX_USD = Decimal("1000000000")
+
+
+def _usd(value: Any, field_name: str, what: str) -> Decimal:
+    """A non-negative amount of dollars, exactly as written (0.15 stays 0.15), at most 6 decimals."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
+        raise EntryError(field_name, f"{what} must be a number of US dollars, got {value!r}")
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise EntryError(field_name, f"{what} must be a number of US dollars, got {value!r}") from None
+    if not amount.is_finite() or amount < 0 or amount > _MAX_USD:
+        raise EntryError(field_name, f"{what} must be from 0 to {_MAX_USD}, got {value!r}")
+    if amount != amount.quantize(Decimal("0.000001")):
+        raise EntryError(field_name, f"{what} takes at most 6 decimals, got {value!r}")
+    return amount.normalize() if amount else Decimal(0)
+
+
+def validate_cost(raw: Any) -> CostSpec | None:
+    """`cost: {input_per_million_tokens, output_per_million_tokens}` in USD."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise EntryError("cost", "cost must be a mapping with input_per_million_tokens and output_per_million_tokens")
+    names = ("input_per_million_tokens", "output_per_million_tokens")
+    unknown = set(raw) - set(names)
+    if unknown:
+        raise EntryError(f"cost.{sorted(unknown)[0]}", f"unknown cost key; use {names[0]} and {names[1]}")
+    for name in names:
+        if raw.get(name) is None:
+            raise EntryError(f"cost.{name}", f"{name} is required (USD per million tokens; 0 for free)")
+    return CostSpec(*(_usd(raw[name], f"cost.{name}", name) for name in names))
+
+
+def validate_budget(raw: Any) -> BudgetSpec | None:
+    """`budget: {usd, period: day|week|month, action: reject|alert}`; periods renew at UTC boundaries."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise EntryError("budget", "budget must be a mapping with usd, period and action")
+    unknown = set(raw) - {"usd", "period", "action"}
+    if unknown:
+        raise EntryError(f"budget.{sorted(unknown)[0]}", "unknown budget key; use usd, period and action")
+    if raw.get("usd") is None:
+        raise EntryError("budget.usd", "usd is required: the ceiling in US dollars per period")
+    usd = _usd(raw["usd"], "budget.usd", "usd")
+    period = raw.get("period", "month")
+    if period not in BUDGET_PERIODS:
+        raise EntryError("budget.period", f"period must be day, week or month, got {period!r}")
+    action = raw.get("action", "reject")
+    if action not in BUDGET_ACTIONS:
+        raise EntryError("budget.action", f"action must be reject or alert, got {action!r}")
+    return BudgetSpec(usd=usd, period=period, action=action)
+
+
 def validate_timeouts(raw: Any) -> TimeoutSpec:
     if raw is None:
         return TimeoutSpec()
@@ -206,7 +282,7 @@ def validate_timeouts(raw: Any) -> TimeoutSpec:
     return TimeoutSpec(**values)
 
 
-ENDPOINT_KEYS = ("name", "endpoint_type", "route_type", "model", "limit", "timeouts", "enabled")
+ENDPOINT_KEYS = ("name", "endpoint_type", "route_type", "model", "limit", "timeouts", "enabled", "cost", "budget")
 
 
 def _unknown_key_notes(name: str, raw: Mapping[str, Any]) -> list[str]:
@@ -263,7 +339,7 @@ def validate_endpoint(raw: Any, *, existing_config: Mapping[str, Any] | None = N
     spec = EndpointSpec(
         name=name, endpoint_type=endpoint_type, provider=provider, model_name=model_name, config=config,
         limit=validate_limit(raw.get("limit")), timeouts=validate_timeouts(raw.get("timeouts")),
-        enabled=validate_enabled(raw),
+        enabled=validate_enabled(raw), cost=validate_cost(raw.get("cost")), budget=validate_budget(raw.get("budget")),
     )
     return spec, notes
 
@@ -311,7 +387,7 @@ def validate_route(raw: Any, endpoint_types: Mapping[str, str]) -> RouteSpec:
                      enabled=validate_enabled(raw))
 
 
-CONSUMER_KEYS = ("name", "description", "enabled", "allow", "limit", "token_limit")
+CONSUMER_KEYS = ("name", "description", "enabled", "allow", "limit", "token_limit", "budget")
 
 
 def validate_consumer(raw: Any, callable_names: Mapping[str, str] | None = None) -> ConsumerSpec:
@@ -344,7 +420,8 @@ def validate_consumer(raw: Any, callable_names: Mapping[str, str] | None = None)
     return ConsumerSpec(name=name, description=description.strip(), enabled=validate_enabled(raw),
                         allow=tuple(dict.fromkeys(allow)),
                         limit=validate_limit(raw.get("limit"), with_key=False),
-                        token_limit=validate_token_limit(raw.get("token_limit")))
+                        token_limit=validate_token_limit(raw.get("token_limit")),
+                        budget=validate_budget(raw.get("budget")))
 
 
 # -- whole documents ---------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from endpoints_app import serializers
 from endpoints_app.errors import error_headers, log_error, mlflow_body, openai_body, openai_status
 from providers.errors import EndpointNotFound, Forbidden, GatewayError, NotSupported
 from providers.shapes import now
-from serving import invoke, runtime
+from serving import auth, runtime
 from serving.auth import Caller
 
 
@@ -49,7 +49,9 @@ class GatewayAPIView(APIView):
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
-        self.caller = invoke.authenticate(runtime.load_table(), request.META.get("HTTP_AUTHORIZATION"))
+        if auth.enabled():
+            table = runtime.load_table()
+            self.caller = auth.authenticate(request.META.get("HTTP_AUTHORIZATION"), table.keys, table.consumers)
         if self.caller is not None and not self.caller.consumer.enabled:
             raise Forbidden(f"The consumer '{self.caller.consumer.name}' is disabled.")
 
@@ -57,7 +59,8 @@ class GatewayAPIView(APIView):
         return self.caller is None or self.caller.consumer.may_call(name)
 
     def check_may_call(self, name: str) -> None:
-        invoke.authorize(self.caller, name)
+        if self.caller is not None:
+            auth.authorize(self.caller, name)
 
 
 def _temporary_redirect(location: str) -> HttpResponse:

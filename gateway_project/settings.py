@@ -76,6 +76,7 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 INSTALLED_APPS = [
     "endpoints_app",  # first: its runserver (the ASGI application under uvicorn) replaces Django's
     "consumers",
+    "usage",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -215,6 +216,20 @@ if GATEWAY_AUTH not in ("off", "keys"):
 # Gateway keys and operator tokens are stored as HMAC-SHA256(pepper, key). Without a pepper of its own the
 # gateway derives one from SECRET_KEY, so changing SECRET_KEY would invalidate every key: set this in production.
 GATEWAY_KEY_PEPPER = os.environ.get("GATEWAY_KEY_PEPPER", "")
+
+# The usage ledger: a record per invocation, buffered per worker and written in batches off the request path.
+GATEWAY_USAGE_LEDGER = env_bool("GATEWAY_USAGE_LEDGER", True)
+GATEWAY_USAGE_FLUSH_SECONDS = env_float("GATEWAY_USAGE_FLUSH_SECONDS", 1.0)  # 0: only when asked (tests)
+GATEWAY_USAGE_BATCH = env_int("GATEWAY_USAGE_BATCH", 2000)
+GATEWAY_USAGE_BUFFER = env_int("GATEWAY_USAGE_BUFFER", 200_000)  # records held while the database is away
+GATEWAY_USAGE_RETENTION_DAYS = env_int("GATEWAY_USAGE_RETENTION_DAYS", 30)
+# Budget alerts: one POST per crossing of 50 %, 80 % and 100 % of a budget.
+GATEWAY_ALERT_WEBHOOK_URL = os.environ.get("GATEWAY_ALERT_WEBHOOK_URL", "")
+if GATEWAY_ALERT_WEBHOOK_URL and not GATEWAY_ALERT_WEBHOOK_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured("GATEWAY_ALERT_WEBHOOK_URL must be an http:// or https:// URL.")
+for _name in ("GATEWAY_USAGE_BATCH", "GATEWAY_USAGE_BUFFER", "GATEWAY_USAGE_RETENTION_DAYS"):
+    if globals()[_name] < 1:
+        raise ImproperlyConfigured(f"{_name} must be 1 or more.")
 
 # Upstream defaults; each endpoint may override them in YAML (model.config is the provider's;
 # these live beside it under `timeouts:`) or in the admin.

@@ -27,8 +27,9 @@ def request_body(
 ) -> dict[str, Any]:
     """Our request → OpenAI's body: the configured model first, every other field as given.
 
-    Streams ask for the final usage chunk (`stream_options.include_usage`) unless the client set it or
-    the vendor rejects the field (`ask_stream_usage=False`).
+    Streams always ask for the final usage chunk (`stream_options.include_usage`), unless the vendor
+    rejects the field (`ask_stream_usage=False`): the ledger, token limits and budgets count it, and the
+    gateway drops the chunk on its way to a client that did not ask for it (serving.invoke.metered).
     """
     body: dict[str, Any] = {"model": model} if model is not None else {}
     body.update((k, v) for k, v in payload.items() if v is not None and k != "model")
@@ -37,8 +38,7 @@ def request_body(
         if not ask_stream_usage:
             return body
         options = body.get("stream_options")
-        if not isinstance(options, dict) or "include_usage" not in options:
-            body["stream_options"] = {**(options or {}), "include_usage": True}
+        body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
     else:
         body.pop("stream", None)
     return body

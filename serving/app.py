@@ -29,10 +29,11 @@ from django.http import HttpRequest, HttpResponseBase
 from django.middleware.security import SecurityMiddleware
 
 from endpoints_app.errors import json_response
-from serving import runtime
+from serving import invoke, runtime
 from serving import views as invocations
 from serving.bridge import await_, run_sync
 from serving.routes import match_invocation
+from usage import ledger
 
 logger = logging.getLogger(__name__)
 
@@ -85,14 +86,17 @@ def respond(view: View, request: HttpRequest) -> HttpResponseBase:
     global _security
     if _security is None:
         _security = _Security()  # reads the settings once, as Django's middleware does
+    request_id = invoke.request_id(request.META.get("HTTP_X_REQUEST_ID"))
+    request.request_id = request_id  # type: ignore[attr-defined]  # the view's record and logs carry it
     try:
         request.get_host()  # ALLOWED_HOSTS
         response = _security.redirect(request) or view(request)
     except DisallowedHost:
         response = json_response({"detail": "Bad Request: the Host header is not allowed."}, 400)
     except Exception:
-        logger.exception("invocation failed: %s", request.path)
+        logger.exception("invocation failed: %s (request %s)", request.path, request_id)
         response = json_response({"detail": "Internal Server Error"}, 500)
+    response["X-Request-Id"] = request_id
     return _security.headers(request, response)
 
 
@@ -259,5 +263,7 @@ async def _lifespan(receive: Receive, send: Send) -> None:
                 logger.exception("endpoint table cannot be loaded at start-up")
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            # The usage records still buffered are written before the worker exits (SIGTERM).
+            await asyncio.to_thread(ledger.get().close)
             await send({"type": "lifespan.shutdown.complete"})
             return

@@ -17,6 +17,7 @@ from django.conf import settings
 
 from consumers import keys
 from providers.errors import Forbidden, Unauthorized
+from serving.budgets import Budget
 from serving.ratelimit import RateLimit, TokenLimit
 
 
@@ -28,6 +29,7 @@ class LiveConsumer:
     allow: frozenset[str]
     limit: RateLimit | None
     token_limit: TokenLimit | None
+    budget: Budget | None = None
 
     def may_call(self, name: str) -> bool:
         return self.allow_all or name in self.allow

@@ -109,7 +109,11 @@ _pending: set[asyncio.Future[Any]] = set()
 def submit(commands: Sequence[Sequence[str | bytes | int | float]]) -> None:
     """Send commands without waiting for them (counts added after an answer: the client is not kept
     waiting for them). A failure is logged, at most once per interval."""
-    future = asyncio.ensure_future(execute_async(commands))
+    track(asyncio.ensure_future(execute_async(commands)))
+
+
+def track(future: asyncio.Future[Any]) -> None:
+    """Keep a fire-and-forget task alive until it is done, and log its failure."""
     _pending.add(future)
     future.add_done_callback(_submitted)
 

@@ -18,12 +18,13 @@ import logging
 import math
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
 
 from providers.errors import RateLimited, RateLimitUnavailable
-from serving import counters
+from serving import budgets, counters
 from serving.counters import CounterUnavailable
 
 logger = logging.getLogger(__name__)
@@ -101,23 +102,27 @@ def _window(period: int, now: float) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Admitted:
-    """What the checks before a call found: the tightest call window (for the X-RateLimit-* headers) and
-    the token windows to add the call's tokens to once it has answered."""
+    """What the checks before a call found: the tightest call window (for the X-RateLimit-* headers), the
+    token windows to add the call's tokens to, and the budget windows to add its cost to, once it has
+    answered."""
 
     rate: RateState | None
     token_keys: tuple[tuple[str, int], ...]  # (key, ttl)
+    budget_windows: tuple[budgets.Window, ...] = ()
 
 
 NOTHING_COUNTED = Admitted(None, ())
 
 
-def admit(calls: list[tuple[str, RateLimit]], tokens: list[tuple[str, TokenLimit]]) -> Admitted:
-    """Count one call in each call window and read each token window, in one round trip to the counters;
-    raise RateLimited (429, Retry-After, X-RateLimit-*) for the first one that is over its limit.
+def admit(calls: list[tuple[str, RateLimit]], tokens: list[tuple[str, TokenLimit]],
+          spending: Sequence[tuple[str, budgets.Budget]] = ()) -> Admitted:
+    """Count one call in each call window, read each token window and each budget's spend, in one round
+    trip to the counters; raise RateLimited (429, Retry-After, X-RateLimit-*) for the first limit that is
+    reached, or (code budget_exceeded) for a `reject` budget that is spent.
 
-    `calls` and `tokens` pair a scope ("e:<endpoint>", "c:<consumer>") with its limit. When the counters
-    cannot be reached no limit applies (a warning is logged), or RateLimitUnavailable (503) is raised
-    with GATEWAY_RATE_LIMIT_FAIL_OPEN off."""
+    `calls`, `tokens` and `spending` pair a scope ("e:<endpoint>", "c:<consumer>") with its limit or
+    budget. When the counters cannot be reached nothing applies (a warning is logged), or
+    RateLimitUnavailable (503) is raised with GATEWAY_RATE_LIMIT_FAIL_OPEN off."""
     now = time.time()
     commands: list[tuple[str | int, ...]] = []
     call_windows = []
@@ -134,12 +139,14 @@ def admit(calls: list[tuple[str, RateLimit]], tokens: list[tuple[str, TokenLimit
         key = counters.key("tokens", scope, token_limit_.period_seconds, window)
         commands.append(("GET", key))
         token_windows.append((token_limit_, reset, key))
+    budget_windows = [budgets.window(scope, budget, now) for scope, budget in spending]
+    commands += [("GET", win.key) for win in budget_windows]
     if not commands:
         return NOTHING_COUNTED
     try:
         replies = counters.execute(commands)
     except CounterUnavailable as exc:
-        _cannot_count(", ".join(scope for scope, _ in [*calls, *tokens]), str(exc))
+        _cannot_count(", ".join(scope for scope, _ in [*calls, *tokens, *spending]), str(exc))
         return NOTHING_COUNTED
     tightest: RateState | None = None
     for index, (limit, reset) in enumerate(call_windows):
@@ -154,7 +161,13 @@ def admit(calls: list[tuple[str, RateLimit]], tokens: list[tuple[str, TokenLimit
         used = int(replies[offset + index] or 0)
         if used >= token_limit_.tokens:
             raise _limited(token_limit_.tokens, token_limit_.description, reset, kind="Token limit")
-    return Admitted(tightest, tuple((key, limit.period_seconds + 1) for limit, _, key in token_windows))
+    offset += len(token_windows)
+    for index, win in enumerate(budget_windows):
+        spent = int(replies[offset + index] or 0)
+        if spent >= win.budget.picousd and win.budget.action == "reject":
+            raise budgets.exceeded(win, spent, now)
+    return Admitted(tightest, tuple((key, limit.period_seconds + 1) for limit, _, key in token_windows),
+                    tuple(budget_windows))
 
 
 def add_tokens(admitted: Admitted, count: int) -> None:

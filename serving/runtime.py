@@ -17,20 +17,25 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connection
 
 from consumers.models import Consumer, GatewayKey
-from endpoints_app.models import Endpoint, TrafficRoute
+from endpoints_app.models import Budgeted, Endpoint, TrafficRoute
 from providers import registry, secrets
 from providers.base import BaseProvider
 from providers.errors import EndpointNotFound, GatewayError
+from serving import budgets
 from serving.auth import LiveConsumer, LiveKey
 from serving.bridge import to_thread
+from serving.budgets import Budget
 from serving.ratelimit import RateLimit, call_limit, token_limit
 from serving.upstream import Timeouts
+from usage import prices
+from usage.reports import ledger_spend
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +50,8 @@ class LiveEndpoint:
     limit: RateLimit | None
     limit_info: dict[str, Any] | None  # as the listing shows it
     streaming: bool
+    prices: tuple[int, int] | None = None  # pico-dollars per input and per output token (None: unknown)
+    budget: Budget | None = None
 
 
 @dataclass(frozen=True)
@@ -68,13 +75,14 @@ class EndpointTable:
     consumers: dict[str, LiveConsumer] = field(default_factory=dict)
     keys: dict[str, LiveKey] = field(default_factory=dict)  # by prefix
 
-    def resolve(self, name: str) -> LiveEndpoint:
+    def resolve(self, name: str) -> tuple[LiveEndpoint, str]:
+        """The endpoint that serves `name`, and the traffic route's name when `name` is one ("" if not)."""
         endpoint = self.endpoints.get(name)
         if endpoint is not None:
-            return endpoint
+            return endpoint, ""
         route = self.routes.get(name)
         if route is not None:
-            return self.endpoints[route.pick()]
+            return self.endpoints[route.pick()], route.name
         raise EndpointNotFound(
             f"The endpoint '{name}' is not present or active on the server. Please verify the endpoint name."
         )
@@ -131,6 +139,8 @@ def build_table() -> EndpointTable:
             limit=limit,
             limit_info=limit_info,
             streaming=endpoint.endpoint_type in provider_cls.streaming_types,
+            prices=_prices(endpoint),
+            budget=_budget(endpoint),
         )
         table.order.append(endpoint.name)
     for route in TrafficRoute.objects.filter(enabled=True).prefetch_related("destinations__endpoint"):
@@ -157,13 +167,43 @@ def build_table() -> EndpointTable:
             if consumer.has_limit and consumer.limit_calls is not None else None,
             token_limit=token_limit(consumer.token_limit_tokens, consumer.token_limit_renewal_period)
             if consumer.has_token_limit and consumer.token_limit_tokens is not None else None,
+            budget=_budget(consumer),
         )
     for prefix, digest, consumer_name, expires_at, revoked_at in GatewayKey.objects.values_list(
             "prefix", "digest", "consumer__name", "expires_at", "revoked_at"):
         table.keys[prefix] = LiveKey(prefix=prefix, digest=digest, consumer=consumer_name,
                                      expires_at=expires_at.timestamp() if expires_at else None,
                                      revoked=revoked_at is not None)
+    _seed_budgets(table)
     return table
+
+
+def _prices(endpoint: Endpoint) -> tuple[int, int] | None:
+    """The endpoint's `cost:`, else the built-in list price of its model, in pico-dollars per token."""
+    if endpoint.has_cost:
+        assert endpoint.cost_input_per_million is not None and endpoint.cost_output_per_million is not None
+        found: tuple[Decimal, Decimal] | None = (endpoint.cost_input_per_million, endpoint.cost_output_per_million)
+    else:
+        found = prices.list_price(endpoint.model_name)
+    if found is None:
+        return None
+    return prices.picousd_per_token(found[0]), prices.picousd_per_token(found[1])
+
+
+def _budget(row: Budgeted) -> Budget | None:
+    if not row.has_budget or row.budget_usd is None:
+        return None
+    return Budget.of(row.budget_usd, row.budget_period, row.budget_action or "reject")
+
+
+def _seed_budgets(table: EndpointTable) -> None:
+    """Start this period's budget counters from the ledger where they are not counting yet (a restarted
+    counter store). Off the event loop: the table is built in a helper thread."""
+    now = time.time()
+    windows = [budgets.window(f"e:{e.name}", e.budget, now) for e in table.endpoints.values() if e.budget]
+    windows += [budgets.window(f"c:{c.name}", c.budget, now) for c in table.consumers.values() if c.budget]
+    if windows:
+        budgets.seed(windows, ledger_spend(windows))
 
 
 def _read_secrets(provider: BaseProvider) -> None:

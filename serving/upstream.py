@@ -366,3 +366,13 @@ def get_transport() -> Transport:
 
         _transport = Transport(maxsize=settings.GATEWAY_POOL_MAXSIZE)
     return _transport
+
+
+async def post_notification(url: str, body: bytes, timeout: float = 5.0) -> int:
+    """POST a small JSON notification (a budget alert) with the one HTTP client, on the running event loop;
+    the answer's status. Not retried: a notification is worth one try."""
+    pool = get_transport()._pool_for_loop()
+    response = await pool.request("POST", url, {"Content-Type": "application/json"}, body,
+                                  connect_timeout=timeout, read_timeout=timeout)
+    await response.read()
+    return response.status

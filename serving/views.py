@@ -29,7 +29,6 @@ from providers.errors import (
 )
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
 from serving import invoke, runtime
-from serving.auth import Caller
 from serving.invoke import Invocation
 from serving.ratelimit import RateState
 from serving.runtime import EndpointTable
@@ -131,17 +130,27 @@ def sse_response(chunks: Iterator[dict[str, Any]], rate: RateState | None) -> St
     return response
 
 
-def _invoke(invocation: Invocation, endpoint_type: str, payload: dict[str, Any]) -> HttpResponseBase:
+def _invoke(table: EndpointTable, inv: Invocation, endpoint_type: str, payload: dict[str, Any]) -> HttpResponseBase:
     stream = endpoint_type != EMBEDDINGS and bool(payload.pop("stream", False))
-    result = invoke.call(invocation, payload, stream=stream)
+    invoke.prepare(table, inv)
+    result = invoke.call(inv, payload, stream=stream)
     if stream:
-        return sse_response(invoke.metered(invocation, result), invocation.rate)
-    invoke.settle(invocation, result.get("usage"))
-    return json_response(result, headers=_rate_headers(invocation.rate))
+        return sse_response(invoke.metered(inv, result), inv.rate)
+    invoke.finish(inv, 200, usage=result.get("usage"))
+    return json_response(result, headers=_rate_headers(inv.rate))
 
 
-def _caller(table: EndpointTable, request: HttpRequest) -> Caller | None:
-    return invoke.authenticate(table, request.META.get("HTTP_AUTHORIZATION"))
+def _begin(request: HttpRequest, family: str) -> tuple[EndpointTable, Invocation]:
+    inv = invoke.begin(getattr(request, "request_id", None), family)
+    table = runtime.current_table()
+    invoke.authenticate(table, inv, request.META.get("HTTP_AUTHORIZATION"))
+    return table, inv
+
+
+def _refused(inv: Invocation | None, error: GatewayError) -> None:
+    """A request that ends in an error before its answer: it is in the ledger too."""
+    if inv is not None:
+        invoke.finish(inv, error.status, error=error)
 
 
 def _method_not_allowed(render: Callable[[GatewayError], HttpResponse]) -> HttpResponse:
@@ -155,16 +164,17 @@ def endpoint_invocations(request: HttpRequest, name: str) -> HttpResponseBase:
     """POST /endpoints/<name>/invocations (and /gateway/<name>/invocations): MLflow's route."""
     if request.method != "POST":
         return _method_not_allowed(mlflow_error)
+    inv = None
     try:
-        table = runtime.current_table()
-        caller = _caller(table, request)
-        invoke.authorize(caller, name)
+        table, inv = _begin(request, "gateway" if request.path.startswith("/gateway/") else "endpoints")
+        invoke.authorize(inv, name)
         endpoint_type = table.type_of(name)
         if endpoint_type is None:
             raise EndpointNotFound("Not Found")
         payload = validate_request(endpoint_type, read_json_body(request), allow_model=False)
-        return _invoke(invoke.prepare(table, caller, name), endpoint_type, payload)
+        return _invoke(table, inv, endpoint_type, payload)
     except GatewayError as error:
+        _refused(inv, error)
         return mlflow_error(error)
 
 
@@ -173,9 +183,9 @@ def _openai_view(expected_type: str) -> Callable[[HttpRequest], HttpResponseBase
     def view(request: HttpRequest) -> HttpResponseBase:
         if request.method != "POST":
             return _method_not_allowed(openai_error)
+        inv = None
         try:
-            table = runtime.current_table()
-            caller = _caller(table, request)
+            table, inv = _begin(request, "v1")
             body = read_json_body(request)
             model = body.get("model") if isinstance(body, dict) else None
             if not isinstance(model, str) or not model:
@@ -185,7 +195,7 @@ def _openai_view(expected_type: str) -> Callable[[HttpRequest], HttpResponseBase
                     code="missing_model",
                     param="model",
                 )
-            invoke.authorize(caller, model)
+            invoke.authorize(inv, model)
             actual = table.type_of(model)
             if actual is None:
                 raise EndpointNotFound(
@@ -194,8 +204,9 @@ def _openai_view(expected_type: str) -> Callable[[HttpRequest], HttpResponseBase
             if actual != expected_type:
                 raise invoke.wrong_type(model, expected_type)
             payload = validate_request(expected_type, body, allow_model=True)
-            return _invoke(invoke.prepare(table, caller, model), expected_type, payload)
+            return _invoke(table, inv, expected_type, payload)
         except GatewayError as error:
+            _refused(inv, error)
             return openai_error(error)
 
     view.__name__ = f"openai_{expected_type.rsplit('/', 1)[-1]}"

@@ -16,6 +16,7 @@ from endpoints_app.validation import validate_endpoint
 from serving import counters, runtime
 from tests.asgi import ASGIClient
 from tests.liveserver import LiveGateway
+from usage import ledger
 
 ON_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -43,6 +44,7 @@ def _fresh_state() -> Iterator[None]:
     runtime.invalidate()
     flush_redis()
     counters.reset()  # fresh in-process counts, and a new connection for the settings in force
+    ledger.get().discard()
     yield
     runtime.invalidate()
 

@@ -9,6 +9,7 @@ import tempfile
 
 os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production-" + "x" * 20)
 os.environ.setdefault("GATEWAY_CONFIG_POLL_SECONDS", "0")
+os.environ.setdefault("GATEWAY_USAGE_FLUSH_SECONDS", "0")  # no writer thread: tests flush the ledger themselves
 
 from gateway_project.settings import *  # noqa: F403
 

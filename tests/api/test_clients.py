@@ -110,11 +110,17 @@ def test_openai_sdk_streams_chat_with_the_usage_chunk(sdk: openai.OpenAI, httpse
     httpserver.expect_oneshot_request("/v1/chat/completions").respond_with_data(
         raw("openai", "chat_stream.txt"), content_type="text/event-stream"
     )
-    stream = sdk.chat.completions.create(model="chat", messages=HI, stream=True)  # type: ignore[arg-type]
+    stream = sdk.chat.completions.create(model="chat", messages=HI, stream=True,  # type: ignore[arg-type]
+                                         stream_options={"include_usage": True})
     chunks: list[Any] = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Hello"
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 11
+    httpserver.expect_oneshot_request("/v1/chat/completions").respond_with_data(
+        raw("openai", "chat_stream.txt"), content_type="text/event-stream"
+    )
+    unasked: list[Any] = list(sdk.chat.completions.create(model="chat", messages=HI, stream=True))  # type: ignore[arg-type]
+    assert all(c.usage is None for c in unasked)  # the gateway asked the vendor for it, not the client
 
 
 def test_openai_sdk_streams_completions(sdk: openai.OpenAI, httpserver: HTTPServer) -> None:

@@ -697,7 +697,8 @@ def test_chat_streaming_decodes_the_event_stream(upstream: Upstream, make_endpoi
     upstream.answer(f"/model/{CLAUDE}/converse-stream", Response(
         event_stream("converse_stream_events.json"), content_type=bedrock.EVENT_STREAM))
     response = post_json(client, "/endpoints/chat/invocations",
-                         {"messages": [{"role": "user", "content": "Hello"}], "stream": True})
+                         {"messages": [{"role": "user", "content": "Hello"}], "stream": True,
+                          "stream_options": {"include_usage": True}})
     assert response.status_code == 200
     events = sse_events(response)
     assert events[-1] == "[DONE]"
@@ -845,7 +846,8 @@ def test_the_openai_sdk_streams_bedrock_tool_calls(live_server: Any, upstream: U
         event_stream("converse_stream_tool_events.json"), content_type=bedrock.EVENT_STREAM))
     sdk = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="unused", max_retries=0)
     stream = sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "add"}],
-                                         tools=cast(Any, [TOOL]), stream=True)
+                                         tools=cast(Any, [TOOL]), stream=True,
+                                         stream_options={"include_usage": True})
     text, finish, total = "", None, None
     calls: dict[int, dict[str, str]] = {}
     for chunk in stream:

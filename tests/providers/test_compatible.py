@@ -166,7 +166,8 @@ def test_each_declared_stream_passes_chunks_through(vendor: Vendor, endpoint_typ
     seen: list[Request] = []
     httpserver.expect_oneshot_request(f"{vendor.mount}/{PATHS[endpoint_type]}", method="POST").respond_with_handler(
         _recorder(seen, stream=raw("openai", STREAMS[endpoint_type])))
-    response = post_json(client, "/endpoints/ep/invocations", {**REQUESTS[endpoint_type], "stream": True})
+    response = post_json(client, "/endpoints/ep/invocations", {**REQUESTS[endpoint_type], "stream": True,
+                                                               "stream_options": {"include_usage": True}})
     assert response.status_code == 200
     events = sse_events(response)
     _check_upstream(seen[0], vendor, {"model": "vendor-model", "n": 1, **REQUESTS[endpoint_type], "stream": True,

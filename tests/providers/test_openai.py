@@ -28,7 +28,7 @@ pytestmark = pytest.mark.django_db
         ({"prompt": "x"}, True, {"model": "gpt-4o", "prompt": "x", "stream": True,
                                  "stream_options": {"include_usage": True}}),
         ({"prompt": "x", "stream_options": {"include_usage": False}}, True,
-         {"model": "gpt-4o", "prompt": "x", "stream": True, "stream_options": {"include_usage": False}}),
+         {"model": "gpt-4o", "prompt": "x", "stream": True, "stream_options": {"include_usage": True}}),
     ],
 )
 def test_it_builds_the_openai_body(request_payload: dict[str, Any], stream: bool, expected: dict[str, Any]) -> None:
@@ -114,7 +114,8 @@ def test_chat_streaming_passes_chunks_and_the_final_usage_chunk(openai_endpoints
               "stream_options": {"include_usage": True}},
     ).respond_with_data(raw("openai", "chat_stream.txt"), content_type="text/event-stream")
     response = post_json(client, "/endpoints/chat/invocations",
-                         {"messages": [{"role": "user", "content": "Hi"}], "stream": True})
+                         {"messages": [{"role": "user", "content": "Hi"}], "stream": True,
+                          "stream_options": {"include_usage": True}})
     assert response.status_code == 200
     assert response["Content-Type"] == "text/event-stream; charset=utf-8"
     events = sse_events(response)
@@ -126,10 +127,28 @@ def test_chat_streaming_passes_chunks_and_the_final_usage_chunk(openai_endpoints
     openai_endpoints.check_assertions()
 
 
+def test_a_stream_client_that_did_not_ask_for_usage_gets_no_usage_chunk(openai_endpoints: HTTPServer,
+                                                                        client: Any) -> None:
+    """The gateway asks the vendor for the usage chunk (the ledger counts it); the client that did not ask
+    for it, as OpenAI's API promises, does not get it."""
+    openai_endpoints.expect_oneshot_request(
+        "/v1/chat/completions", method="POST",
+        json={"model": "gpt-4o-mini", "n": 1, "messages": [{"role": "user", "content": "Hi"}], "stream": True,
+              "stream_options": {"include_usage": True}},
+    ).respond_with_data(raw("openai", "chat_stream.txt"), content_type="text/event-stream")
+    events = sse_events(post_json(client, "/endpoints/chat/invocations",
+                                  {"messages": [{"role": "user", "content": "Hi"}], "stream": True}))
+    assert events[-1] == "[DONE]"
+    assert all(e["choices"] for e in events[:-1])
+    assert [e["choices"][0]["delta"]["content"] for e in events[:-1]] == ["", "Hel", "lo", None]
+    openai_endpoints.check_assertions()
+
+
 def test_completions_streaming_works_unlike_mlflow(openai_endpoints: HTTPServer, client: Any) -> None:
     openai_endpoints.expect_oneshot_request("/v1/completions", method="POST").respond_with_data(
         raw("openai", "completions_stream.txt"), content_type="text/event-stream")
-    response = post_json(client, "/endpoints/completions/invocations", {"prompt": "Say", "stream": True})
+    response = post_json(client, "/endpoints/completions/invocations",
+                         {"prompt": "Say", "stream": True, "stream_options": {"include_usage": True}})
     events = sse_events(response)
     assert [e["choices"][0]["text"] for e in events[:-2]] == ["This", " is", ""]
     assert events[2]["choices"][0]["finish_reason"] == "length"

@@ -1,0 +1,91 @@
+"""Writing batches of usage records, and the rollups they add to.
+
+Raw records go in with PostgreSQL's COPY (or one multi-row insert on SQLite); each rollup row is one
+`INSERT ... ON CONFLICT (bucket, consumer, endpoint, model) DO UPDATE SET col = col + excluded.col`,
+so batches from any number of workers and instances add up without reading first. Everything is in
+plain columns (counts, token sums, cost in pico-dollars, errors by kind, a latency histogram) so that
+the addition happens in the database.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from django.db import connection
+
+from usage.models import ERROR_KINDS, LATENCY_BOUNDS_MS, UsageDay, UsageHour, UsageMinute, UsageRecord
+
+if TYPE_CHECKING:
+    from usage.ledger import Entry
+
+RECORD_COLUMNS = ("time", "request_id", "family", "consumer", "key_prefix", "name", "route", "endpoint", "provider",
+                  "model", "stream", "status", "error_kind", "error_code", "prompt_tokens", "completion_tokens",
+                  "total_tokens", "latency_ms", "ttfb_ms", "cost_picousd", "retries")
+KEY_COLUMNS = ("bucket", "consumer", "endpoint", "model")
+SUM_COLUMNS = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "cost_picousd",
+               "latency_ms_sum", *(f"err_{kind}" for kind in ERROR_KINDS),
+               *(f"lat_{index}" for index in range(len(LATENCY_BOUNDS_MS) + 1)))
+GRANULARITIES = ((60, UsageMinute), (3600, UsageHour), (86400, UsageDay))
+_ERROR_INDEX = {kind: 7 + index for index, kind in enumerate(ERROR_KINDS)}
+_LATENCY_START = 7 + len(ERROR_KINDS)
+
+
+def _when(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def insert_records(entries: Sequence[Entry]) -> None:
+    table = connection.ops.quote_name(UsageRecord._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(c) for c in RECORD_COLUMNS)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                for entry in entries:
+                    copy.write_row((_when(entry[0]), *entry[1:]))
+            return
+        adapt = connection.ops.adapt_datetimefield_value
+        rows = [(adapt(_when(entry[0])), *entry[1:]) for entry in entries]
+        placeholders = ", ".join(["%s"] * len(RECORD_COLUMNS))
+        cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({placeholders})", rows)
+
+
+def aggregate(entries: Sequence[Entry], seconds: int) -> dict[tuple[float, str, str, str], list[float]]:
+    """The batch's sums per (bucket start, consumer, endpoint, model), in SUM_COLUMNS order."""
+    groups: dict[tuple[float, str, str, str], list[float]] = {}
+    width = len(SUM_COLUMNS)
+    for entry in entries:
+        key = (entry.time - entry.time % seconds, entry.consumer, entry.endpoint or entry.name, entry.model)
+        sums = groups.get(key)
+        if sums is None:
+            sums = groups[key] = [0] * width
+        sums[0] += 1
+        if entry.status >= 400:
+            sums[1] += 1
+            kind = _ERROR_INDEX.get(entry.error_kind)
+            if kind is not None:
+                sums[kind] += 1
+        sums[2] += entry.prompt_tokens or 0
+        sums[3] += entry.completion_tokens or 0
+        sums[4] += entry.total_tokens or 0
+        sums[5] += entry.cost_picousd
+        sums[6] += entry.latency_ms
+        sums[_LATENCY_START + bisect.bisect_left(LATENCY_BOUNDS_MS, entry.latency_ms)] += 1
+    return groups
+
+
+def add_to_rollups(entries: Sequence[Entry]) -> None:
+    for seconds, model in GRANULARITIES:
+        groups = aggregate(entries, seconds)
+        table = connection.ops.quote_name(model._meta.db_table)
+        names = [connection.ops.quote_name(c) for c in (*KEY_COLUMNS, *SUM_COLUMNS)]
+        updates = ", ".join(f"{name} = {table}.{name} + excluded.{name}" for name in names[len(KEY_COLUMNS):])
+        sql = (f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))}) "
+               f"ON CONFLICT ({', '.join(names[:len(KEY_COLUMNS)])}) DO UPDATE SET {updates}")
+        adapt = connection.ops.adapt_datetimefield_value
+        rows: list[tuple[Any, ...]] = [(adapt(_when(bucket)), consumer, endpoint, model_name, *sums)
+                                       for (bucket, consumer, endpoint, model_name), sums in groups.items()]
+        with connection.cursor() as cursor:
+            cursor.executemany(sql, rows)
