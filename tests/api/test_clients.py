@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
 import openai
 import pytest
@@ -110,7 +110,7 @@ def test_openai_sdk_streams_chat_with_the_usage_chunk(sdk: openai.OpenAI, httpse
     httpserver.expect_oneshot_request("/v1/chat/completions").respond_with_data(
         raw("openai", "chat_stream.txt"), content_type="text/event-stream"
     )
-    stream = sdk.chat.completions.create(model="chat", messages=HI, stream=True,  # type: ignore[arg-type]
+    stream = sdk.chat.completions.create(model="chat", messages=cast(Any, HI), stream=True,
                                          stream_options={"include_usage": True})
     chunks: list[Any] = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
