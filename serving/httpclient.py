@@ -263,7 +263,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.parsing_headers: dict[str, str] = {}
         self.headers: dict[str, str] = {}
-        self.head_done = self.complete = self.keep_alive = self.bytes_seen = False
+        self.head_done = self.complete = self.keep_alive = False
         self.chunks: list[bytes] = []
         self.buffered = 0
         self.error: Exception | None = None
@@ -283,7 +283,6 @@ class _Connection(asyncio.Protocol):
         if not self.active:
             self._fail(ConnectionBroken("unexpected data on an idle connection"))
             return
-        self.bytes_seen = True
         try:
             self.parser.feed_data(data)
         except (HttpParserError, HttpParserUpgrade) as exc:
@@ -356,8 +355,9 @@ class _Connection(asyncio.Protocol):
         self.active = True
         self.head_only = head_only
         self.read_timeout = read_timeout
-        self.head_done = self.complete = self.keep_alive = self.bytes_seen = False
-        self.error = ConnectionBroken("connection closed before the request was sent") if self.closed else None
+        self.head_done = self.complete = self.keep_alive = False
+        # Known dead before the request is written: the upstream cannot have seen it, as if never connected.
+        self.error = ConnectFailed("the connection closed before the request was sent") if self.closed else None
 
     def wait(self) -> asyncio.Future[None]:
         """A future resolved on the next event (head, body, end, error); the connection fails after read_timeout."""
