@@ -46,6 +46,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from providers.errors import (
+    ConfigurationError,
     UpstreamBadResponse,
     UpstreamError,
     UpstreamTimeout,
@@ -147,8 +148,11 @@ class Transport:
         the proxy variables from the environment once, when created."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._pool is None:
-            self._pool = httpclient.AsyncPool(maxsize=self._maxsize, idle_seconds=self._idle_seconds,
-                                              ca_bundle=self._ca_bundle)
+            try:
+                self._pool = httpclient.AsyncPool(maxsize=self._maxsize, idle_seconds=self._idle_seconds,
+                                                  ca_bundle=self._ca_bundle)
+            except ValueError as exc:  # a proxy variable that is not an http:// URL (the message never quotes it)
+                raise ConfigurationError(f"Upstream calls cannot be made: {exc}.") from None
             self._loop = loop
         return self._pool
 

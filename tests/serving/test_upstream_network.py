@@ -284,6 +284,16 @@ def test_an_unreachable_proxy_is_a_502_naming_it(client: Any, endpoint: Callable
     assert upstream.requests == []
 
 
+def test_a_proxy_variable_that_is_not_an_http_url_is_a_configuration_error(
+        client: Any, endpoint: Callable[..., str], upstream: Upstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "socks5://user:hunter2@127.0.0.1:1080")
+    response = post_json(client, endpoint(upstream.base_url), CHAT_BODY)
+    assert response.status_code == 500
+    assert response.json()["detail"] == (
+        "Upstream calls cannot be made: the https proxy set in the environment is not an http://host:port URL.")
+    assert upstream.requests == []
+
+
 # -- TLS ------------------------------------------------------------------------------------------------
 def test_the_ca_bundle_setting_makes_a_private_upstream_trusted(
         client: Any, endpoint: Callable[..., str], tls_upstream: Upstream, ca: CertificateAuthority,
