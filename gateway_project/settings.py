@@ -55,6 +55,16 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def env_file(name: str) -> str | None:
+    """The path of an existing file, or None when the variable is unset."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    if not os.path.isfile(raw):
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a file; give the path of an existing file, or unset it.")
+    return raw
+
+
 DEBUG = env_bool("DEBUG", False)
 
 # A development key is only acceptable while DEBUG is on; production must bring its own.
@@ -237,6 +247,11 @@ GATEWAY_CONNECT_TIMEOUT = env_float("GATEWAY_CONNECT_TIMEOUT", 10.0)
 GATEWAY_READ_TIMEOUT = env_float("GATEWAY_READ_TIMEOUT", 300.0)
 GATEWAY_MAX_RETRIES = env_int("GATEWAY_MAX_RETRIES", 2)
 GATEWAY_POOL_MAXSIZE = env_int("GATEWAY_POOL_MAXSIZE", 64)
+# How long an idle upstream connection is kept for reuse (less when the server announces Keep-Alive: timeout).
+GATEWAY_POOL_IDLE_SECONDS = env_float("GATEWAY_POOL_IDLE_SECONDS", 30.0)
+# A PEM file of the certificate authorities trusted for https upstreams, instead of the system's store
+# (which SSL_CERT_FILE / SSL_CERT_DIR already override). Proxies come from HTTP_PROXY, HTTPS_PROXY, NO_PROXY.
+GATEWAY_CA_BUNDLE = env_file("GATEWAY_CA_BUNDLE")
 # The largest invocation body accepted (413 beyond it). Django's 2.5 MB default is too small for chat
 # requests that carry images as base64 data URLs.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("GATEWAY_MAX_REQUEST_BYTES", 32 * 1024 * 1024)

@@ -155,3 +155,12 @@ class UpstreamBadResponse(GatewayError):
     status = 502
     code = "bad_upstream_response"
     openai_type = "api_error"
+
+
+class UpstreamTLSError(UpstreamUnavailable):
+    """TLS with the provider failed (an untrusted or mismatched certificate, a refused handshake): not
+    transient, so never retried; the message names the reason."""
+
+    status = 502
+    code = "upstream_tls_error"
+    openai_type = "api_connection_error"

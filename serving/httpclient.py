@@ -1,20 +1,39 @@
 """A lean asyncio HTTP/1.1 client for upstream LLM APIs, used only by the HTTP seam (`serving/upstream.py`).
 
 Keep-alive connections are pooled per origin; each connection is one `asyncio.Protocol` parsing with
-httptools and carrying one request at a time. The seam maps the three exceptions below to the gateway's
-errors and decides about retries: this client retries nothing, except that a request sent on a reused
-keep-alive connection the server had already closed (EOF or reset before any response byte) is sent again
-once on a fresh connection, since the server never saw it.
+httptools and carrying one request at a time. What the client does for real networks:
+
+- Proxies from the environment, read once per pool: HTTP_PROXY / http_proxy for http:// upstreams (the
+  request goes to the proxy with an absolute-form target), HTTPS_PROXY / https_proxy for https:// upstreams
+  (a CONNECT tunnel, then TLS with the upstream over it), NO_PROXY / no_proxy honoured (hosts, host:port,
+  domains, `*`). Credentials in a proxy URL become a Proxy-Authorization header; messages name a proxy by
+  host:port only. Proxied and direct connections never share a pool key.
+- TLS verified against the system store (SSL_CERT_FILE honoured), or against `ca_bundle` instead.
+- `Accept-Encoding: gzip, deflate` unless the caller sends its own; gzip and deflate (zlib or raw) bodies
+  are decoded as they arrive, chunk by chunk; any other Content-Encoding is an InvalidResponse.
+
+The resend rule: this client never sends a request twice. A request written on a reused keep-alive
+connection that then fails is reported (ConnectionBroken), because the server may have acted on it. Stale
+connections are avoided instead: an idle connection is never handed out once its transport is closing or
+has seen EOF, nor once it has been idle for its limit (the server's `Keep-Alive: timeout=N` less one second
+when announced, never more than the pool's `idle_seconds`).
+
+The seam maps the exceptions below to the gateway's errors and decides about retries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import http
 import socket
 import ssl
+import time
+import urllib.request
+import zlib
 from collections.abc import Mapping
 from typing import NamedTuple, cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
@@ -22,14 +41,20 @@ _PAUSE_ABOVE = 256 * 1024  # buffered body bytes beyond which the socket stops b
 _COPY_BODY_UP_TO = 64 * 1024  # smaller bodies are appended to the head: one buffer, one send
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _FRAMING_HEADERS = frozenset({"host", "content-length", "transfer-encoding"})  # the client sets these itself
+_ACCEPT_ENCODING = "Accept-Encoding: gzip, deflate\r\n"
 
 
 class ConnectFailed(Exception):
-    """No connection (DNS failure, refused, connect timeout, TLS handshake failure): the request was not sent."""
+    """No connection (DNS failure, refused, connect timeout, a proxy refusing): the request was not sent."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class TLSFailed(ConnectFailed):
+    """The TLS handshake with the upstream failed (certificate verification, a refused handshake): not sent,
+    and not transient."""
 
 
 class ReadTimedOut(Exception):
@@ -37,20 +62,36 @@ class ReadTimedOut(Exception):
 
 
 class ConnectionBroken(Exception):
-    """The connection failed after the request may have been sent (reset, closed early, bad framing)."""
+    """The connection failed after the request may have been sent (reset, closed early)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
 
 
+class InvalidResponse(ConnectionBroken):
+    """The upstream's answer is not valid HTTP, or its body cannot be decoded (an unknown Content-Encoding,
+    a corrupt gzip stream)."""
+
+
+class _Proxy(NamedTuple):
+    host: str
+    port: int
+    label: str  # host:port: the only way a message names the proxy (its URL may carry credentials)
+    authorization: str  # a "Proxy-Authorization: Basic ...\r\n" header line, or ""
+
+
 class _Target(NamedTuple):
-    origin: str  # scheme://host:port, the pool key
+    key: str  # the pool key: the origin, and the proxy when there is one
+    origin: str  # scheme://host:port
     tls: bool
     host: str
     port: int
-    path: str  # path?query, as sent on the request line
+    path: str  # path?query
     host_header: str
+    request_target: str  # as sent on the request line: the path, or the absolute URL for a forwarding proxy
+    proxy: _Proxy | None = None
+    proxy_header: str = ""  # Proxy-Authorization on each request sent to a forwarding proxy
 
 
 def _parse_url(url: str) -> _Target:
@@ -65,12 +106,55 @@ def _parse_url(url: str) -> _Target:
         path = f"{path}?{parts.query}"
     bracketed = f"[{host}]" if ":" in host else host
     host_header = bracketed if port == default_port else f"{bracketed}:{port}"
-    return _Target(f"{parts.scheme}://{bracketed}:{port}", parts.scheme == "https", host, port, path, host_header)
+    origin = f"{parts.scheme}://{bracketed}:{port}"
+    return _Target(origin, origin, parts.scheme == "https", host, port, path, host_header, path)
+
+
+def _parse_proxy(url: str, scheme: str) -> _Proxy:
+    """A proxy URL from the environment (`host:port` alone means http://). Errors never quote the URL."""
+    if "://" not in url:
+        url = f"http://{url}"
+    parts = urlsplit(url)
+    try:
+        port = parts.port or 80
+    except ValueError:
+        port = 0
+    if parts.scheme != "http" or not parts.hostname or not port:
+        raise ValueError(f"the {scheme} proxy set in the environment is not an http://host:port URL")
+    host = parts.hostname
+    label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    authorization = ""
+    if parts.username is not None:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        authorization = f"Proxy-Authorization: Basic {base64.b64encode(credentials).decode('ascii')}\r\n"
+    return _Proxy(host, port, label, authorization)
+
+
+def _bypasses_proxy(host: str, port: int, no_proxy: str) -> bool:
+    """Whether NO_PROXY exempts host:port: `*`, or a comma-separated list of hosts, IP addresses and domains
+    (`example.com` and `.example.com` both cover the domain and its subdomains), each optionally with :port."""
+    host = host.lower()
+    for raw in no_proxy.split(","):
+        entry = raw.strip().lower()
+        if entry == "*":
+            return True
+        entry_port = ""
+        if entry.startswith("["):  # [IPv6] or [IPv6]:port
+            entry, _, rest = entry[1:].partition("]")
+            entry_port = rest[1:] if rest.startswith(":") else ""
+        elif entry.count(":") == 1:  # name:port (a bare IPv6 address has several colons)
+            entry, _, entry_port = entry.partition(":")
+        entry = entry.lstrip(".")
+        if not entry or (entry_port and entry_port != str(port)):
+            continue
+        if host == entry or host.endswith(f".{entry}"):
+            return True
+    return False
 
 
 def _encode_head(method: str, target: _Target, headers: Mapping[str, str], body: bytes | None) -> bytes:
-    lines = [f"{method} {target.path} HTTP/1.1\r\nHost: {target.host_header}\r\n"]
-    identity = True
+    lines = [f"{method} {target.request_target} HTTP/1.1\r\nHost: {target.host_header}\r\n{target.proxy_header}"]
+    accept_encoding = True
     for name, value in headers.items():
         lower = name.lower()
         if lower in _FRAMING_HEADERS:
@@ -78,14 +162,82 @@ def _encode_head(method: str, target: _Target, headers: Mapping[str, str], body:
         if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
             raise ValueError(f"line break in the {name!r} header")
         if lower == "accept-encoding":
-            identity = False
+            accept_encoding = False
         lines.append(f"{name}: {value}\r\n")
     if body is not None:
         lines.append(f"Content-Length: {len(body)}\r\n")
-    if identity:
-        lines.append("Accept-Encoding: identity\r\n")
+    if accept_encoding:
+        lines.append(_ACCEPT_ENCODING)
     lines.append("\r\n")
     return "".join(lines).encode("latin-1")
+
+
+def _idle_limit(keep_alive: str, ceiling: float) -> float:
+    """How long a connection may stay idle, from the server's `Keep-Alive: timeout=N, max=M`: N - 1 s, so
+    that it is never reused just as the server gives up on it."""
+    for part in keep_alive.split(","):
+        name, _, value = part.partition("=")
+        if name.strip().lower() == "timeout":
+            try:
+                return min(ceiling, float(value.strip()) - 1.0)
+            except ValueError:
+                break
+    return ceiling
+
+
+class _Decoder:
+    """Decodes a gzip or deflate body incrementally (the encodings listed in Content-Encoding, undone in
+    reverse order). Deflate is zlib-wrapped by the standard, but some servers send it raw: both are read."""
+
+    __slots__ = ("_deflate_start", "_encoding", "_inner", "_stage")
+
+    def __init__(self, encoding: str, inner: _Decoder | None) -> None:
+        self._encoding = encoding
+        self._inner = inner  # the encoding applied before this one, undone after it
+        self._stage = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+        self._deflate_start: bytes | None = b"" if encoding == "deflate" else None  # until zlib vs raw is known
+
+    @classmethod
+    def for_header(cls, value: str) -> _Decoder | None:
+        decoder: _Decoder | None = None
+        for encoding in (part.strip().lower() for part in value.split(",")):
+            if encoding in ("", "identity"):
+                continue
+            if encoding in ("x-gzip", "gzip"):
+                encoding = "gzip"
+            elif encoding != "deflate":
+                raise InvalidResponse(f"the body is in an unsupported Content-Encoding {value!r}")
+            decoder = _Decoder(encoding, decoder)
+        return decoder
+
+    def decode(self, data: bytes, final: bool) -> bytes:
+        try:
+            out = self._decode(data)
+            if final:
+                out += self._stage.flush()
+        except zlib.error as exc:
+            raise InvalidResponse(f"the {self._encoding} body is corrupt: {exc}") from None
+        inner = self._inner
+        return out if inner is None else inner.decode(out, final)
+
+    def _decode(self, data: bytes) -> bytes:
+        start = self._deflate_start
+        if start is not None:
+            start += data
+            try:
+                out = self._stage.decompress(data)
+            except zlib.error:
+                self._deflate_start = None
+                self._stage = zlib.decompressobj(-zlib.MAX_WBITS)
+                return self._stage.decompress(start)
+            self._deflate_start = start if not out and len(start) < 2 else None
+            return out
+        out = self._stage.decompress(data)
+        while self._stage.eof and self._stage.unused_data and self._encoding == "gzip":
+            rest = self._stage.unused_data  # another gzip member follows (gzip files may be concatenated)
+            self._stage = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            out += self._stage.decompress(rest)
+        return out
 
 
 class _Connection(asyncio.Protocol):
@@ -93,12 +245,15 @@ class _Connection(asyncio.Protocol):
 
     transport: asyncio.Transport
 
-    def __init__(self, pool: AsyncPool, origin: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, pool: AsyncPool, key: str, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
-        self.origin = origin
+        self.key = key
         self.loop = loop
         self.parser = HttpResponseParser(self)
         self.idle = False  # in the pool's idle list
+        self.idle_since = 0.0  # time.monotonic() when it went idle
+        self.idle_limit = 0.0  # seconds it may stay idle and still be used
+        self.eof_seen = False
         self.active = False  # carrying a request, from start() until the response is released or abandoned
         self.closed = False
         self.paused = False
@@ -108,7 +263,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.parsing_headers: dict[str, str] = {}
         self.headers: dict[str, str] = {}
-        self.head_done = self.complete = self.keep_alive = self.bytes_seen = False
+        self.head_done = self.complete = self.keep_alive = False
         self.chunks: list[bytes] = []
         self.buffered = 0
         self.error: Exception | None = None
@@ -128,11 +283,13 @@ class _Connection(asyncio.Protocol):
         if not self.active:
             self._fail(ConnectionBroken("unexpected data on an idle connection"))
             return
-        self.bytes_seen = True
         try:
             self.parser.feed_data(data)
         except (HttpParserError, HttpParserUpgrade) as exc:
-            self._fail(ConnectionBroken(f"invalid response: {exc}"))
+            self._fail(InvalidResponse(f"invalid response: {exc}"))
+
+    def eof_received(self) -> None:
+        self.eof_seen = True  # the transport closes next: connection_lost tells the waiting consumer, if any
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -198,8 +355,9 @@ class _Connection(asyncio.Protocol):
         self.active = True
         self.head_only = head_only
         self.read_timeout = read_timeout
-        self.head_done = self.complete = self.keep_alive = self.bytes_seen = False
-        self.error = ConnectionBroken("connection closed before the request was sent") if self.closed else None
+        self.head_done = self.complete = self.keep_alive = False
+        # Known dead before the request is written: the upstream cannot have seen it, as if never connected.
+        self.error = ConnectFailed("the connection closed before the request was sent") if self.closed else None
 
     def wait(self) -> asyncio.Future[None]:
         """A future resolved on the next event (head, body, end, error); the connection fails after read_timeout."""
@@ -238,8 +396,11 @@ class _Connection(asyncio.Protocol):
         if self.keep_alive:
             self.pool._put(self)
         else:
-            self.closed = True
-            self.transport.close()
+            self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        self.transport.close()
 
     def abandon(self) -> None:
         self._fail(ConnectionBroken("the response was abandoned"))
@@ -277,12 +438,13 @@ class AsyncResponse:
     to the pool or closes it, exactly once. Header names are lower-cased; repeated headers are joined with ", ".
     """
 
-    __slots__ = ("_conn", "_finished", "headers", "status")
+    __slots__ = ("_conn", "_decoder", "_finished", "headers", "status")
 
-    def __init__(self, conn: _Connection) -> None:
+    def __init__(self, conn: _Connection, decoder: _Decoder | None) -> None:
         self.status = conn.status
         self.headers = conn.headers
         self._conn: _Connection | None = conn
+        self._decoder = decoder
         self._finished = False
         if conn.complete and not conn.chunks:
             self._release()  # no body (HEAD, 204, 304, empty): reusable right away, even if never read
@@ -298,25 +460,40 @@ class AsyncResponse:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def next_chunk(self) -> bytes:
-        """All the body bytes received so far (at least one, waiting up to read_timeout), b"" at the end."""
-        conn = self._conn
-        if conn is None:
-            if self._finished:
-                return b""
-            raise ConnectionBroken("the response was closed")
-        while not conn.chunks:
-            if conn.complete:
+        """All the body bytes received so far, decoded (at least one, waiting up to read_timeout), b"" at the end."""
+        decoder = self._decoder
+        while True:
+            conn = self._conn
+            if conn is None:
+                if self._finished:
+                    return b""
+                raise ConnectionBroken("the response was closed")
+            while not conn.chunks:
+                if conn.complete:
+                    self._release()
+                    return b"" if decoder is None else self._decode(decoder, b"", True)
+                try:
+                    await conn.progress()
+                except BaseException:
+                    self._conn = None  # abandoned
+                    raise
+            body = conn.take()
+            complete = conn.complete
+            if complete:
                 self._release()
-                return b""
-            try:
-                await conn.progress()
-            except BaseException:
-                self._conn = None  # abandoned
-                raise
-        body = conn.take()
-        if conn.complete:
-            self._release()
-        return body
+            if decoder is None:
+                return body
+            body = self._decode(decoder, body, complete)
+            if body or complete:
+                return body
+            # Compressed bytes that decode to nothing yet: wait for more.
+
+    def _decode(self, decoder: _Decoder, data: bytes, final: bool) -> bytes:
+        try:
+            return decoder.decode(data, final)
+        except InvalidResponse:
+            self.close()
+            raise
 
     async def drain(self) -> None:
         """Read and discard the rest of the body, so that the connection can be reused."""
@@ -349,21 +526,39 @@ async def _exchange(conn: _Connection, head: bytes, body: bytes | None) -> Async
             conn.transport.writelines((head, body))
     while not conn.head_done:
         await conn.progress()
-    return AsyncResponse(conn)
+    encoding = conn.headers.get("content-encoding")
+    decoder = None
+    if encoding is not None:
+        try:
+            decoder = _Decoder.for_header(encoding)
+        except InvalidResponse:
+            conn.abandon()
+            raise
+    return AsyncResponse(conn, decoder)
 
 
 class AsyncPool:
-    """Keep-alive connections per origin (scheme://host:port), for one event loop.
+    """Keep-alive connections per origin (scheme://host:port, and the proxy when there is one), for one event loop.
 
     Not thread-safe: use it only from the event loop it was first used on. `maxsize` bounds the idle
-    connections kept per origin, not the connections in use.
+    connections kept per origin, not the connections in use; `idle_seconds` is the longest an idle connection
+    is kept for reuse. `proxies` maps "http" / "https" / "no" as urllib.request.getproxies_environment() does,
+    which is what it reads when not given (once: a pool never re-reads the environment). `ca_bundle`, a PEM
+    file, replaces the system's trusted certificates.
     """
 
-    def __init__(self, *, maxsize: int = 64) -> None:
+    def __init__(self, *, maxsize: int = 64, idle_seconds: float = 30.0, ca_bundle: str | None = None,
+                 proxies: Mapping[str, str] | None = None) -> None:
         self.maxsize = maxsize
+        self.idle_seconds = idle_seconds
+        self.ca_bundle = ca_bundle
         self._idle: dict[str, list[_Connection]] = {}
         self._targets: dict[str, _Target] = {}
         self._tls: ssl.SSLContext | None = None
+        self._proxies = dict(urllib.request.getproxies_environment() if proxies is None else proxies)
+        self._proxy_servers = {
+            scheme: _parse_proxy(url, scheme) for scheme in ("http", "https") if (url := self._proxies.get(scheme))
+        }
 
     async def request(
         self,
@@ -377,85 +572,156 @@ class AsyncPool:
     ) -> AsyncResponse:
         """Send the request and return once the response head has arrived.
 
-        Raises ConnectFailed (not sent), ReadTimedOut (no head within read_timeout) or ConnectionBroken.
-        Host, Content-Length (when body is not None) and, unless given, "Accept-Encoding: identity" are
+        Raises ConnectFailed (not sent; TLSFailed for a failed TLS handshake), ReadTimedOut (no head within
+        read_timeout) or ConnectionBroken (InvalidResponse for an answer that is not valid HTTP). Host,
+        Content-Length (when body is not None) and, unless given, "Accept-Encoding: gzip, deflate" are
         added; caller headers named Host, Content-Length or Transfer-Encoding are ignored.
         """
         target = self._targets.get(url)
         if target is None:
             if len(self._targets) > 512:
                 self._targets.clear()
-            target = self._targets[url] = _parse_url(url)
+            target = self._targets[url] = self._route(_parse_url(url))
         head = _encode_head(method, target, headers, body)
-        head_only = method == "HEAD"
-        conn = self._take_idle(target.origin)
-        if conn is not None:
-            conn.start(head_only, read_timeout)
-            try:
-                return await _exchange(conn, head, body)
-            except ConnectionBroken:
-                if conn.bytes_seen:
-                    raise
-                # The server had closed this keep-alive connection: it never saw the request.
-        conn = await self._connect(target, connect_timeout)
-        conn.start(head_only, read_timeout)
-        return await _exchange(conn, head, body)
+        conn = self._take_idle(target.key)
+        if conn is None:
+            conn = await self._connect(target, connect_timeout)
+        conn.start(method == "HEAD", read_timeout)
+        response = await _exchange(conn, head, body)
+        proxy = target.proxy
+        if response.status == 407 and proxy is not None:  # only a proxy answers 407: the upstream never saw it
+            response.close()
+            raise ConnectFailed(f"the proxy {proxy.label} refused the request: 407 Proxy Authentication Required")
+        return response
 
     def close(self) -> None:
         """Close every idle connection."""
         for idle in self._idle.values():
             for conn in idle:
                 conn.idle = False
-                conn.closed = True
-                conn.transport.close()
+                conn.close()
         self._idle.clear()
 
+    def _route(self, target: _Target) -> _Target:
+        """The target as this pool reaches it: directly, or through the proxy the environment names for it."""
+        proxy = self._proxy_servers.get("https" if target.tls else "http")
+        if proxy is None or _bypasses_proxy(target.host, target.port, self._proxies.get("no", "")):
+            return target
+        key = f"{target.origin} via {proxy.label}"
+        if target.tls:  # a CONNECT tunnel: the requests inside it are the usual ones
+            return target._replace(key=key, proxy=proxy)
+        return target._replace(key=key, proxy=proxy, request_target=f"http://{target.host_header}{target.path}",
+                               proxy_header=proxy.authorization)
+
     async def _connect(self, target: _Target, connect_timeout: float) -> _Connection:
+        """A new connection, tunnelled through the proxy and TLS-wrapped as the target needs."""
         loop = asyncio.get_running_loop()
-        tls = self._tls_context() if target.tls else None
+        proxy = target.proxy
+        host, port = (target.host, target.port) if proxy is None else (proxy.host, proxy.port)
+        conn: _Connection | None = None
         try:
             async with asyncio.timeout(connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(self, target.origin, loop),
-                    target.host,
-                    target.port,
-                    ssl=tls,
-                    server_hostname=target.host if tls else None,
-                )
-        except TimeoutError as exc:  # before OSError: asyncio's timeout raises TimeoutError, an OSError
-            raise ConnectFailed(f"timed out after {connect_timeout:g} s") from exc
-        except ConnectionRefusedError as exc:
-            raise ConnectFailed("Connection refused") from exc
-        except OSError as exc:  # DNS (socket.gaierror), unreachable, TLS (ssl.SSLError)
-            raise ConnectFailed(str(exc) or type(exc).__name__) from exc
+                _, conn = await loop.create_connection(lambda: _Connection(self, target.key, loop), host, port)
+                if proxy is not None and target.tls:
+                    await _open_tunnel(conn, target, proxy, connect_timeout)
+                if target.tls:
+                    tls = await loop.start_tls(conn.transport, conn, self._tls_context(), server_hostname=target.host)
+                    if tls is None:
+                        raise ConnectionResetError("the connection closed during the TLS handshake")
+                    conn.transport = cast(asyncio.Transport, tls)
+        except BaseException as exc:
+            if conn is not None and not conn.closed:
+                conn.closed = True
+                conn.transport.abort()
+            failure = _connect_failure(exc, conn is None, proxy, connect_timeout)
+            if failure is exc:
+                raise
+            raise failure from exc
         return conn
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._tls is None:
-            self._tls = ssl.create_default_context()
+            # cafile=None: the system's store, which SSL_CERT_FILE / SSL_CERT_DIR override
+            self._tls = ssl.create_default_context(cafile=self.ca_bundle)
             self._tls.set_alpn_protocols(["http/1.1"])
         return self._tls
 
-    def _take_idle(self, origin: str) -> _Connection | None:
-        idle = self._idle.get(origin)
+    def _take_idle(self, key: str) -> _Connection | None:
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        now = time.monotonic()
         while idle:
             conn = idle.pop()  # the most recently used: the least likely to have been closed by the server
             conn.idle = False
-            if not conn.closed and not conn.transport.is_closing():
-                return conn
+            if conn.closed or conn.eof_seen or conn.transport.is_closing():
+                continue
+            if now - conn.idle_since >= conn.idle_limit:
+                conn.close()  # the server may be closing it right now
+                continue
+            return conn
         return None
 
     def _put(self, conn: _Connection) -> None:
-        idle = self._idle.setdefault(conn.origin, [])
-        if len(idle) < self.maxsize:
+        now = time.monotonic()
+        keep_alive = conn.headers.get("keep-alive")
+        conn.idle_since = now
+        conn.idle_limit = self.idle_seconds if keep_alive is None else _idle_limit(keep_alive, self.idle_seconds)
+        idle = self._idle.setdefault(conn.key, [])
+        while idle and now - idle[0].idle_since >= idle[0].idle_limit:  # the oldest, expired: close them now
+            expired = idle.pop(0)
+            expired.idle = False
+            expired.close()
+        if len(idle) < self.maxsize and conn.idle_limit > 0:
             conn.idle = True
             idle.append(conn)
         else:
-            conn.closed = True
-            conn.transport.close()
+            conn.close()
 
     def _forget(self, conn: _Connection) -> None:
         try:
-            self._idle[conn.origin].remove(conn)
+            self._idle[conn.key].remove(conn)
         except (KeyError, ValueError):
             pass
+
+
+async def _open_tunnel(conn: _Connection, target: _Target, proxy: _Proxy, timeout: float) -> None:
+    """Ask the proxy for a tunnel to the target (CONNECT) and wait for its answer; raise ConnectFailed if refused."""
+    authority = target.origin.partition("://")[2]
+    conn.start(True, timeout)  # the answer to a CONNECT has no body: only its head is read
+    conn.transport.write(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{proxy.authorization}\r\n".encode())
+    try:
+        while not conn.head_done:
+            await conn.progress()
+    except (ConnectionBroken, ReadTimedOut) as exc:
+        raise ConnectFailed(f"the proxy {proxy.label} broke off the tunnel to {authority}: {exc}") from None
+    conn.active = False
+    status = conn.status
+    if not 200 <= status < 300:
+        try:
+            phrase = http.HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "(unknown status)"
+        raise ConnectFailed(f"the proxy {proxy.label} refused the tunnel to {authority}: {status} {phrase}")
+
+
+def _connect_failure(exc: BaseException, connecting: bool, proxy: _Proxy | None, timeout: float) -> BaseException:
+    """What a failure while opening a connection means, named for the message (and never by a proxy's URL)."""
+    if isinstance(exc, ConnectFailed) or not isinstance(exc, Exception):
+        return exc  # a refused tunnel, already worded; a cancellation
+    if isinstance(exc, TimeoutError):  # before OSError: asyncio's timeout raises TimeoutError, an OSError
+        reason = f"timed out after {timeout:g} s"
+    elif isinstance(exc, ssl.SSLError):  # certificate verification, a handshake the server refused
+        reason = str(exc).partition(" (_ssl.c:")[0]
+        return TLSFailed(reason if proxy is None else f"{reason} (through the proxy {proxy.label})")
+    elif isinstance(exc, ConnectionRefusedError):
+        reason = "Connection refused"
+    elif isinstance(exc, OSError):  # DNS (socket.gaierror), unreachable, reset during the handshake
+        reason = str(exc) or type(exc).__name__
+    else:
+        return exc
+    if proxy is None:
+        return ConnectFailed(reason)
+    if connecting:
+        return ConnectFailed(f"the proxy {proxy.label} refused the connection: {reason}")
+    return ConnectFailed(f"{reason} (through the proxy {proxy.label})")

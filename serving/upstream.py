@@ -2,11 +2,34 @@
 
 Provider adapters are synchronous code that runs in the async bridge (serving.bridge) on a worker's
 event loop; every request they send goes through the asyncio client (serving.httpclient), whose
-keep-alive connections are pooled per upstream origin, awaited with `await_`. This module maps
-transport failures to the gateway's errors (timeout 504, unreachable 502, bad body 502, upstream
-error status passed through), retries only where it is safe (a request the upstream cannot have
-received, and 429/502/503 before any byte reached the client, with backoff and jitter, bounded by
-the endpoint's timeout), and decodes streams (SSE, NDJSON, raw) chunk by chunk as they arrive.
+keep-alive connections are pooled per upstream origin, awaited with `await_`. The client reaches
+upstreams through the proxies the environment names (HTTP_PROXY, HTTPS_PROXY, NO_PROXY), verifies
+TLS against the system's store or GATEWAY_CA_BUNDLE, and decodes gzip and deflate bodies. This module
+decodes streams (SSE, NDJSON, raw) chunk by chunk as they arrive, and maps every transport failure,
+the same way on every route family and for streams, with one retry decision each:
+
+    failure                                               answer                       retried
+    connect refused, DNS failure, unreachable,            502 upstream_unreachable     yes: not sent
+      connect timeout, a proxy refusing (407, 403, 502
+      to its CONNECT) or unreachable
+    TLS failure (certificate verification, a refused      502 upstream_tls_error       no: not transient
+      handshake)
+    read timeout (no byte for the read timeout)           504 upstream_timeout         no: it may be working
+    connection reset or closed after the request was      502 upstream_unreachable     no: it may have acted
+      written
+    malformed HTTP, an undecodable body or an unknown     502 bad_upstream_response    no
+      Content-Encoding
+    status 429 (with Retry-After), 502, 503               the upstream's status        yes, within bounds
+    any other status                                      the upstream's status        no
+
+The resend rule: a request is sent again only when the upstream cannot have acted on it, i.e. the
+connection was known dead before the request was written (the first row), or the upstream said so
+(the retryable statuses). A request written on a reused keep-alive connection that the server then
+closes without an answer is not resent: the client avoids that race instead by never reusing a
+connection that is closing, has seen EOF, or has been idle for its limit (the server's
+`Keep-Alive: timeout=N` less a second, at most GATEWAY_POOL_IDLE_SECONDS). Retries wait with
+exponential backoff and jitter (or Retry-After), bounded by the endpoint's timeout, and happen only
+before any byte reached the client.
 """
 from __future__ import annotations
 
@@ -23,9 +46,11 @@ from urllib.parse import urlsplit
 import orjson
 
 from providers.errors import (
+    ConfigurationError,
     UpstreamBadResponse,
     UpstreamError,
     UpstreamTimeout,
+    UpstreamTLSError,
     UpstreamUnavailable,
 )
 from serving import httpclient
@@ -67,9 +92,11 @@ class UpstreamRequest:
 ErrorMessageExtractor = Callable[[Any], Any]
 
 
-# Each failure, as the client reports it.
+# Each failure, as the client reports it (the table in the module's docstring).
+_TLS_FAILED = (httpclient.TLSFailed,)  # nothing was sent, and sending again would fail the same way
 _CONNECT_FAILED = (httpclient.ConnectFailed,)  # nothing was sent
 _READ_TIMED_OUT = (httpclient.ReadTimedOut,)
+_INVALID = (httpclient.InvalidResponse,)  # an answer we cannot read
 _BROKEN = (httpclient.ConnectionBroken,)  # after the request may have been sent
 
 
@@ -109,18 +136,40 @@ class UpstreamAnswer:
 class Transport:
     """Sends UpstreamRequests with pooling, timeouts and safe retries, through the asyncio client."""
 
-    def __init__(self, *, maxsize: int = 64) -> None:
+    def __init__(self, *, maxsize: int = 64, idle_seconds: float = 30.0, ca_bundle: str | None = None) -> None:
         self._maxsize = maxsize
+        self._idle_seconds = idle_seconds
+        self._ca_bundle = ca_bundle
         self._pool: httpclient.AsyncPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _pool_for_loop(self) -> httpclient.AsyncPool:
-        """The client's pool: its connections belong to the running event loop (one per worker)."""
+        """The client's pool: its connections belong to the running event loop (one per worker). It reads
+        the proxy variables from the environment once, when created."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._pool is None:
-            self._pool = httpclient.AsyncPool(maxsize=self._maxsize)
+            try:
+                self._pool = httpclient.AsyncPool(maxsize=self._maxsize, idle_seconds=self._idle_seconds,
+                                                  ca_bundle=self._ca_bundle)
+            except ValueError as exc:  # a proxy variable that is not an http:// URL (the message never quotes it)
+                raise ConfigurationError(f"Upstream calls cannot be made: {exc}.") from None
             self._loop = loop
         return self._pool
+
+    def close(self) -> None:
+        """Close the pool's idle connections, on its own event loop (from any thread)."""
+        pool, loop = self._pool, self._loop
+        self._pool = self._loop = None
+        if pool is None or loop is None or loop.is_closed():
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            pool.close()
+        else:
+            loop.call_soon_threadsafe(pool.close)
 
     def _attempt(self, request: UpstreamRequest, body: bytes | None, headers: dict[str, str],
                  connect: float, read: float, *, stream: bool) -> UpstreamAnswer:
@@ -171,18 +220,26 @@ class Transport:
             try:
                 answer = self._attempt(request, body, headers, min(timeouts.connect, remaining),
                                        min(timeouts.read, remaining), stream=stream)
+            except _TLS_FAILED as exc:
+                raise UpstreamTLSError(
+                    f"TLS with the upstream at {_origin(request.url)} failed: {exc.reason}"
+                ) from None
             except _CONNECT_FAILED as exc:
                 error: Exception = UpstreamUnavailable(
-                    f"The upstream at {_origin(request.url)} is unreachable: {_reason(exc)}"
+                    f"The upstream at {_origin(request.url)} is unreachable: {exc.reason}"
                 )
                 delay = _backoff(attempt, None)
             except _READ_TIMED_OUT:
                 raise UpstreamTimeout(
                     f"The upstream at {_origin(request.url)} did not answer within {timeouts.read:g} s."
                 ) from None
+            except _INVALID as exc:
+                raise UpstreamBadResponse(
+                    f"The upstream at {_origin(request.url)} sent an invalid response: {exc.reason}"
+                ) from None
             except _BROKEN as exc:
                 # The request may have reached the upstream: not safe to repeat a POST.
-                raise UpstreamUnavailable(f"The connection to {_origin(request.url)} failed: {_reason(exc)}") from None
+                raise UpstreamUnavailable(f"The connection to {_origin(request.url)} failed: {exc.reason}") from None
             else:
                 if answer.status not in RETRYABLE_STATUSES or attempt >= timeouts.retries:
                     return answer
@@ -230,12 +287,6 @@ def _origin(url: str) -> str:
     except ValueError:
         port = ""
     return f"{parts.scheme}://{host}{port}"
-
-
-def _reason(exc: Exception) -> str:
-    reason = getattr(exc, "reason", None) or exc
-    text = str(reason)
-    return text.split(": ", 1)[-1] if "Connection refused" in text else text
 
 
 def parse_json_body(data: bytes, content_type: str) -> Any:
@@ -298,8 +349,10 @@ def _reading_body() -> Iterator[None]:
         yield
     except _READ_TIMED_OUT:
         raise UpstreamTimeout("The upstream stream went idle for longer than the read timeout.") from None
+    except _INVALID as exc:
+        raise UpstreamBadResponse(f"The upstream stream is invalid: {exc.reason}") from None
     except _BROKEN as exc:
-        raise UpstreamUnavailable(f"The upstream stream broke: {_reason(exc)}") from None
+        raise UpstreamUnavailable(f"The upstream stream broke: {exc.reason}") from None
 
 
 def iter_lines(response: UpstreamAnswer) -> Iterator[bytes]:
@@ -364,8 +417,18 @@ def get_transport() -> Transport:
     if _transport is None:
         from django.conf import settings
 
-        _transport = Transport(maxsize=settings.GATEWAY_POOL_MAXSIZE)
+        _transport = Transport(maxsize=settings.GATEWAY_POOL_MAXSIZE, idle_seconds=settings.GATEWAY_POOL_IDLE_SECONDS,
+                               ca_bundle=settings.GATEWAY_CA_BUNDLE)
     return _transport
+
+
+def reset_transport() -> None:
+    """Drop the process-wide transport, closing its idle connections: the next call builds one from the
+    settings and the environment (proxy variables) then in force. For tests, and after a fork."""
+    global _transport
+    transport, _transport = _transport, None
+    if transport is not None:
+        transport.close()
 
 
 async def post_notification(url: str, body: bytes, timeout: float = 5.0) -> int:

@@ -1,6 +1,7 @@
 """The asyncio HTTP/1.1 client against real local servers on 127.0.0.1, run in the test's own event loop:
-body framings, keep-alive reuse, what must never be reused, the bytes on the wire, timeouts, broken
-connections and flow control."""
+body framings, keep-alive reuse, what must never be reused nor resent, the bytes on the wire, compressed
+bodies, proxy routing, timeouts, broken connections and flow control. (Proxies and TLS end to end, through
+the gateway: tests/serving/test_upstream_network.py.)"""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import ipaddress
 import socket
 import ssl
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,12 @@ from serving.httpclient import (
     AsyncPool,
     ConnectFailed,
     ConnectionBroken,
+    InvalidResponse,
     ReadTimedOut,
+    TLSFailed,
+    _bypasses_proxy,
+    _idle_limit,
+    _parse_proxy,
     _parse_url,
 )
 
@@ -308,7 +315,7 @@ async def test_a_connection_the_server_closed_while_idle_is_not_used() -> None:
 
 
 @in_loop
-async def test_a_request_on_a_keep_alive_connection_the_server_just_closed_is_resent_on_a_new_one() -> None:
+async def test_a_request_on_a_keep_alive_connection_the_server_closed_after_reading_it_is_broken_not_resent() -> None:
     async def close_on_second_request(upstream: Upstream, reader: Reader, writer: Writer) -> None:
         await upstream.next_request(reader)
         writer.write(HELLO)
@@ -318,9 +325,46 @@ async def test_a_request_on_a_keep_alive_connection_the_server_just_closed_is_re
     async with Upstream(close_on_second_request) as upstream:
         pool = AsyncPool()
         assert await get(pool, upstream) == b"hello"
-        assert await get(pool, upstream, "/again") == b"hello"
+        with pytest.raises(ConnectionBroken):
+            await get(pool, upstream, "/again")
+        # The server read it, and may have acted on it: sending it again could do the work (and bill it) twice.
+        assert upstream.connections == 1
+        assert [request.split(b" ")[1] for request in upstream.requests] == [b"/", b"/again"]
+
+
+@in_loop
+async def test_an_idle_connection_past_the_pool_idle_limit_is_not_reused() -> None:
+    async with Upstream(answering(HELLO)) as upstream:
+        pool = AsyncPool(idle_seconds=0.1)
+        assert await get(pool, upstream) == b"hello"
+        assert await get(pool, upstream) == b"hello"
+        assert upstream.connections == 1  # within the limit: reused
+        await asyncio.sleep(0.15)
+        assert await get(pool, upstream) == b"hello"
         assert upstream.connections == 2
-        assert [request.split(b" ")[1] for request in upstream.requests] == [b"/", b"/again", b"/again"]
+
+
+@in_loop
+async def test_the_server_keep_alive_timeout_bounds_reuse_to_one_second_less() -> None:
+    short = b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1\r\nContent-Length: 5\r\n\r\nhello"
+    long = b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5, max=100\r\nContent-Length: 5\r\n\r\nhello"
+    async with Upstream(answering(short)) as upstream:
+        pool = AsyncPool()
+        await get(pool, upstream)
+        await get(pool, upstream)
+        assert upstream.connections == 2  # idle < 0 s is never true: not kept at all
+    async with Upstream(answering(long)) as upstream:
+        pool = AsyncPool()
+        await get(pool, upstream)
+        await get(pool, upstream)
+        assert upstream.connections == 1
+
+
+def test_the_idle_limit_reads_the_keep_alive_timeout_within_the_pool_limit() -> None:
+    assert _idle_limit("timeout=5, max=1000", 30) == 4
+    assert _idle_limit("max=10,timeout=120", 30) == 30
+    assert _idle_limit("timeout=soon", 30) == 30
+    assert _idle_limit("max=5", 30) == 30
 
 
 @in_loop
@@ -369,7 +413,7 @@ async def test_idle_connections_beyond_maxsize_are_closed() -> None:
 
 
 @in_loop
-async def test_it_sends_the_request_line_host_headers_length_and_body() -> None:
+async def test_it_sends_the_request_line_host_headers_length_body_and_accepts_gzip() -> None:
     async with Upstream(answering(HELLO)) as upstream:
         headers = {"Authorization": "Bearer k", "Content-Type": "application/json", "content-length": "99"}
         response = await AsyncPool().request("POST", upstream.url + "/v1/chat?x=1", headers, b'{"a":1}', **TIMEOUTS)
@@ -378,7 +422,7 @@ async def test_it_sends_the_request_line_host_headers_length_and_body() -> None:
             b"POST /v1/chat?x=1 HTTP/1.1\r\n"
             + f"Host: 127.0.0.1:{upstream.port}\r\n".encode()
             + b"Authorization: Bearer k\r\nContent-Type: application/json\r\nContent-Length: 7\r\n"
-            b"Accept-Encoding: identity\r\n\r\n"
+            b"Accept-Encoding: gzip, deflate\r\n\r\n"
             b'{"a":1}'
         ]
 
@@ -456,14 +500,16 @@ def test_it_speaks_https_with_keep_alive_and_flow_control(tmp_path: Path) -> Non
     asyncio.run(asyncio.wait_for(scenario(), 5))
 
 
-def test_an_untrusted_certificate_fails_to_connect(tmp_path: Path) -> None:
+def test_an_untrusted_certificate_fails_the_tls_handshake(tmp_path: Path) -> None:
     server_tls, _ = self_signed_tls(tmp_path)
 
     async def scenario() -> None:
         async with Upstream(answering(HELLO), tls=server_tls) as upstream:
-            with pytest.raises(ConnectFailed) as failure:
+            with pytest.raises(TLSFailed) as failure:
                 await AsyncPool().request("GET", upstream.url, {}, None, **TIMEOUTS)
-            assert "CERTIFICATE_VERIFY_FAILED" in failure.value.reason
+            assert failure.value.reason == (
+                "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate"
+            )
 
     asyncio.run(asyncio.wait_for(scenario(), 5))
 
@@ -528,8 +574,9 @@ async def test_a_failed_tls_handshake_fails_to_connect() -> None:
         await asyncio.sleep(10)
 
     async with Upstream(plain_http) as upstream:
-        with pytest.raises(ConnectFailed):
+        with pytest.raises(TLSFailed) as failure:
             await AsyncPool().request("GET", f"https://127.0.0.1:{upstream.port}/", {}, None, **TIMEOUTS)
+        assert "WRONG_VERSION_NUMBER" in failure.value.reason
 
 
 @in_loop
@@ -609,9 +656,9 @@ async def test_a_content_length_body_cut_short_breaks_the_connection() -> None:
 
 
 @in_loop
-async def test_a_garbage_response_breaks_the_connection() -> None:
+async def test_a_garbage_response_is_an_invalid_response() -> None:
     async with Upstream(answering(b"SSH-2.0-OpenSSH_9.0\r\n\r\n")) as upstream:
-        with pytest.raises(ConnectionBroken) as failure:
+        with pytest.raises(InvalidResponse) as failure:
             await AsyncPool().request("GET", upstream.url, {}, None, **TIMEOUTS)
         assert "invalid response" in failure.value.reason
 
@@ -649,3 +696,152 @@ async def test_a_large_request_body_is_sent_in_full() -> None:
         response = await AsyncPool().request("POST", upstream.url, {}, body, **TIMEOUTS)
         assert await response.read() == b"hello"
         assert upstream.requests[0].endswith(b"\r\n\r\n" + body)
+
+
+# Compressed bodies
+
+
+def gzipped(data: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+def encoded_reply(encoding: str, body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Encoding: %s\r\nContent-Length: %d\r\n\r\n" % (
+        encoding.encode(), len(body)) + body
+
+
+BODY = b'{"choices": [{"message": {"content": "' + b"compressible " * 500 + b'"}}]}'
+
+
+def raw_deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+@pytest.mark.parametrize(("encoding", "body"), [
+    ("gzip", gzipped(BODY)),
+    ("x-gzip", gzipped(BODY)),
+    ("deflate", zlib.compress(BODY)),  # zlib-wrapped, as the standard says
+    ("deflate", raw_deflate(BODY)),  # raw, as some servers send it
+    ("gzip", gzipped(BODY[:100]) + gzipped(BODY[100:])),  # concatenated gzip members
+    ("identity", BODY),
+], ids=["gzip", "x-gzip", "deflate-zlib", "deflate-raw", "gzip-members", "identity"])
+def test_a_compressed_body_is_decoded(encoding: str, body: bytes) -> None:
+    async def scenario() -> None:
+        async with Upstream(answering(encoded_reply(encoding, body), HELLO)) as upstream:
+            pool = AsyncPool()
+            assert await get(pool, upstream) == BODY
+            assert await get(pool, upstream) == b"hello"
+            assert upstream.connections == 1
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))
+
+
+@in_loop
+async def test_a_gzip_body_arriving_a_byte_at_a_time_is_decoded() -> None:
+    async def trickle(upstream: Upstream, reader: Reader, writer: Writer) -> None:
+        await upstream.next_request(reader)
+        for byte in encoded_reply("deflate", raw_deflate(BODY)):
+            writer.write(bytes([byte]))
+            await writer.drain()
+
+    async with Upstream(trickle) as upstream:
+        assert await get(AsyncPool(), upstream) == BODY
+
+
+@in_loop
+async def test_a_gzip_stream_is_decoded_chunk_by_chunk_as_it_arrives() -> None:
+    first_received = asyncio.Event()
+    second_sent = False
+    compressor = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+
+    def event(data: bytes) -> bytes:  # what a streaming server sends per event: compressed, then flushed
+        return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+    async def stream(upstream: Upstream, reader: Reader, writer: Writer) -> None:
+        nonlocal second_sent
+        await upstream.next_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Encoding: gzip\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n" + chunked(event(b"data: one\n\n"))[:-5])
+        await writer.drain()
+        await first_received.wait()
+        second_sent = True
+        writer.write(chunked(event(b"data: two\n\n") + compressor.flush()))
+
+    async with Upstream(stream) as upstream:
+        response = await AsyncPool().request("POST", upstream.url, {}, b"{}", **TIMEOUTS)
+        assert await response.next_chunk() == b"data: one\n\n"
+        assert not second_sent
+        first_received.set()
+        assert await response.next_chunk() == b"data: two\n\n"
+        assert await response.next_chunk() == b""
+
+
+@in_loop
+async def test_an_unknown_content_encoding_is_an_invalid_response() -> None:
+    async with Upstream(answering(encoded_reply("br", b"\x1b\x00"), HELLO)) as upstream:
+        pool = AsyncPool()
+        with pytest.raises(InvalidResponse) as failure:
+            await get(pool, upstream)
+        assert failure.value.reason == "the body is in an unsupported Content-Encoding 'br'"
+        assert await get(pool, upstream) == b"hello"
+        assert upstream.connections == 2  # the undecodable answer's connection was not reused
+
+
+@in_loop
+async def test_a_corrupt_gzip_body_is_an_invalid_response() -> None:
+    async with Upstream(answering(encoded_reply("gzip", b"\x1f\x8b\x08\x00 not gzip at all"))) as upstream:
+        with pytest.raises(InvalidResponse) as failure:
+            await get(AsyncPool(), upstream)
+        assert failure.value.reason.startswith("the gzip body is corrupt")
+
+
+# Proxy routing (the proxies themselves: tests/serving/test_upstream_network.py)
+
+
+@pytest.mark.parametrize(("host", "port", "no_proxy", "bypassed"), [
+    ("api.example.com", 443, "", False),
+    ("api.example.com", 443, "*", True),
+    ("api.example.com", 443, "api.example.com", True),
+    ("API.Example.com", 443, "api.example.com", True),
+    ("api.example.com", 443, "example.com", True),  # a domain covers its subdomains
+    ("api.example.com", 443, ".example.com", True),
+    ("example.com", 443, ".example.com", True),
+    ("badexample.com", 443, "example.com", False),
+    ("api.example.com", 443, "localhost, api.example.com:443", True),
+    ("api.example.com", 8443, "api.example.com:443", False),  # a port limits the entry to that port
+    ("127.0.0.1", 8080, "127.0.0.1", True),
+    ("::1", 8080, "::1", True),
+    ("::1", 8080, "[::1]:8080", True),
+    ("::1", 8080, "[::1]:9090", False),
+])
+def test_no_proxy_names_hosts_domains_ports_or_everything(host: str, port: int, no_proxy: str, bypassed: bool) -> None:
+    assert _bypasses_proxy(host, port, no_proxy) is bypassed
+
+
+def test_proxied_and_direct_connections_are_pooled_apart() -> None:
+    proxies = {"http": "http://proxy.internal:3128", "https": "http://u:p@proxy.internal:3128", "no": "direct.internal"}
+    pool = AsyncPool(proxies=proxies)
+    forwarded = pool._route(_parse_url("http://api.internal:8080/v1/chat?x=1"))
+    tunnelled = pool._route(_parse_url("https://api.internal/v1/chat"))
+    direct = pool._route(_parse_url("http://direct.internal:8080/v1/chat"))
+    assert forwarded.key == "http://api.internal:8080 via proxy.internal:3128"
+    assert forwarded.request_target == "http://api.internal:8080/v1/chat?x=1"
+    assert tunnelled.key == "https://api.internal:443 via proxy.internal:3128"
+    assert tunnelled.request_target == "/v1/chat"  # inside the tunnel, an ordinary request
+    assert direct.key == "http://direct.internal:8080"
+    assert direct.proxy is None
+    assert AsyncPool(proxies={})._route(_parse_url("http://api.internal:8080/")).key == "http://api.internal:8080"
+
+
+def test_proxy_credentials_become_a_basic_header_and_never_part_of_an_error() -> None:
+    proxy = _parse_proxy("http://gateway%40corp:s%3Acret@proxy.internal:3128", "https")
+    assert proxy.label == "proxy.internal:3128"
+    assert proxy.authorization == "Proxy-Authorization: Basic Z2F0ZXdheUBjb3JwOnM6Y3JldA==\r\n"  # gateway@corp:s:cret
+    assert _parse_proxy("proxy.internal:3128", "http").label == "proxy.internal:3128"
+    for bad in ("socks5://user:hunter2@proxy:1080", "http://user:hunter2@proxy:port"):
+        with pytest.raises(ValueError) as failure:
+            _parse_proxy(bad, "https")
+        assert "hunter2" not in str(failure.value)
+        assert str(failure.value) == "the https proxy set in the environment is not an http://host:port URL"
