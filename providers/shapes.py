@@ -244,7 +244,7 @@ def finish_reason(raw: str | None, vendor_reasons: Mapping[str, str] = NO_FINISH
 def usage(prompt: int | None = None, completion: int | None = None, total: int | None = None, *,
           prompt_tokens_details: dict[str, Any] | None = None,
           completion_tokens_details: dict[str, Any] | None = None,
-          cache_creation_input_tokens: int | None = None, **extra: Any) -> dict[str, Any]:
+          cache_creation_input_tokens: int | None = None) -> dict[str, Any]:
     """A `Usage`: the three counts always (total = prompt + completion when not given), the others when known."""
     if total is None and prompt is not None and completion is not None:
         total = prompt + completion
@@ -255,7 +255,6 @@ def usage(prompt: int | None = None, completion: int | None = None, total: int |
         out["completion_tokens_details"] = completion_tokens_details
     if cache_creation_input_tokens is not None:
         out["cache_creation_input_tokens"] = cache_creation_input_tokens
-    out.update({k: v for k, v in extra.items() if v is not None})  # vendors' own keys, until they are declared
     return out
 
 
