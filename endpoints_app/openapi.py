@@ -15,7 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from endpoints_app.schemas import REQUEST_MODELS
-from providers.shapes import CHAT, CHUNK_MODELS, COMPLETIONS, EMBEDDINGS, RESPONSE_MODELS
+from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
+from providers.wire import CHUNK_MODELS, RESPONSE_MODELS
 
 REF = "#/components/schemas/{model}"
 

@@ -4,8 +4,8 @@ They are pydantic models, as MLflow's are, so validation errors have exactly the
 (FastAPI) clients know (422 `{"detail": [{"type", "loc", "msg", "input", "ctx"}]}`), and the OpenAPI
 document renders them (endpoints_app.openapi). Unknown request fields are kept and forwarded.
 
-The responses are declared next to the builders that make them, in providers.shapes
-(`RESPONSE_MODELS`, `CHUNK_MODELS`), which providers produce and the OpenAPI document serves.
+The responses are declared once too, in providers.wire (`RESPONSE_MODELS`, `CHUNK_MODELS`): what
+providers build with providers.shapes and the OpenAPI document serves.
 """
 
 from __future__ import annotations

@@ -240,7 +240,7 @@ def finish_reason(stop_reason: str | None) -> str:
 
 def usage(raw: Any) -> dict[str, Any]:
     """Anthropic's usage → ours. input_tokens excludes cache tokens; prompt_tokens includes them. Anthropic's
-    other keys (service_tier, server_tool_use, the cache_creation breakdown) have no place in `shapes.Usage`."""
+    other keys (service_tier, server_tool_use, the cache_creation breakdown) have no place in `wire.Usage`."""
     if not isinstance(raw, dict):
         return shapes.usage()
     input_tokens = raw.get("input_tokens")

@@ -45,7 +45,7 @@ def request_body(
 
 
 def _usage(raw: Any) -> dict[str, Any]:
-    """The vendor's usage with the keys `shapes.Usage` declares (vendors add their own, e.g. Groq's timings)."""
+    """The vendor's usage with the keys `wire.Usage` declares (vendors add their own, e.g. Groq's timings)."""
     if not isinstance(raw, dict):
         return shapes.usage()
     return shapes.usage(

@@ -1,4 +1,4 @@
-"""Every provider answers in the declared shapes (providers.shapes), and the OpenAPI document serves them.
+"""Every provider answers in the declared shapes (providers.wire), and the OpenAPI document serves them.
 
 The checker reads an answer as a client does (its JSON) and validates it against the pydantic models
 strictly: every required key present, every value of the declared type, no key the models do not
@@ -11,12 +11,14 @@ declare. It runs on
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 import pytest
@@ -24,11 +26,23 @@ from pydantic import BaseModel, ValidationError
 from pytest_httpserver import HTTPServer
 
 from endpoints_app.openapi import REF
-from providers import ai21labs, anthropic, bedrock, cohere, gemini, huggingface, mistral, mlflow_model_serving, shapes
+from providers import (
+    ai21labs,
+    anthropic,
+    bedrock,
+    cohere,
+    gemini,
+    huggingface,
+    mistral,
+    mlflow_model_serving,
+    shapes,
+    wire,
+)
 from providers import openai_compatible as oa
 from providers import togetherai as together
 from providers.registry import PROVIDER_CLASSES
-from providers.shapes import CHAT, CHUNK_MODELS, COMPLETIONS, EMBEDDINGS, RESPONSE_MODELS
+from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
+from providers.wire import CHUNK_MODELS, RESPONSE_MODELS
 from serving.upstream import SSEEvent
 from tests.api.test_clients_every_provider import BASE_ENV, CASES, KEY_ENV, MAX_TOKENS, Case
 from tests.conftest import post_json, sse_events
@@ -118,95 +132,95 @@ NOW = int(time.time())
 
 RECORDED: list[Recorded] = [
     # OpenAI's wire format: openai, azure, and the OpenAI-compatible family (groq, ollama, databricks, ...)
-    answer("openai", "chat_response.json", shapes.ChatResponse, lambda b: oa.parse_chat(b, "openai")),
-    answer("openai", "chat_tool_call_response.json", shapes.ChatResponse, lambda b: oa.parse_chat(b, "openai")),
-    answer("openai", "completions_response.json", shapes.CompletionsResponse, oa.parse_completions),
-    answer("openai", "embeddings_response.json", shapes.EmbeddingsResponse, oa.parse_embeddings),
-    answer("openai", "embeddings_response.json", shapes.EmbeddingsResponse,
+    answer("openai", "chat_response.json", wire.ChatResponse, lambda b: oa.parse_chat(b, "openai")),
+    answer("openai", "chat_tool_call_response.json", wire.ChatResponse, lambda b: oa.parse_chat(b, "openai")),
+    answer("openai", "completions_response.json", wire.CompletionsResponse, oa.parse_completions),
+    answer("openai", "embeddings_response.json", wire.EmbeddingsResponse, oa.parse_embeddings),
+    answer("openai", "embeddings_response.json", wire.EmbeddingsResponse,
            lambda b: shapes.base64_embeddings(oa.parse_embeddings(b)), label="base64"),
-    stream("openai", "chat_stream.txt", shapes.ChatChunk,
+    stream("openai", "chat_stream.txt", wire.ChatChunk,
            lambda: (oa.parse_chat_chunk(d, "openai") for d in sse_json("openai", "chat_stream.txt"))),
-    stream("openai", "completions_stream.txt", shapes.CompletionsChunk,
+    stream("openai", "completions_stream.txt", wire.CompletionsChunk,
            lambda: (oa.parse_completions_chunk(d) for d in sse_json("openai", "completions_stream.txt"))),
     # Anthropic
-    answer("anthropic", "chat_response.json", shapes.ChatResponse, lambda b: anthropic.parse_chat(b, "anthropic")),
-    answer("anthropic", "chat_tool_use_response.json", shapes.ChatResponse,
+    answer("anthropic", "chat_response.json", wire.ChatResponse, lambda b: anthropic.parse_chat(b, "anthropic")),
+    answer("anthropic", "chat_tool_use_response.json", wire.ChatResponse,
            lambda b: anthropic.parse_chat(b, "anthropic")),
-    answer("anthropic", "complete_response.json", shapes.CompletionsResponse, anthropic.parse_completions),
-    stream("anthropic", "chat_stream.txt", shapes.ChatChunk,
+    answer("anthropic", "complete_response.json", wire.CompletionsResponse, anthropic.parse_completions),
+    stream("anthropic", "chat_stream.txt", wire.ChatChunk,
            lambda: anthropic.chat_chunks(sse_json("anthropic", "chat_stream.txt"), "anthropic")),
-    stream("anthropic", "chat_tool_stream.txt", shapes.ChatChunk,
+    stream("anthropic", "chat_tool_stream.txt", wire.ChatChunk,
            lambda: anthropic.chat_chunks(sse_json("anthropic", "chat_tool_stream.txt"), "anthropic")),
     # Gemini
-    answer("gemini", "chat_response.json", shapes.ChatResponse, lambda b: gemini.parse_chat(b, M, "gemini")),
-    answer("gemini", "chat_function_call_response.json", shapes.ChatResponse,
+    answer("gemini", "chat_response.json", wire.ChatResponse, lambda b: gemini.parse_chat(b, M, "gemini")),
+    answer("gemini", "chat_function_call_response.json", wire.ChatResponse,
            lambda b: gemini.parse_chat(b, M, "gemini")),
-    answer("gemini", "chat_response.json", shapes.CompletionsResponse, lambda b: gemini.parse_completions(b, M),
+    answer("gemini", "chat_response.json", wire.CompletionsResponse, lambda b: gemini.parse_completions(b, M),
            label="completions"),
-    answer("gemini", "batch_embed_contents_response.json", shapes.EmbeddingsResponse,
+    answer("gemini", "batch_embed_contents_response.json", wire.EmbeddingsResponse,
            lambda b: gemini.parse_embeddings(b, M)),
-    answer("gemini", "embed_content_response.json", shapes.EmbeddingsResponse,
+    answer("gemini", "embed_content_response.json", wire.EmbeddingsResponse,
            lambda b: gemini.parse_embeddings(b, M)),
-    stream("gemini", "chat_stream.txt", shapes.ChatChunk,
+    stream("gemini", "chat_stream.txt", wire.ChatChunk,
            lambda: gemini.chat_chunks(sse_json("gemini", "chat_stream.txt"), M, "gemini")),
-    stream("gemini", "chat_function_call_stream.txt", shapes.ChatChunk,
+    stream("gemini", "chat_function_call_stream.txt", wire.ChatChunk,
            lambda: gemini.chat_chunks(sse_json("gemini", "chat_function_call_stream.txt"), M, "gemini")),
-    stream("gemini", "chat_stream.txt", shapes.CompletionsChunk,
+    stream("gemini", "chat_stream.txt", wire.CompletionsChunk,
            lambda: gemini.completions_chunks(sse_json("gemini", "chat_stream.txt"), M), label="completions"),
     # Amazon Bedrock: Converse for chat, InvokeModel with each model family's body for completions, Titan embeddings
-    *(answer("bedrock", file, shapes.ChatResponse, lambda b: bedrock.parse_converse(b, CLAUDE, "bedrock"))
+    *(answer("bedrock", file, wire.ChatResponse, lambda b: bedrock.parse_converse(b, CLAUDE, "bedrock"))
       for file in ("converse_response.json", "converse_reasoning_response.json", "converse_tool_use_response.json")),
-    *(answer("bedrock", f"{family}_completions_response.json", shapes.CompletionsResponse,
+    *(answer("bedrock", f"{family}_completions_response.json", wire.CompletionsResponse,
              bedrock_completions(model_id))
       for family, model_id in (("titan", "amazon.titan-text-express-v1"), ("cohere", "cohere.command-text-v14"),
                                ("ai21", "ai21.j2-ultra-v1"), ("anthropic", "anthropic.claude-v2"))),
-    answer("bedrock", "titan_embeddings_response.json", shapes.EmbeddingsResponse,
+    answer("bedrock", "titan_embeddings_response.json", wire.EmbeddingsResponse,
            lambda b: bedrock.parse_titan_embeddings([b, b], TITAN_EMBED)),
-    *(stream("bedrock", file, shapes.ChatChunk,
+    *(stream("bedrock", file, wire.ChatChunk,
              converse_stream(file))
       for file in ("converse_stream_events.json", "converse_stream_tool_events.json")),
     # Cohere
-    answer("cohere", "chat_response.json", shapes.ChatResponse, lambda b: cohere.parse_chat(b, M, "cohere")),
-    answer("cohere", "generate_response.json", shapes.CompletionsResponse, lambda b: cohere.parse_completions(b, M)),
-    answer("cohere", "embed_response.json", shapes.EmbeddingsResponse, lambda b: cohere.parse_embeddings(b, M)),
-    stream("cohere", "chat_stream.ndjson", shapes.ChatChunk,
+    answer("cohere", "chat_response.json", wire.ChatResponse, lambda b: cohere.parse_chat(b, M, "cohere")),
+    answer("cohere", "generate_response.json", wire.CompletionsResponse, lambda b: cohere.parse_completions(b, M)),
+    answer("cohere", "embed_response.json", wire.EmbeddingsResponse, lambda b: cohere.parse_embeddings(b, M)),
+    stream("cohere", "chat_stream.ndjson", wire.ChatChunk,
            lambda: cohere.chat_chunks(ndjson("cohere", "chat_stream.ndjson"), M, "cohere")),
-    stream("cohere", "generate_stream.ndjson", shapes.CompletionsChunk,
+    stream("cohere", "generate_stream.ndjson", wire.CompletionsChunk,
            lambda: cohere.completions_chunks(ndjson("cohere", "generate_stream.ndjson"), M)),
     # Mistral
-    *(answer("mistral", file, shapes.ChatResponse, lambda b: mistral.parse_chat(b, "mistral"))
+    *(answer("mistral", file, wire.ChatResponse, lambda b: mistral.parse_chat(b, "mistral"))
       for file in ("chat_response.json", "chat_thinking_response.json", "chat_tool_call_response.json")),
-    answer("mistral", "chat_response.json", shapes.CompletionsResponse, lambda b: mistral.parse_completions(b, M),
+    answer("mistral", "chat_response.json", wire.CompletionsResponse, lambda b: mistral.parse_completions(b, M),
            label="completions"),
-    answer("mistral", "embeddings_response.json", shapes.EmbeddingsResponse, lambda b: mistral.parse_embeddings(b, M)),
-    stream("mistral", "chat_stream.txt", shapes.ChatChunk,
+    answer("mistral", "embeddings_response.json", wire.EmbeddingsResponse, lambda b: mistral.parse_embeddings(b, M)),
+    stream("mistral", "chat_stream.txt", wire.ChatChunk,
            lambda: (mistral.parse_chat_chunk(d, "mistral") for d in sse_json("mistral", "chat_stream.txt"))),
     # TogetherAI
-    *(answer("togetherai", file, shapes.ChatResponse, lambda b: together.parse_chat(b, M, "togetherai"))
+    *(answer("togetherai", file, wire.ChatResponse, lambda b: together.parse_chat(b, M, "togetherai"))
       for file in ("chat_response.json", "chat_tool_call_response.json")),
-    answer("togetherai", "completions_response.json", shapes.CompletionsResponse,
+    answer("togetherai", "completions_response.json", wire.CompletionsResponse,
            lambda b: together.parse_completions(b, M)),
-    answer("togetherai", "embeddings_response.json", shapes.EmbeddingsResponse,
+    answer("togetherai", "embeddings_response.json", wire.EmbeddingsResponse,
            lambda b: together.parse_embeddings(b, M)),
-    stream("togetherai", "chat_stream.txt", shapes.ChatChunk,
+    stream("togetherai", "chat_stream.txt", wire.ChatChunk,
            lambda: (together.parse_chat_chunk(d, M, "togetherai") for d in sse_json("togetherai", "chat_stream.txt"))),
-    stream("togetherai", "completions_stream.txt", shapes.CompletionsChunk,
+    stream("togetherai", "completions_stream.txt", wire.CompletionsChunk,
            lambda: (together.parse_completions_chunk(d, M) for d in sse_json("togetherai", "completions_stream.txt"))),
     # Hugging Face TGI
-    answer("huggingface", "generate_response.json", shapes.CompletionsResponse,
+    answer("huggingface", "generate_response.json", wire.CompletionsResponse,
            lambda b: huggingface.parse_generate(b, M)),
-    stream("huggingface", "generate_stream.txt", shapes.CompletionsChunk,
+    stream("huggingface", "generate_stream.txt", wire.CompletionsChunk,
            lambda: (huggingface.parse_stream_event(orjson.loads(e.data), M, NOW)
                     for e in sse("huggingface", "generate_stream.txt"))),
     # MLflow model serving
-    answer("mlflow_model_serving", "chat_model_response.json", shapes.ChatResponse,
+    answer("mlflow_model_serving", "chat_model_response.json", wire.ChatResponse,
            lambda b: mlflow_model_serving.parse_chat_answer(b, M, "mlflow-model-serving")),
-    answer("mlflow_model_serving", "completions_response.json", shapes.CompletionsResponse,
+    answer("mlflow_model_serving", "completions_response.json", wire.CompletionsResponse,
            lambda b: mlflow_model_serving.parse_completions(b, M)),
-    answer("mlflow_model_serving", "embeddings_response.json", shapes.EmbeddingsResponse,
+    answer("mlflow_model_serving", "embeddings_response.json", wire.EmbeddingsResponse,
            lambda b: mlflow_model_serving.parse_embeddings(b, M)),
     # AI21 Labs
-    answer("ai21labs", "complete_response.json", shapes.CompletionsResponse, lambda b: ai21labs.parse_complete(b, M)),
+    answer("ai21labs", "complete_response.json", wire.CompletionsResponse, lambda b: ai21labs.parse_complete(b, M)),
 ]
 
 #: Recordings that are not answers: vendor error bodies (covered by each provider's tests) and a token grant.
@@ -281,7 +295,7 @@ def test_every_provider_operation_answers_in_the_declared_shapes(served: Case, c
                                   if case.endpoint_type == EMBEDDINGS])
 def test_base64_embeddings_answer_in_the_declared_shapes(served: Case, client: Any) -> None:
     (output,) = _invoke(client, served, encoding_format="base64")
-    check(shapes.EmbeddingsResponse, output)
+    check(wire.EmbeddingsResponse, output)
     if served.provider not in {"openai", "azure", "openai-compatible", "openrouter", "ollama", "databricks"}:
         # The gateway encodes (the recorded OpenAI-style vendors answer floats whatever was asked).
         assert all(isinstance(item["embedding"], str) for item in output["data"])
@@ -342,10 +356,32 @@ def _with(output: dict[str, Any], value: Any, *path: str | int) -> dict[str, Any
 )
 def test_the_checker_refuses_what_the_models_do_not_declare(broken: dict[str, Any], error_type: str,
                                                             loc: tuple[str | int, ...]) -> None:
-    check(shapes.ChatResponse, _chat())
+    check(wire.ChatResponse, _chat())
     with pytest.raises(ValidationError) as raised:
-        check(shapes.ChatResponse, broken)
+        check(wire.ChatResponse, broken)
     assert [(error["type"], error["loc"]) for error in raised.value.errors()] == [(error_type, loc)]
+
+
+@pytest.mark.parametrize(
+    ("builders_list", "declared"),
+    [
+        pytest.param(shapes.FINISH_REASONS, frozenset(get_args(wire.FinishReason)), id="finish-reasons"),
+        pytest.param(shapes.PROMPT_TOKENS_DETAILS, tuple(wire.PromptTokensDetails.model_fields),
+                     id="prompt-tokens-details"),
+        pytest.param(shapes.COMPLETION_TOKENS_DETAILS, tuple(wire.CompletionTokensDetails.model_fields),
+                     id="completion-tokens-details"),
+    ],
+)
+def test_the_builders_know_what_the_models_declare(builders_list: Any, declared: Any) -> None:
+    assert builders_list == declared
+
+
+def test_the_builders_do_not_import_pydantic() -> None:
+    """A config reload's `load_config` needs the builders (through the registry), not the models."""
+    code = "import sys, providers.registry; print('pydantic' in sys.modules, 'providers.wire' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.split() == ["False", "False"]
 
 
 # -- the OpenAPI document serves exactly these models ---------------------------------------------------------------
