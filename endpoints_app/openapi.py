@@ -1,36 +1,25 @@
 """OpenAPI entries for the invocation routes, generated from the pydantic wire schemas.
 
 The invocation views are plain Django views (the hot path), so drf-spectacular cannot see them;
-this postprocessing hook adds their paths with the same request and response models that validate
-the traffic, plus one concrete path per configured endpoint with exactly its type's schemas (as
-MLflow's document lists one POST per endpoint).
+this postprocessing hook adds their paths with the same models that validate the requests
+(endpoints_app.schemas) and declare the responses providers build (providers.shapes), plus one
+concrete path per configured endpoint with exactly its type's schemas (as MLflow's document lists
+one POST per endpoint). Nothing here describes a body by hand.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from endpoints_app import schemas
+from endpoints_app.schemas import REQUEST_MODELS
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
+from providers.wire import CHUNK_MODELS, RESPONSE_MODELS
 
 REF = "#/components/schemas/{model}"
 
-_MODELS: list[type[BaseModel]] = [
-    schemas.ChatRequest,
-    schemas.CompletionsRequest,
-    schemas.EmbeddingsRequest,
-    schemas.ChatResponse,
-    schemas.ChatChunk,
-    schemas.CompletionsResponse,
-    schemas.EmbeddingsResponse,
-]
-_TYPE_MODELS = {
-    CHAT: ("ChatRequest", "ChatResponse", "ChatChunk"),
-    COMPLETIONS: ("CompletionsRequest", "CompletionsResponse", None),
-    EMBEDDINGS: ("EmbeddingsRequest", "EmbeddingsResponse", None),
-}
 _ERRORS = {
     "Health": {
         "type": "object",
@@ -74,37 +63,48 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": REF.format(model=name)}
 
 
-def _components() -> dict[str, Any]:
-    out: dict[str, Any] = dict(_ERRORS)
-    for model in _MODELS:
-        schema = model.model_json_schema(
-            ref_template=REF,
-            mode="serialization" if "Response" in model.__name__ or "Chunk" in model.__name__ else "validation",
-        )
-        for name, sub in schema.pop("$defs", {}).items():
-            out.setdefault(name, sub)
-        out[model.__name__] = schema
+def model_components(models: Iterable[type[BaseModel]],
+                     mode: Literal["validation", "serialization"]) -> dict[str, Any]:
+    """The JSON schemas of `models` and of every model they use, by name, as the document holds them.
+
+    Raises ValueError if two different schemas would share a name (one would silently replace the other)."""
+    out: dict[str, Any] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template=REF, mode=mode)
+        for name, sub in [*schema.pop("$defs", {}).items(), (model.__name__, schema)]:
+            if out.setdefault(name, sub) != sub:
+                raise ValueError(f"two different schemas are named {name!r} in the OpenAPI document")
     return out
+
+
+def _components() -> dict[str, Any]:
+    requests = model_components(REQUEST_MODELS.values(), "validation")
+    responses = model_components([*RESPONSE_MODELS.values(), *CHUNK_MODELS.values()], "serialization")
+    clashes = [name for name in requests.keys() & responses.keys() if requests[name] != responses[name]]
+    if clashes:
+        raise ValueError(f"a request and a response schema share the names {sorted(clashes)}")
+    return {**_ERRORS, **requests, **responses}
 
 
 def _responses(endpoint_type: str | None, error_schema: str) -> dict[str, Any]:
     error = {"application/json": {"schema": _ref(error_schema)}}
     if endpoint_type is None:
-        ok_schema: dict[str, Any] = {
-            "oneOf": [_ref(n) for n in ("ChatResponse", "CompletionsResponse", "EmbeddingsResponse")]
-        }
-        stream_schema: dict[str, Any] | None = _ref("ChatChunk")
+        ok_schema: dict[str, Any] = {"oneOf": [_ref(model.__name__) for model in RESPONSE_MODELS.values()]}
+        chunk_models = list(CHUNK_MODELS.values())
     else:
-        _, response, chunk = _TYPE_MODELS[endpoint_type]
-        ok_schema = _ref(response)
-        stream_schema = _ref(chunk) if chunk else ({"type": "string"} if endpoint_type == COMPLETIONS else None)
+        ok_schema = _ref(RESPONSE_MODELS[endpoint_type].__name__)
+        chunk_models = [CHUNK_MODELS[endpoint_type]] if endpoint_type in CHUNK_MODELS else []
     content: dict[str, Any] = {"application/json": {"schema": ok_schema}}
-    if stream_schema is not None:
+    if chunk_models:
+        names = " or ".join(model.__name__ for model in chunk_models)
         content["text/event-stream"] = {
             "schema": {
                 "type": "string",
-                "description": 'With "stream": true: `data: {chunk}` events, then `data: [DONE]`.',
-            }
+                "description": f'With "stream": true: `data: {{chunk}}` events (each a {names}, as in '
+                "`x-event-data`), then `data: [DONE]`.",
+            },
+            "x-event-data": (_ref(chunk_models[0].__name__) if len(chunk_models) == 1
+                             else {"oneOf": [_ref(model.__name__) for model in chunk_models]}),
         }
     return {
         "200": {"description": "The provider's answer in the gateway's shape", "content": content},
@@ -127,11 +127,9 @@ def _responses(endpoint_type: str | None, error_schema: str) -> dict[str, Any]:
 
 def _request_body(endpoint_type: str | None) -> dict[str, Any]:
     if endpoint_type is None:
-        schema: dict[str, Any] = {
-            "oneOf": [_ref(n) for n in ("ChatRequest", "CompletionsRequest", "EmbeddingsRequest")]
-        }
+        schema: dict[str, Any] = {"oneOf": [_ref(model.__name__) for model in REQUEST_MODELS.values()]}
     else:
-        schema = _ref(_TYPE_MODELS[endpoint_type][0])
+        schema = _ref(REQUEST_MODELS[endpoint_type].__name__)
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 

@@ -1,8 +1,11 @@
-"""The wire schemas: chat, completions and embeddings requests and responses, defined once.
+"""The wire schemas: chat, completions and embeddings requests, defined once.
 
 They are pydantic models, as MLflow's are, so validation errors have exactly the shape MLflow
-(FastAPI) clients know (422 `{"detail": [{"type", "loc", "msg", "input", "ctx"}]}`), and
-drf-spectacular renders them in the OpenAPI document. Unknown request fields are kept and forwarded.
+(FastAPI) clients know (422 `{"detail": [{"type", "loc", "msg", "input", "ctx"}]}`), and the OpenAPI
+document renders them (endpoints_app.openapi). Unknown request fields are kept and forwarded.
+
+The responses are declared once too, in providers.wire (`RESPONSE_MODELS`, `CHUNK_MODELS`): what
+providers build with providers.shapes and the OpenAPI document serves.
 """
 
 from __future__ import annotations
@@ -17,10 +20,6 @@ from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
-
-
-class _Closed(BaseModel):
-    model_config = ConfigDict(extra="ignore")
 
 
 class JsonSchemaFormat(_Open):
@@ -164,100 +163,10 @@ class EmbeddingsRequest(_Open):
     model: str | None = None
 
 
-# -- responses (documentation; providers build them as dicts in providers.shapes) --------------------
-class Usage(_Open):
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    total_tokens: int | None = None
-
-
-class ResponseMessage(_Closed):
-    role: str
-    content: str | list[Any] | None = None
-    tool_calls: list[ToolCall] | None = None
-    refusal: str | None = None
-
-
-class ChatChoice(_Closed):
-    index: int
-    message: ResponseMessage
-    finish_reason: str | None = None
-
-
-class ChatResponse(_Closed):
-    id: str | None = None
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str | None = None
-    choices: list[ChatChoice]
-    usage: Usage
-    provider: str
-
-
-class ChunkDelta(_Closed):
-    role: str | None = None
-    content: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-
-
-class ChatChunkChoice(_Closed):
-    index: int
-    finish_reason: str | None = None
-    delta: ChunkDelta
-
-
-class ChatChunk(_Closed):
-    id: str | None = None
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str | None = None
-    choices: list[ChatChunkChoice]
-    usage: Usage | None = None
-    provider: str
-
-
-class TextChoice(_Closed):
-    index: int
-    text: str
-    finish_reason: str | None = None
-
-
-class CompletionsResponse(_Closed):
-    id: str | None = None
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str | None = None
-    choices: list[TextChoice]
-    usage: Usage
-
-
-class EmbeddingItem(_Closed):
-    object: Literal["embedding"] = "embedding"
-    embedding: list[float] | str
-    index: int
-
-
-class EmbeddingsUsage(_Closed):
-    prompt_tokens: int | None = None
-    total_tokens: int | None = None
-
-
-class EmbeddingsResponse(_Closed):
-    object: Literal["list"] = "list"
-    data: list[EmbeddingItem]
-    model: str | None = None
-    usage: EmbeddingsUsage
-
-
 REQUEST_MODELS: dict[str, type[BaseModel]] = {
     CHAT: ChatRequest,
     COMPLETIONS: CompletionsRequest,
     EMBEDDINGS: EmbeddingsRequest,
-}
-RESPONSE_MODELS: dict[str, type[BaseModel]] = {
-    CHAT: ChatResponse,
-    COMPLETIONS: CompletionsResponse,
-    EMBEDDINGS: EmbeddingsResponse,
 }
 
 

@@ -21,6 +21,8 @@ from serving.upstream import UpstreamRequest
 
 MODELS = ("j2-ultra", "j2-mid", "j2-light")
 NAME_MAP = {"stop": "stopSequences", "n": "numResults", "max_tokens": "maxTokens", "top_p": "topP"}
+# AI21's finishReason.reason → OpenAI's (MLflow passes AI21's on as they are).
+FINISH_REASONS = {"endoftext": "stop", "stop": "stop", "length": "length"}
 
 
 # -- pure translation -------------------------------------------------------------------------------
@@ -42,7 +44,8 @@ def parse_complete(body: Any, model: str | None) -> dict[str, Any]:
     try:
         completions = body["completions"]
         choices = [
-            shapes.text_choice(index, item["data"]["text"], (item.get("finishReason") or {}).get("reason"))
+            shapes.text_choice(index, item["data"]["text"],
+                               shapes.finish_reason((item.get("finishReason") or {}).get("reason"), FINISH_REASONS))
             for index, item in enumerate(completions)
         ]
     except (KeyError, TypeError, AttributeError) as exc:

@@ -239,7 +239,8 @@ def finish_reason(stop_reason: str | None) -> str:
 
 
 def usage(raw: Any) -> dict[str, Any]:
-    """Anthropic's usage → ours. input_tokens excludes cache tokens; prompt_tokens includes them."""
+    """Anthropic's usage → ours. input_tokens excludes cache tokens; prompt_tokens includes them. Anthropic's
+    other keys (service_tier, server_tool_use, the cache_creation breakdown) have no place in `wire.Usage`."""
     if not isinstance(raw, dict):
         return shapes.usage()
     input_tokens = raw.get("input_tokens")
@@ -247,12 +248,10 @@ def usage(raw: Any) -> dict[str, Any]:
     cache_read = raw.get("cache_read_input_tokens")
     cache_creation = raw.get("cache_creation_input_tokens")
     prompt = input_tokens + (cache_read or 0) + (cache_creation or 0) if input_tokens is not None else None
-    consumed = {"input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"}
-    extra = {k: v for k, v in raw.items() if k not in consumed}
     return shapes.usage(
         prompt, output_tokens,
         prompt_tokens_details={"cached_tokens": cache_read} if cache_read is not None else None,
-        cache_creation_input_tokens=cache_creation, **extra,
+        cache_creation_input_tokens=cache_creation,
     )
 
 

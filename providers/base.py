@@ -2,8 +2,10 @@
 
 A provider turns the gateway's request (a dict already validated against the endpoint type's
 schema, see endpoints_app.schemas) into its vendor's request, sends it through the one HTTP seam
-(serving.upstream), and turns the vendor's answer into the gateway's response shapes
-(providers.shapes). Translation lives in pure methods; only the `post_*` helpers do I/O.
+(serving.upstream), and turns the vendor's answer into the gateway's response shapes: plain dicts
+with exactly the keys and types the models in providers.wire declare (built with the helpers of
+providers.shapes, checked for every provider by tests/providers/test_shapes.py). Translation lives
+in pure methods; only the `post_*` helpers do I/O.
 
 A provider overrides only the operations it offers and declares them in `endpoint_types` and
 `streaming_types`, which the registry, the YAML validator and the admin read. The defaults raise
@@ -78,18 +80,23 @@ class BaseProvider:
 
     # -- operations (override what the vendor offers) ----------------------------------------------
     def chat(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A `wire.ChatResponse` dict. Raises a GatewayError (NotSupported, 501, unless overridden)."""
         raise self.not_supported(CHAT)
 
     def chat_stream(self, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """`wire.ChatChunk` dicts; an error raised while iterating ends the stream with an error event."""
         raise self.not_supported(CHAT, streaming=True)
 
     def completions(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A `wire.CompletionsResponse` dict."""
         raise self.not_supported(COMPLETIONS)
 
     def completions_stream(self, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """`wire.CompletionsChunk` dicts."""
         raise self.not_supported(COMPLETIONS, streaming=True)
 
     def embeddings(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A `wire.EmbeddingsResponse` dict (float vectors, or base64 strings if the vendor was asked for them)."""
         raise self.not_supported(EMBEDDINGS)
 
     def not_supported(self, endpoint_type: str, *, streaming: bool = False) -> NotSupported:

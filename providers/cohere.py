@@ -1,7 +1,9 @@
 """Cohere (`provider: cohere`): the v1 chat, generate and embed APIs, as MLflow 3.x does (§2.3).
 
 Streams are NDJSON (one JSON event per line): `stream-start` is skipped, `text-generation` becomes a
-delta, `stream-end` gives the final chunk with Cohere's raw finish reason (and usage for chat).
+delta, `stream-end` gives the final chunk with the finish reason (and usage for chat). Unlike MLflow,
+which passes Cohere's raw reason (`COMPLETE`, `MAX_TOKENS`, ...), the reason is OpenAI's (`stop`,
+`length`, ...), as every provider answers.
 """
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ from serving.upstream import UpstreamRequest
 DEFAULT_API_BASE = "https://api.cohere.ai/v1"
 COMPLETIONS_NAMES = {"stop": "stop_sequences", "n": "num_generations"}
 EMBEDDINGS_NAMES = {"input": "texts"}
+# Cohere's finish reasons → OpenAI's (shapes.finish_reason: any other, ERROR or USER_CANCEL, reads "stop").
+FINISH_REASONS = {"COMPLETE": "stop", "STOP_SEQUENCE": "stop", "MAX_TOKENS": "length", "ERROR_LIMIT": "length",
+                  "ERROR_TOXIC": "content_filter", "TOOL_CALL": "tool_calls"}
 # Gateway-only fields that mean nothing to Cohere.
 _GATEWAY_ONLY = frozenset({"stream", "stream_options"})
 
@@ -144,7 +149,7 @@ def chat_chunks(lines: Iterable[Any], model: str | None, provider: str) -> Itera
             yield shapes.chat_chunk(
                 id=response.get("response_id"), model=model, provider=provider, usage=chat_usage(response),
                 choices=[shapes.chunk_choice(0, shapes.delta(role="assistant" if first else None),
-                                             event.get("finish_reason"))],
+                                             shapes.finish_reason(event.get("finish_reason"), FINISH_REASONS))],
             )
         # Other events (citations, search results, tool calls) have no chat chunk equivalent.
 
@@ -157,7 +162,8 @@ def completions_chunks(lines: Iterable[Any], model: str | None) -> Iterator[dict
             yield shapes.completions_chunk(id=None, model=model, choices=[choice])
         elif kind == "stream-end":
             response = event.get("response") or {}
-            choice = shapes.text_choice(event.get("index", 0), "", event.get("finish_reason"))
+            reason = shapes.finish_reason(event.get("finish_reason"), FINISH_REASONS)
+            choice = shapes.text_choice(event.get("index", 0), "", reason)
             yield shapes.completions_chunk(id=response.get("id"), model=model, choices=[choice])
 
 

@@ -38,6 +38,8 @@ _NATIVE_REQUEST_FIELDS = ("safetySettings", "cachedContent", "toolConfig")
 _NATIVE_EMBEDDING_FIELDS = ("taskType", "title", "outputDimensionality")
 _BLOCKED = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
                       "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION"})
+# Gemini's finishReason → OpenAI's (shapes.finish_reason: any other reads "stop").
+FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", **dict.fromkeys(_BLOCKED, "content_filter")}
 _VERSION_ROOT = re.compile(r"^v1[a-z0-9]*$")
 
 
@@ -219,32 +221,26 @@ def embeddings_request(payload: dict[str, Any], model: str | None) -> tuple[str,
 
 # -- pure translation: responses --------------------------------------------------------------------------
 def finish_reason(raw: str | None) -> str | None:
-    if not raw:
-        return None
-    if raw == "MAX_TOKENS":
-        return "length"
-    if raw in _BLOCKED:
-        return "content_filter"
-    return raw.lower()
+    """Gemini's finishReason in OpenAI's terms; reasons OpenAI has no word for (OTHER, MALFORMED_FUNCTION_CALL,
+    ...) read "stop" (MLflow passes them on lower-cased)."""
+    return shapes.finish_reason(raw, FINISH_REASONS)
 
 
-def usage(metadata: Any, *, extras: bool = True) -> dict[str, Any]:
-    """usageMetadata → ours: completion = candidates + thoughts tokens."""
+def usage(metadata: Any, *, details: bool = True) -> dict[str, Any]:
+    """usageMetadata → ours: completion = candidates + thoughts tokens; with `details`, the cached and
+    thoughts counts as OpenAI's details. Gemini's other counts (per modality, tool-use prompts) are left out."""
     if not isinstance(metadata, dict):
         return shapes.usage()
     candidates = metadata.get("candidatesTokenCount")
     thoughts = metadata.get("thoughtsTokenCount")
     completion = None if candidates is None and thoughts is None else (candidates or 0) + (thoughts or 0)
-    if not extras:
+    if not details:
         return shapes.usage(metadata.get("promptTokenCount"), completion, metadata.get("totalTokenCount"))
-    consumed = {"promptTokenCount", "candidatesTokenCount", "thoughtsTokenCount", "totalTokenCount",
-                "cachedContentTokenCount"}
     cached = metadata.get("cachedContentTokenCount")
     return shapes.usage(
         metadata.get("promptTokenCount"), completion, metadata.get("totalTokenCount"),
         prompt_tokens_details={"cached_tokens": cached} if cached is not None else None,
         completion_tokens_details={"reasoning_tokens": thoughts} if thoughts is not None else None,
-        **{k: v for k, v in metadata.items() if k not in consumed},
     )
 
 
@@ -312,7 +308,7 @@ def parse_completions(body: Any, model: str | None) -> dict[str, Any]:
             for index, candidate in enumerate(body.get("candidates") or [])
         ]
         return shapes.completions_response(id=None, model=model, choices=choices,
-                                           usage=usage(body.get("usageMetadata"), extras=False))
+                                           usage=usage(body.get("usageMetadata"), details=False))
     except (KeyError, TypeError, AttributeError) as exc:
         raise UpstreamBadResponse(f"The upstream completions response is missing {exc}.") from None
 
@@ -371,7 +367,7 @@ def completions_chunks(events: Iterable[dict[str, Any]], model: str | None) -> I
                                finish_reason(candidate.get("finishReason")))
             for position, candidate in enumerate(data.get("candidates") or [])
         ]
-        chunk_usage = (usage(data["usageMetadata"], extras=False)
+        chunk_usage = (usage(data["usageMetadata"], details=False)
                        if data.get("usageMetadata") and _is_final(data) else None)
         if choices or chunk_usage:
             yield shapes.completions_chunk(id=stream_id, model=model, created=created, choices=choices,

@@ -8,7 +8,8 @@ Rules kept from MLflow: `n` must be 1; `max_tokens` becomes `max_new_tokens`, an
 refused (422); the gateway temperature t (0..2) is sent as max(50*t, 0.001), since TGI wants a
 strictly positive value; `details` is requested so that usage can be reported (prompt tokens from
 `details.prefill`, completion tokens from `details.generated_tokens`). TGI's finish reasons
-(`length`, `eos_token`, `stop_sequence`) are passed through as MLflow does.
+(`length`, `eos_token`, `stop_sequence`) are given in OpenAI's terms (`length`, `stop`), where MLflow
+passes them on as they are.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from serving.upstream import SSEEvent, UpstreamRequest
 
 NAME_MAP = {"max_tokens": "max_new_tokens"}
 DISPLAY_NAME = "Text Generation Inference"
+# TGI's finish reasons → OpenAI's (`length` is both).
+FINISH_REASONS = {"eos_token": "stop", "stop_sequence": "stop"}
 # TGI's `error_type` of an error event → the status it would have answered with.
 _ERROR_STATUS = {"validation": 422, "overloaded": 429, "generation": 424, "incomplete_generation": 500}
 
@@ -63,7 +66,8 @@ def parse_generate(body: Any, model: str | None) -> dict[str, Any]:
     usage = shapes.usage(len(prefill) if isinstance(prefill, list) else None, details.get("generated_tokens"))
     return shapes.completions_response(
         id=None, model=model, usage=usage,
-        choices=[shapes.text_choice(0, body["generated_text"], details.get("finish_reason"))],
+        choices=[shapes.text_choice(0, body["generated_text"],
+                                    shapes.finish_reason(details.get("finish_reason"), FINISH_REASONS))],
     )
 
 
@@ -80,7 +84,7 @@ def parse_stream_event(data: Any, model: str | None, created: int) -> dict[str, 
     usage = None
     finish_reason = None
     if details is not None:
-        finish_reason = details.get("finish_reason")
+        finish_reason = shapes.finish_reason(details.get("finish_reason"), FINISH_REASONS)
         usage = shapes.usage(details.get("input_length"), details.get("generated_tokens"))
     return shapes.completions_chunk(id=None, model=model, created=created, usage=usage,
                                     choices=[shapes.text_choice(0, text, finish_reason)])

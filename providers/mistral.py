@@ -2,8 +2,9 @@
 
 - Chat → `chat/completions` with the configured model and every other field as given (temperature
   unscaled, tools OpenAI-style). Reasoning models answer with a list of chunks ("thinking" and
-  "text"): only the text is kept. Streams are SSE ending with `[DONE]`; Mistral puts the usage on
-  the last chunk by itself, so no `stream_options` is added (Mistral refuses unknown fields).
+  "text"): only the text is kept, as for every OpenAI-compatible vendor. Streams are SSE ending with
+  `[DONE]`; Mistral puts the usage on the last chunk by itself, so no `stream_options` is added
+  (Mistral refuses unknown fields). Its `model_length` finish reason reads `length`.
 - Completions → `chat/completions` with the prompt as one user message; `stop` and `n` dropped and
   temperature halved, as MLflow does. The response has no id and the configured model name.
 - Embeddings → `embeddings` with the model; the upstream index is kept; `model` is the config name.
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from providers import openai_compatible as oa
-from providers.base import content_text
+from providers import shapes
 from providers.config import ConfigField, ProviderConfig
 from providers.openai_compatible import OpenAICompatibleProvider
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
@@ -35,38 +36,22 @@ def completions_payload(payload: dict[str, Any]) -> dict[str, Any]:
     return chat
 
 
-def text_only(content: Any) -> Any:
-    """A list of content chunks → its text chunks joined; anything else as is."""
-    return content_text(content) if isinstance(content, list) else content
-
-
 def finish_reason(reason: str | None) -> str | None:
-    return FINISH_REASONS.get(reason or "", reason)
+    return shapes.finish_reason(reason, FINISH_REASONS)
 
 
 def parse_chat(body: Any, provider: str) -> dict[str, Any]:
-    out = oa.parse_chat(body, provider)
-    for choice in out["choices"]:
-        choice["message"]["content"] = text_only(choice["message"]["content"])
-        choice["finish_reason"] = finish_reason(choice["finish_reason"])
-    return out
+    return oa.parse_chat(body, provider, FINISH_REASONS)
 
 
 def parse_chat_chunk(data: Any, provider: str) -> dict[str, Any]:
-    out = oa.parse_chat_chunk(data, provider)
-    for choice in out["choices"]:
-        choice["delta"]["content"] = text_only(choice["delta"]["content"])
-        choice["finish_reason"] = finish_reason(choice["finish_reason"])
-    return out
+    return oa.parse_chat_chunk(data, provider, FINISH_REASONS)
 
 
 def parse_completions(body: Any, model: str | None) -> dict[str, Any]:
-    out = oa.parse_completions(body)
+    out = oa.parse_completions(body, FINISH_REASONS)
     out["id"] = None
     out["model"] = model
-    for choice in out["choices"]:
-        choice["text"] = text_only(choice["text"]) or ""
-        choice["finish_reason"] = finish_reason(choice["finish_reason"])
     return out
 
 

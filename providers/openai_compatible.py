@@ -8,16 +8,16 @@ its default base URL.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import orjson
 
 from providers import shapes
-from providers.base import BaseProvider
+from providers.base import BaseProvider, content_text
 from providers.config import ConfigField, ProviderConfig
 from providers.errors import UpstreamBadResponse
-from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
+from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS, NO_FINISH_REASONS
 from serving.upstream import SSEEvent, UpstreamRequest
 
 
@@ -45,10 +45,21 @@ def request_body(
 
 
 def _usage(raw: Any) -> dict[str, Any]:
+    """The vendor's usage with the keys `wire.Usage` declares (vendors add their own, e.g. Groq's timings)."""
     if not isinstance(raw, dict):
         return shapes.usage()
-    extra = {k: v for k, v in raw.items() if k not in {"prompt_tokens", "completion_tokens", "total_tokens"}}
-    return shapes.usage(raw.get("prompt_tokens"), raw.get("completion_tokens"), raw.get("total_tokens"), **extra)
+    return shapes.usage(
+        raw.get("prompt_tokens"), raw.get("completion_tokens"), raw.get("total_tokens"),
+        prompt_tokens_details=shapes.prompt_tokens_details(raw.get("prompt_tokens_details")),
+        completion_tokens_details=shapes.completion_tokens_details(raw.get("completion_tokens_details")),
+        cache_creation_input_tokens=raw.get("cache_creation_input_tokens"),
+    )
+
+
+def _text(content: Any) -> Any:
+    """The message's content as the gateway answers it: a vendor's list of parts (Mistral's thinking and
+    text chunks, say) becomes its text parts joined."""
+    return content_text(content) if isinstance(content, list) else content
 
 
 def _tool_calls(raw: Any) -> list[dict[str, Any]] | None:
@@ -57,7 +68,7 @@ def _tool_calls(raw: Any) -> list[dict[str, Any]] | None:
     return [
         {
             "id": call.get("id"),
-            "type": call.get("type", "function"),
+            "type": "function",
             "function": {
                 "name": call.get("function", {}).get("name"),
                 "arguments": call.get("function", {}).get("arguments"),
@@ -67,17 +78,18 @@ def _tool_calls(raw: Any) -> list[dict[str, Any]] | None:
     ]
 
 
-def parse_chat(body: Any, provider: str) -> dict[str, Any]:
+def parse_chat(body: Any, provider: str, finish_reasons: Mapping[str, str] = NO_FINISH_REASONS) -> dict[str, Any]:
+    """An OpenAI chat completion → ours (`finish_reasons`: the vendor's own, in OpenAI's terms)."""
     try:
         choices = [
             shapes.chat_choice(
                 index,
                 shapes.message(
-                    choice["message"].get("content"),
+                    _text(choice["message"].get("content")),
                     role=choice["message"].get("role") or "assistant",
                     tool_calls=_tool_calls(choice["message"].get("tool_calls")),
                 ),
-                choice.get("finish_reason"),
+                shapes.finish_reason(choice.get("finish_reason"), finish_reasons),
             )
             for index, choice in enumerate(body["choices"])
         ]
@@ -103,24 +115,25 @@ def _chunk_tool_calls(raw: Any) -> list[dict[str, Any]] | None:
             {
                 "index": call.get("index", 0),
                 "id": call.get("id"),
-                "type": call.get("type"),
+                "type": "function" if call.get("type") else None,  # only the call's first piece names it
                 "function": {"name": function.get("name"), "arguments": function.get("arguments")},
             }
         )
     return out
 
 
-def parse_chat_chunk(data: Any, provider: str) -> dict[str, Any]:
+def parse_chat_chunk(data: Any, provider: str,
+                     finish_reasons: Mapping[str, str] = NO_FINISH_REASONS) -> dict[str, Any]:
     try:
         choices = [
             shapes.chunk_choice(
                 choice.get("index", index),
                 shapes.delta(
                     role=(choice.get("delta") or {}).get("role"),
-                    content=(choice.get("delta") or {}).get("content"),
+                    content=_text((choice.get("delta") or {}).get("content")),
                     tool_calls=_chunk_tool_calls((choice.get("delta") or {}).get("tool_calls")),
                 ),
-                choice.get("finish_reason"),
+                shapes.finish_reason(choice.get("finish_reason"), finish_reasons),
             )
             for index, choice in enumerate(data.get("choices") or [])
         ]
@@ -137,13 +150,14 @@ def parse_chat_chunk(data: Any, provider: str) -> dict[str, Any]:
         raise UpstreamBadResponse(f"The upstream sent a chat chunk of an unexpected shape: {exc}") from None
 
 
-def parse_completions(body: Any) -> dict[str, Any]:
+def parse_completions(body: Any, finish_reasons: Mapping[str, str] = NO_FINISH_REASONS) -> dict[str, Any]:
+    """An OpenAI completion (or a chat completion, for vendors that complete through chat) → ours."""
     try:
         choices = [
             shapes.text_choice(
                 index,
-                choice["text"] if "text" in choice else choice["message"]["content"],
-                choice.get("finish_reason"),
+                choice["text"] if "text" in choice else _text(choice["message"]["content"]) or "",
+                shapes.finish_reason(choice.get("finish_reason"), finish_reasons),
             )
             for index, choice in enumerate(body["choices"])
         ]
@@ -158,14 +172,16 @@ def parse_completions(body: Any) -> dict[str, Any]:
         raise UpstreamBadResponse(f"The upstream completions response is missing {exc}.") from None
 
 
-def parse_completions_chunk(data: Any) -> dict[str, Any]:
+def parse_completions_chunk(data: Any,
+                            finish_reasons: Mapping[str, str] = NO_FINISH_REASONS) -> dict[str, Any]:
     """Real /v1/completions chunks carry choices[].text (MLflow reads delta.content and breaks)."""
     choices = []
     for index, choice in enumerate(data.get("choices") or []):
         text = choice.get("text")
         if text is None:
             text = (choice.get("delta") or {}).get("content")
-        choices.append(shapes.text_choice(choice.get("index", index), text or "", choice.get("finish_reason")))
+        reason = shapes.finish_reason(choice.get("finish_reason"), finish_reasons)
+        choices.append(shapes.text_choice(choice.get("index", index), text or "", reason))
     usage = _usage(data["usage"]) if data.get("usage") else None
     return shapes.completions_chunk(
         id=data.get("id"), model=data.get("model"), created=data.get("created"), choices=choices, usage=usage

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from providers import openai_compatible as oa
+from providers import shapes
 from providers.base import rename_keys
 from providers.config import ConfigField, ProviderConfig
 from providers.errors import InvalidParameter
@@ -49,37 +50,33 @@ def completions_payload(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def finish_reason(reason: str | None) -> str | None:
-    return FINISH_REASONS.get(reason or "", reason)
+    return shapes.finish_reason(reason, FINISH_REASONS)
 
 
-def _normalised(out: dict[str, Any], model: str | None) -> dict[str, Any]:
-    """Our response or chunk with the configured model and our finish reasons."""
+def _with_model(out: dict[str, Any], model: str | None) -> dict[str, Any]:
+    """Our response or chunk naming the configured model, as MLflow's do."""
     out["model"] = model
-    for choice in out["choices"]:
-        choice["finish_reason"] = finish_reason(choice["finish_reason"])
     return out
 
 
 def parse_chat(body: Any, model: str | None, provider: str) -> dict[str, Any]:
-    return _normalised(oa.parse_chat(body, provider), model)
+    return _with_model(oa.parse_chat(body, provider, FINISH_REASONS), model)
 
 
 def parse_chat_chunk(data: Any, model: str | None, provider: str) -> dict[str, Any]:
-    return _normalised(oa.parse_chat_chunk(data, provider), model)
+    return _with_model(oa.parse_chat_chunk(data, provider, FINISH_REASONS), model)
 
 
 def parse_completions(body: Any, model: str | None) -> dict[str, Any]:
-    return _normalised(oa.parse_completions(body), model)
+    return _with_model(oa.parse_completions(body, FINISH_REASONS), model)
 
 
 def parse_completions_chunk(data: Any, model: str | None) -> dict[str, Any]:
-    return _normalised(oa.parse_completions_chunk(data), model)
+    return _with_model(oa.parse_completions_chunk(data, FINISH_REASONS), model)
 
 
 def parse_embeddings(body: Any, model: str | None) -> dict[str, Any]:
-    out = oa.parse_embeddings(body)
-    out["model"] = model
-    return out
+    return _with_model(oa.parse_embeddings(body), model)
 
 
 # -- the provider --------------------------------------------------------------------------------------

@@ -50,10 +50,17 @@ def test_it_maps_completions_finish_reasons_and_token_counts() -> None:
     assert out["id"] == "7921a78e-d905-c9df-27e3-88e4831e3c3b"
     assert out["model"] == "j2-mid"
     assert out["choices"] == [
-        {"index": 0, "text": " Paris.", "finish_reason": "endoftext"},
+        {"index": 0, "text": " Paris.", "finish_reason": "stop"},
         {"index": 1, "text": " a city", "finish_reason": "length"},
     ]
     assert out["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+
+
+@pytest.mark.parametrize(("ai21_reason", "expected"),
+                         [("endoftext", "stop"), ("stop", "stop"), ("length", "length"), (None, None)])
+def test_it_gives_ai21_finish_reasons_in_openai_terms(ai21_reason: str | None, expected: str | None) -> None:
+    body = {"completions": [{"data": {"text": "x"}, "finishReason": {"reason": ai21_reason}}]}
+    assert ai21labs.parse_complete(body, "j2-mid")["choices"][0]["finish_reason"] == expected
 
 
 def test_usage_stays_empty_without_token_lists() -> None:

@@ -199,6 +199,10 @@ def test_it_maps_stop_reasons(stop_reason: str | None, expected: str) -> None:
         ({"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 7},
          {"prompt_tokens": 117, "completion_tokens": 5, "total_tokens": 122,
           "prompt_tokens_details": {"cached_tokens": 100}, "cache_creation_input_tokens": 7}),
+        ({"input_tokens": 10, "output_tokens": 5, "service_tier": "standard",
+          "server_tool_use": {"web_search_requests": 1},
+          "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0}},
+         {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}),
         (None, {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None}),
     ],
 )
@@ -214,8 +218,7 @@ def test_it_maps_a_messages_response() -> None:
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello! How can I help you today?",
                                              "tool_calls": None, "refusal": None}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21,
-                  "prompt_tokens_details": {"cached_tokens": 0}, "cache_creation_input_tokens": 0,
-                  "service_tier": "standard"},
+                  "prompt_tokens_details": {"cached_tokens": 0}, "cache_creation_input_tokens": 0},
         "provider": "anthropic",
     }
 

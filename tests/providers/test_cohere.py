@@ -128,9 +128,21 @@ def test_it_turns_the_chat_stream_into_chunks_with_usage_last() -> None:
     ]
     chunks = list(co.chat_chunks(events, MODEL, "cohere"))
     assert [(c["id"], c["choices"][0]["delta"]["content"], c["choices"][0]["finish_reason"]) for c in chunks] == [
-        (None, "Hi", None), ("r1", None, "MAX_TOKENS")]
+        (None, "Hi", None), ("r1", None, "length")]
     assert chunks[0]["usage"] is None
     assert chunks[-1]["usage"] == {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+
+
+@pytest.mark.parametrize(
+    ("cohere_reason", "expected"),
+    [("COMPLETE", "stop"), ("STOP_SEQUENCE", "stop"), ("MAX_TOKENS", "length"), ("ERROR_LIMIT", "length"),
+     ("ERROR_TOXIC", "content_filter"), ("TOOL_CALL", "tool_calls"), ("ERROR", "stop"), ("USER_CANCEL", "stop")],
+)
+def test_stream_end_gives_the_finish_reason_in_openai_terms(cohere_reason: str, expected: str) -> None:
+    events = [{"event_type": "stream-end", "finish_reason": cohere_reason, "response": {}}]
+    (chat,) = co.chat_chunks(events, "command-r", "cohere")
+    (completion,) = co.completions_chunks(events, "command")
+    assert chat["choices"][0]["finish_reason"] == completion["choices"][0]["finish_reason"] == expected
 
 
 def test_an_error_line_in_the_stream_raises() -> None:
@@ -178,7 +190,7 @@ def test_chat_streaming_reads_ndjson(cohere_endpoints: HTTPServer, client: Any) 
     assert events[-1] == "[DONE]"
     chunks = events[:-1]
     assert [c["choices"][0]["delta"]["content"] for c in chunks] == ["How", " are", " you", None]
-    assert chunks[-1]["choices"][0]["finish_reason"] == "COMPLETE"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["id"] == "d8ff3b5e-8a0b-4bd1-b0a4-7bd6b2a3cc3b"
     assert chunks[-1]["usage"] == {"prompt_tokens": 83, "completion_tokens": 3, "total_tokens": 86}
     cohere_endpoints.check_assertions()
@@ -204,7 +216,7 @@ def test_completions_streaming_reads_ndjson(cohere_endpoints: HTTPServer, client
     chunks = sse_events(response)[:-1]
     assert {c["object"] for c in chunks} == {"text_completion_chunk"}
     assert [(c["choices"][0]["text"], c["choices"][0]["finish_reason"]) for c in chunks] == [
-        (" Hi", None), (" there", None), ("", "MAX_TOKENS")]
+        (" Hi", None), (" there", None), ("", "length")]
     cohere_endpoints.check_assertions()
 
 

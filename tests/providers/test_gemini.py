@@ -167,7 +167,7 @@ def test_it_picks_the_embedding_method(request_payload: dict[str, Any], expected
     ("raw_reason", "expected"),
     [("STOP", "stop"), ("MAX_TOKENS", "length"), ("SAFETY", "content_filter"), ("RECITATION", "content_filter"),
      ("BLOCKLIST", "content_filter"), ("PROHIBITED_CONTENT", "content_filter"), ("SPII", "content_filter"),
-     ("MALFORMED_FUNCTION_CALL", "malformed_function_call"), ("OTHER", "other"), (None, None)],
+     ("MALFORMED_FUNCTION_CALL", "stop"), ("OTHER", "stop"), (None, None)],
 )
 def test_it_maps_finish_reasons(raw_reason: str | None, expected: str | None) -> None:
     assert ge.finish_reason(raw_reason) == expected
@@ -179,7 +179,7 @@ def test_it_maps_usage_with_thoughts_counted_as_completion() -> None:
         "prompt_tokens": 10, "completion_tokens": 21, "total_tokens": 31,
         "prompt_tokens_details": {"cached_tokens": 4}, "completion_tokens_details": {"reasoning_tokens": 12}}
     assert ge.usage({"promptTokenCount": 3, "candidatesTokenCount": 2, "totalTokenCount": 5, "x": 1},
-                    extras=False) == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+                    details=False) == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
 
 
 def test_it_maps_a_generate_content_response() -> None:

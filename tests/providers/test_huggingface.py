@@ -53,11 +53,18 @@ def test_it_refuses_mlflow_rule_violations(request_payload: dict[str, Any], mess
     assert caught.value.status == 422
 
 
+@pytest.mark.parametrize(("tgi_reason", "expected"),
+                         [("eos_token", "stop"), ("stop_sequence", "stop"), ("length", "length"), (None, None)])
+def test_it_gives_tgi_finish_reasons_in_openai_terms(tgi_reason: str | None, expected: str | None) -> None:
+    out = tgi.parse_generate({"generated_text": "x", "details": {"finish_reason": tgi_reason}}, "mistral-7b")
+    assert out["choices"][0]["finish_reason"] == expected
+
+
 def test_it_maps_the_answer_and_counts_usage_from_details() -> None:
     out = tgi.parse_generate(payload("huggingface", "generate_response.json"), "mistral-7b")
     assert out["object"] == "text_completion"
     assert out["model"] == "mistral-7b"
-    assert out["choices"] == [{"index": 0, "text": " Paris, the capital of France.", "finish_reason": "eos_token"}]
+    assert out["choices"] == [{"index": 0, "text": " Paris, the capital of France.", "finish_reason": "stop"}]
     assert out["usage"] == {"prompt_tokens": 6, "completion_tokens": 8, "total_tokens": 14}
 
 
@@ -71,7 +78,7 @@ def test_stream_events_map_tokens_skip_special_text_and_end_with_usage() -> None
     events = [e.removeprefix("data:") for e in raw("huggingface", "generate_stream.txt").split("\n\n") if e.strip()]
     chunks = [tgi.parse_stream_event(orjson.loads(e), "m", 1) for e in events]
     assert [c["choices"][0]["text"] for c in chunks] == [" Paris", ".", ""]
-    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, "eos_token"]
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, "stop"]
     assert chunks[-1]["usage"] == {"prompt_tokens": 6, "completion_tokens": 3, "total_tokens": 9}
     assert chunks[0]["usage"] is None
     assert chunks[0]["object"] == "text_completion_chunk"
@@ -121,7 +128,7 @@ def test_completions_send_the_exact_generate_request(tgi_server: HTTPServer, cli
                          {"prompt": "The capital of France is", "max_tokens": 10, "temperature": 0.2})
     assert response.status_code == 200, response.content
     body = response.json()
-    assert body["choices"] == [{"index": 0, "text": " Paris, the capital of France.", "finish_reason": "eos_token"}]
+    assert body["choices"] == [{"index": 0, "text": " Paris, the capital of France.", "finish_reason": "stop"}]
     assert body["usage"] == {"prompt_tokens": 6, "completion_tokens": 8, "total_tokens": 14}
     assert body["model"] == "mistral-7b"
     tgi_server.check_assertions()
@@ -136,7 +143,7 @@ def test_completions_stream_from_generate_stream(tgi_server: HTTPServer, client:
     events = sse_events(response)
     assert events[-1] == "[DONE]"
     assert "".join(e["choices"][0]["text"] for e in events[:-1]) == " Paris."
-    assert events[-2]["choices"][0]["finish_reason"] == "eos_token"
+    assert events[-2]["choices"][0]["finish_reason"] == "stop"
     assert events[-2]["usage"]["total_tokens"] == 9
     tgi_server.check_assertions()
 

@@ -45,12 +45,15 @@ def test_completions_become_one_user_message_without_stop_and_n(request_payload:
     ],
 )
 def test_list_content_keeps_only_text(content: Any, expected: Any) -> None:
-    assert mistral.text_only(content) == expected
+    body = {"choices": [{"message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}
+    chunk = {"choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
+    assert mistral.parse_chat(body, "mistral")["choices"][0]["message"]["content"] == expected
+    assert mistral.parse_chat_chunk(chunk, "mistral")["choices"][0]["delta"]["content"] == expected
 
 
 @pytest.mark.parametrize(("reason", "expected"),
                          [("stop", "stop"), ("length", "length"), ("model_length", "length"),
-                          ("tool_calls", "tool_calls"), ("error", "error"), (None, None)])
+                          ("tool_calls", "tool_calls"), ("error", "stop"), (None, None)])
 def test_it_normalises_finish_reasons(reason: str | None, expected: str | None) -> None:
     assert mistral.finish_reason(reason) == expected
 

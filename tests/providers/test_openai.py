@@ -58,6 +58,52 @@ def test_it_maps_tool_calls() -> None:
     assert out["choices"][0]["finish_reason"] == "tool_calls"
 
 
+def _chat_answer(**message_and_usage: Any) -> dict[str, Any]:
+    usage = message_and_usage.pop("usage", None)
+    reason = message_and_usage.pop("finish_reason", "stop")
+    return {"id": "c", "created": 1, "model": "m", "usage": usage,
+            "choices": [{"index": 0, "message": {"role": "assistant", **message_and_usage}, "finish_reason": reason}]}
+
+
+COUNTS = {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15}
+
+
+@pytest.mark.parametrize(
+    ("vendor_usage", "expected"),
+    [
+        pytest.param({**COUNTS, "prompt_tokens_details": {"cached_tokens": 4, "audio_tokens": 0}},
+                     {**COUNTS, "prompt_tokens_details": {"cached_tokens": 4, "audio_tokens": 0}}, id="openai"),
+        pytest.param({**COUNTS, "prompt_cache_hit_tokens": 4, "prompt_cache_miss_tokens": 5}, COUNTS, id="deepseek"),
+        pytest.param({**COUNTS, "queue_time": 0.02, "prompt_time": 0.001, "completion_time": 0.05}, COUNTS,
+                     id="groq"),
+        pytest.param({**COUNTS, "prompt_tokens_details": {"text_tokens": 9, "cached_tokens": 2},
+                      "completion_tokens_details": {"reasoning_tokens": 3}, "num_sources_used": 0},
+                     {**COUNTS, "prompt_tokens_details": {"cached_tokens": 2},
+                      "completion_tokens_details": {"reasoning_tokens": 3}}, id="xai"),
+        pytest.param({**COUNTS, "cost": 0.0001, "is_byok": False, "prompt_tokens_details": {"cached_tokens": None}},
+                     COUNTS, id="openrouter"),
+        pytest.param(None, {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None}, id="none"),
+    ],
+)
+def test_it_keeps_only_the_usage_keys_the_gateway_declares(vendor_usage: Any, expected: dict[str, Any]) -> None:
+    assert oa.parse_chat(_chat_answer(content="hi", usage=vendor_usage), "openai")["usage"] == expected
+
+
+@pytest.mark.parametrize(
+    ("vendor_reason", "expected"),
+    [("stop", "stop"), ("length", "length"), ("tool_calls", "tool_calls"), ("content_filter", "content_filter"),
+     ("function_call", "function_call"), ("insufficient_system_resource", "stop"), ("abort", "stop"), (None, None)],
+)
+def test_it_gives_finish_reasons_in_openai_terms(vendor_reason: str | None, expected: str | None) -> None:
+    answer = oa.parse_chat(_chat_answer(content="hi", finish_reason=vendor_reason), "openai")
+    assert answer["choices"][0]["finish_reason"] == expected
+
+
+def test_it_joins_the_text_parts_of_list_content() -> None:
+    parts = [{"type": "thinking", "thinking": "hmm"}, {"type": "text", "text": "A"}, {"type": "text", "text": "B"}]
+    assert oa.parse_chat(_chat_answer(content=parts), "openai")["choices"][0]["message"]["content"] == "AB"
+
+
 @pytest.mark.parametrize(
     ("chunk", "expected_text", "expected_finish"),
     [
