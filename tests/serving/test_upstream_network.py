@@ -34,7 +34,7 @@ pytestmark = pytest.mark.django_db
 
 Reply = Callable[[BaseHTTPRequestHandler], None]
 CHAT_BODY = {"messages": [{"role": "user", "content": "Hi"}]}
-STREAM_BODY = {**CHAT_BODY, "stream": True}
+STREAM_BODY = {**CHAT_BODY, "stream": True, "stream_options": {"include_usage": True}}
 CHAT_RESPONSE = orjson.dumps(payload("openai", "chat_response.json"))
 PROXY_VARIABLES = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY",
                    "all_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR")
