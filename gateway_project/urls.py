@@ -15,6 +15,7 @@ from consumers.api import ConsumerViewSet, KeyViewSet
 from endpoints_app import views
 from endpoints_app.api import EndpointViewSet, RouteViewSet
 from endpoints_app.models import NAME_CHARS
+from usage.api import UsageReportView
 
 NAME = rf"(?P<name>{NAME_CHARS})"
 
@@ -49,6 +50,7 @@ urlpatterns = [
     re_path(rf"^api/2\.0/gateway/limits/{NAME}$", views.LimitsView.as_view()),
     re_path(rf"^api/2\.0/gateway/routes/{NAME}$", views.LegacyRouteDetailView.as_view()),
     path("v1/models", views.ModelListView.as_view()),
+    path("api/manage/usage/", UsageReportView.as_view(), name="manage-usage"),
     path("api/manage/", include(manage.urls)),
     path("admin/", admin.site.urls),
 ]

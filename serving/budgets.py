@@ -32,6 +32,7 @@ from serving import counters
 logger = logging.getLogger(__name__)
 
 THRESHOLDS = (50, 80, 100)  # percent
+_PERIOD_WORDS = {"day": "daily", "week": "weekly", "month": "monthly"}
 PICO_PER_USD = 10**12
 
 
@@ -45,6 +46,15 @@ class Budget:
     @classmethod
     def of(cls, usd: Decimal, period: str, action: str) -> Budget:
         return cls(int(usd * PICO_PER_USD), period, action, usd)
+
+    @property
+    def usd_text(self) -> str:
+        """As written: 0.08, 50 (not 0.080000 or 5E+1)."""
+        return format(self.usd.normalize(), "f")
+
+    @property
+    def period_word(self) -> str:
+        return _PERIOD_WORDS[self.period]
 
 
 @dataclass(frozen=True)
@@ -85,10 +95,10 @@ def window(scope: str, budget: Budget, now: float) -> Window:
 
 def exceeded(win: Window, spent: int, now: float) -> RateLimited:
     error = RateLimited(
-        f"Budget exceeded: {_scope_words(win.scope)} has spent ${_usd(spent)} of its ${win.budget.usd} "
-        f"{win.budget.period}ly budget; it renews at {win.end:%Y-%m-%d %H:%M} UTC.",
+        f"Budget exceeded: {_scope_words(win.scope)} has spent ${_usd(spent)} of its ${win.budget.usd_text} "
+        f"{win.budget.period_word} budget; it renews at {win.end:%Y-%m-%d %H:%M} UTC.",
         code="budget_exceeded", retry_after=win.retry_after(now))
-    error.headers = {"X-Budget-Limit-USD": str(win.budget.usd), "X-Budget-Spent-USD": _usd(spent),
+    error.headers = {"X-Budget-Limit-USD": win.budget.usd_text, "X-Budget-Spent-USD": _usd(spent),
                      "X-Budget-Reset": str(win.retry_after(now))}
     return error
 
@@ -123,10 +133,10 @@ def crossed(before: int, after: int, budget: int) -> list[int]:
 def _alert(win: Window, percent: int, total: int) -> None:
     body = {"event": "budget.threshold", "scope": "consumer" if win.scope.startswith("c:") else "endpoint",
             "name": win.scope[2:], "threshold_percent": percent, "spent_usd": _usd(total),
-            "budget_usd": str(win.budget.usd), "period": win.budget.period, "period_start": win.start.isoformat(),
+            "budget_usd": win.budget.usd_text, "period": win.budget.period, "period_start": win.start.isoformat(),
             "period_end": win.end.isoformat(), "action": win.budget.action, "time": time.time()}
-    logger.warning("budget alert: %s has spent $%s, %d%% of its $%s %sly budget (action: %s)",
-                   _scope_words(win.scope), body["spent_usd"], percent, win.budget.usd, win.budget.period,
+    logger.warning("budget alert: %s has spent $%s, %d%% of its $%s %s budget (action: %s)",
+                   _scope_words(win.scope), body["spent_usd"], percent, win.budget.usd_text, win.budget.period_word,
                    win.budget.action)
     url = settings.GATEWAY_ALERT_WEBHOOK_URL
     if url:

@@ -140,17 +140,19 @@ def _invoke(table: EndpointTable, inv: Invocation, endpoint_type: str, payload: 
     return json_response(result, headers=_rate_headers(inv.rate))
 
 
-def _begin(request: HttpRequest, family: str) -> tuple[EndpointTable, Invocation]:
-    inv = invoke.begin(getattr(request, "request_id", None), family)
+def _begin(request: HttpRequest, family: str) -> Invocation:
+    return invoke.begin(getattr(request, "request_id", None), family)
+
+
+def _authenticated(request: HttpRequest, inv: Invocation) -> EndpointTable:
     table = runtime.current_table()
     invoke.authenticate(table, inv, request.META.get("HTTP_AUTHORIZATION"))
-    return table, inv
+    return table
 
 
-def _refused(inv: Invocation | None, error: GatewayError) -> None:
+def _refused(inv: Invocation, error: GatewayError) -> None:
     """A request that ends in an error before its answer: it is in the ledger too."""
-    if inv is not None:
-        invoke.finish(inv, error.status, error=error)
+    invoke.finish(inv, error.status, error=error)
 
 
 def _method_not_allowed(render: Callable[[GatewayError], HttpResponse]) -> HttpResponse:
@@ -164,9 +166,10 @@ def endpoint_invocations(request: HttpRequest, name: str) -> HttpResponseBase:
     """POST /endpoints/<name>/invocations (and /gateway/<name>/invocations): MLflow's route."""
     if request.method != "POST":
         return _method_not_allowed(mlflow_error)
-    inv = None
+    inv = _begin(request, "gateway" if request.path.startswith("/gateway/") else "endpoints")
+    inv.name = name
     try:
-        table, inv = _begin(request, "gateway" if request.path.startswith("/gateway/") else "endpoints")
+        table = _authenticated(request, inv)
         invoke.authorize(inv, name)
         endpoint_type = table.type_of(name)
         if endpoint_type is None:
@@ -183,9 +186,9 @@ def _openai_view(expected_type: str) -> Callable[[HttpRequest], HttpResponseBase
     def view(request: HttpRequest) -> HttpResponseBase:
         if request.method != "POST":
             return _method_not_allowed(openai_error)
-        inv = None
+        inv = _begin(request, "v1")
         try:
-            table, inv = _begin(request, "v1")
+            table = _authenticated(request, inv)
             body = read_json_body(request)
             model = body.get("model") if isinstance(body, dict) else None
             if not isinstance(model, str) or not model:

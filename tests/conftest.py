@@ -11,8 +11,10 @@ import orjson
 import pytest
 from django.conf import settings
 
+from consumers.models import Consumer
 from endpoints_app.models import Endpoint, Source
-from endpoints_app.validation import validate_endpoint
+from endpoints_app.services import endpoint_columns
+from endpoints_app.validation import validate_consumer, validate_endpoint
 from serving import counters, runtime
 from tests.asgi import ASGIClient
 from tests.liveserver import LiveGateway
@@ -80,35 +82,35 @@ def make_endpoint(db: None) -> MakeEndpoint:
         provider: str,
         model_name: str | None = None,
         config: dict[str, Any] | None = None,
-        limit: dict[str, Any] | None = None,
-        timeouts: dict[str, Any] | None = None,
         enabled: bool = True,
+        **entry: Any,
     ) -> Endpoint:
+        """`entry` takes the other keys of a YAML entry: limit, timeouts, cost, budget..."""
         raw: dict[str, Any] = {
             "name": name,
             "endpoint_type": endpoint_type,
             "enabled": enabled,
             "model": {"provider": provider, "name": model_name, "config": config or {}},
+            **{key: value for key, value in entry.items() if value is not None},
         }
-        if limit is not None:
-            raw["limit"] = limit
-        if timeouts is not None:
-            raw["timeouts"] = timeouts
         spec, _ = validate_endpoint(raw)
-        return Endpoint.objects.create(
-            name=spec.name,
-            endpoint_type=spec.endpoint_type,
-            provider=spec.provider,
-            model_name=spec.model_name,
-            config=spec.config,
-            enabled=spec.enabled,
-            source=Source.ADMIN,
-            limit_calls=spec.limit.calls if spec.limit else None,
-            limit_renewal_period=spec.limit.renewal_period if spec.limit else "",
-            connect_timeout=spec.timeouts.connect,
-            read_timeout=spec.timeouts.read,
-            max_retries=spec.timeouts.retries,
-        )
+        return Endpoint.objects.create(name=spec.name, source=Source.ADMIN, **endpoint_columns(spec))
+
+    return make
+
+
+MakeConsumer = Callable[..., Consumer]
+
+
+@pytest.fixture
+def make_consumer(db: None) -> MakeConsumer:
+    """Create a consumer through the validator YAML uses; keyword args mirror the YAML."""
+
+    def make(name: str, allow: list[str] | str = "*", **raw: Any) -> Consumer:
+        from consumers.services import consumer_values
+
+        spec = validate_consumer({"name": name, "allow": allow, **raw})
+        return Consumer.objects.create(name=spec.name, source=Source.ADMIN, **consumer_values(spec))
 
     return make
 

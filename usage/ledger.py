@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import DataError, IntegrityError, close_old_connections, connection, transaction
 
 from usage import rollups
 
@@ -118,6 +118,12 @@ class Ledger:
                 batch = [self._buffer.popleft() for _ in range(min(self.batch, len(self._buffer)))]
             try:
                 write(batch)
+            except (DataError, IntegrityError):
+                # Not the database being away: some record it refuses. Write them one by one and keep the rest.
+                written = self._write_each(batch)
+                total += written
+                self.written += written
+                continue
             except Exception as exc:
                 self._failures += 1
                 self._put_back(batch)
@@ -132,6 +138,18 @@ class Ledger:
             total += len(batch)
             self.written += len(batch)
         return total
+
+    def _write_each(self, batch: list[Entry]) -> int:
+        written = 0
+        for entry in batch:
+            try:
+                write([entry])
+            except (DataError, IntegrityError) as exc:
+                self.dropped += 1
+                logger.error("usage record %s refused by the database and dropped: %s", entry.request_id, exc)
+            else:
+                written += 1
+        return written
 
     def _put_back(self, batch: list[Entry]) -> None:
         with self._lock:

@@ -26,7 +26,7 @@ def usd(picousd: int | None) -> Decimal:
 class UsageRecord(models.Model):
     time = models.DateTimeField(db_index=True)
     request_id = models.CharField(max_length=128)
-    family = models.CharField(max_length=8, help_text="endpoints, gateway or v1: the route the client called")
+    family = models.CharField(max_length=16, help_text="endpoints, gateway or v1: the route the client called")
     consumer = models.CharField(max_length=255, blank=True, default="")
     key_prefix = models.CharField(max_length=32, blank=True, default="")
     name = models.CharField(max_length=255, blank=True, default="", help_text="The endpoint or route called")

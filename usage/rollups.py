@@ -42,7 +42,8 @@ def insert_records(entries: Sequence[Entry]) -> None:
     columns = ", ".join(connection.ops.quote_name(c) for c in RECORD_COLUMNS)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            # psycopg's COPY, under Django's error mapping (a refused row is an IntegrityError, as elsewhere).
+            with connection.wrap_database_errors, cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
                 for entry in entries:
                     copy.write_row((_when(entry[0]), *entry[1:]))
             return

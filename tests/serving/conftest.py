@@ -180,3 +180,37 @@ def chat(url: str, *, session: requests.Session | None = None, content: str = "h
     """POST one chat message to an invocation URL (a fresh connection unless a session is given)."""
     body = {"messages": [{"role": "user", "content": content}]}
     return (session or requests).post(url, json=body, timeout=timeout)
+
+
+@pytest.fixture
+def services_env() -> Iterator[dict[str, str]]:
+    """The environment of gateway instances sharing a fresh PostgreSQL database (dropped afterwards) and
+    Redis under a key prefix of their own."""
+    from tests.conftest import require
+
+    require(_reachable(5432), "PostgreSQL is not reachable on 127.0.0.1:5432")
+    require(_reachable(6379), "Redis is not reachable on 127.0.0.1:6379")
+    import secrets
+
+    import psycopg
+
+    name = f"gw_test_{secrets.token_hex(4)}"
+    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield server_env(f"{POSTGRES}/{name}", REDIS_URL=REDIS, CACHE_KEY_PREFIX=f"gw-test-{secrets.token_hex(4)}")
+    finally:
+        with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+POSTGRES = "postgres://postgres@127.0.0.1:5432"
+REDIS = "redis://127.0.0.1:6379/5"
+
+
+def _reachable(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False

@@ -3,19 +3,15 @@
 Also: start_server warns when it binds a non-loopback address with auth off."""
 from __future__ import annotations
 
-import secrets
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import require
 from tests.serving.conftest import Server, Servers, config_text, manage, mock_endpoint, server_env
-from tests.serving.test_multi_instance import POSTGRES, REDIS, reachable
 
 pytestmark = [pytest.mark.slow]
 
@@ -71,35 +67,19 @@ def test_a_revoked_key_is_refused_by_both_workers_within_a_second(servers: Serve
     assert seconds_until_refused_everywhere([server], key) < 1.0
 
 
-@pytest.fixture
-def shared_env() -> Iterator[dict[str, str]]:
-    require(reachable(5432), "PostgreSQL is not reachable on 127.0.0.1:5432")
-    require(reachable(6379), "Redis is not reachable on 127.0.0.1:6379")
-    import psycopg
-
-    name = f"gw_keys_{secrets.token_hex(4)}"
-    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield server_env(f"{POSTGRES}/{name}", REDIS_URL=REDIS, CACHE_KEY_PREFIX=f"gw-keys-{secrets.token_hex(4)}",
-                         GATEWAY_AUTH="keys")
-    finally:
-        with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.mark.services
 def test_a_revoked_key_is_refused_by_every_worker_of_two_instances_within_a_second(
-        servers: Servers, shared_env: dict[str, str], tmp_path: Path) -> None:
+        servers: Servers, services_env: dict[str, str], tmp_path: Path) -> None:
     config = tmp_path / "gateway.yaml"
     config.write_text(config_text(mock_endpoint("chat")) + CONSUMERS)
-    a = servers.start(shared_env, config, wait=False)
-    b = servers.start(shared_env, config, wait=False)
+    env = {**services_env, "GATEWAY_AUTH": "keys"}
+    a = servers.start(env, config, wait=False)
+    b = servers.start(env, config, wait=False)
     a.wait_until_healthy()
     b.wait_until_healthy()
-    key = make_key(shared_env)
+    key = make_key(env)
     assert call(a, key) == 200 and call(b, key) == 200
-    assert manage(shared_env, "revoke_key", key[:12]).returncode == 0
+    assert manage(env, "revoke_key", key[:12]).returncode == 0
     assert seconds_until_refused_everywhere([a, b], key) < 1.0
 
 
