@@ -61,7 +61,12 @@ class Endpoint(Budgeted):
     limit_key = models.CharField(max_length=255, blank=True, null=True)
     connect_timeout = models.FloatField(null=True, blank=True, help_text="Seconds; empty for the default.")
     read_timeout = models.FloatField(null=True, blank=True, help_text="Seconds (idle time for streams).")
+    total_timeout = models.FloatField(null=True, blank=True,
+                                      help_text="Seconds for the whole call, retries included (a stream: until its "
+                                                "first byte). Empty: the read timeout.")
     max_retries = models.PositiveSmallIntegerField(null=True, blank=True)
+    params = models.JSONField(default=dict, blank=True,
+                              help_text="{defaults: {...}, max: {...}, deny: [...], on_max: clamp|reject}")
     cost_input_per_million = models.DecimalField("input USD per million tokens", max_digits=16, decimal_places=6,
                                                  null=True, blank=True,
                                                  help_text="Empty: the built-in list price of the model, if known.")
@@ -95,7 +100,11 @@ class TrafficRoute(models.Model):
     name = models.CharField(max_length=255, unique=True, validators=[name_validator])
     task_type = models.CharField(max_length=32, choices=ENDPOINT_TYPE_CHOICES)
     routing_strategy = models.CharField(max_length=32, default="TRAFFIC_SPLIT",
-                                        choices=[("TRAFFIC_SPLIT", "TRAFFIC_SPLIT")])
+                                        choices=[("TRAFFIC_SPLIT", "TRAFFIC_SPLIT: split by percentage"),
+                                                 ("FALLBACK", "FALLBACK: in order, on failure")])
+    fallback_on = models.JSONField(default=list, blank=True,
+                                   help_text="FALLBACK: what moves on to the next destination (connect, timeout, 5xx, "
+                                             "429, ...). Empty: connect, timeout, 429 and 5xx.")
     enabled = models.BooleanField(default=True)
     source = models.CharField(max_length=8, choices=Source.choices, default=Source.ADMIN)
     source_path = models.CharField(max_length=1024, blank=True, default="")
@@ -113,7 +122,8 @@ class TrafficRoute(models.Model):
 class TrafficDestination(models.Model):
     route = models.ForeignKey(TrafficRoute, related_name="destinations", on_delete=models.CASCADE)
     endpoint = models.ForeignKey(Endpoint, related_name="route_destinations", on_delete=models.PROTECT)
-    traffic_percentage = models.PositiveSmallIntegerField()
+    traffic_percentage = models.PositiveSmallIntegerField(null=True, blank=True,
+                                                          help_text="TRAFFIC_SPLIT only; FALLBACK goes in order.")
     position = models.PositiveSmallIntegerField(default=0)
 
     class Meta:

@@ -53,7 +53,7 @@ class LegacyRouteListSerializer(serializers.Serializer):
 
 class DestinationSerializer(serializers.Serializer):
     name = serializers.CharField()
-    traffic_percentage = serializers.IntegerField()
+    traffic_percentage = serializers.IntegerField(required=False, help_text="TRAFFIC_SPLIT routes only")
 
 
 class TrafficRouteSerializer(serializers.Serializer):

@@ -13,9 +13,10 @@ from django.db.models import F
 
 from consumers.models import Consumer
 from consumers.services import apply_consumers, consumer_to_yaml
-from endpoints_app.columns import budget_columns, budget_to_yaml, plain_number
+from endpoints_app.columns import budget_columns, budget_to_yaml, params_to_yaml, plain_number
 from endpoints_app.models import ConfigState, Endpoint, Source, TrafficDestination, TrafficRoute
 from endpoints_app.validation import (
+    FALLBACK_DEFAULT,
     ConfigDocument,
     ConfigError,
     DestinationSpec,
@@ -94,7 +95,8 @@ def route_spec(route: TrafficRoute) -> RouteSpec:
     """A stored traffic route as the validator sees one."""
     return RouteSpec(name=route.name, task_type=route.task_type, routing_strategy=route.routing_strategy,
                      enabled=route.enabled, destinations=tuple(DestinationSpec(d.endpoint.name, d.traffic_percentage)
-                                                               for d in route.destinations.all()))
+                                                               for d in route.destinations.all()),
+                     fallback_on=tuple(route.fallback_on))
 
 
 def import_config(path: str, *, dry_run: bool = False, prune: bool = False) -> ImportReport:
@@ -180,7 +182,9 @@ def endpoint_columns(spec: EndpointSpec) -> dict[str, Any]:
         "limit_key": limit.key if limit else None,
         "connect_timeout": spec.timeouts.connect,
         "read_timeout": spec.timeouts.read,
+        "total_timeout": spec.timeouts.total,
         "max_retries": spec.timeouts.retries,
+        "params": params_to_yaml(spec.params) or {},
         "cost_input_per_million": spec.cost.input_per_million_tokens if spec.cost else None,
         "cost_output_per_million": spec.cost.output_per_million_tokens if spec.cost else None,
         **budget_columns(spec.budget),
@@ -234,8 +238,14 @@ def route_conflicts(spec: RouteSpec, instance: TrafficRoute | None) -> list[tupl
 def save_route(spec: RouteSpec, instance: TrafficRoute | None = None) -> TrafficRoute:
     """Create (as made in the admin) or update one traffic route and its destinations."""
     route = instance or TrafficRoute(source=Source.ADMIN)
-    route.name, route.task_type, route.routing_strategy = spec.name, spec.task_type, spec.routing_strategy
-    route.enabled = spec.enabled
+    route.name = spec.name
+    _set_route(route, spec)
+    return route
+
+
+def _set_route(route: TrafficRoute, spec: RouteSpec) -> None:
+    route.task_type, route.routing_strategy, route.enabled = spec.task_type, spec.routing_strategy, spec.enabled
+    route.fallback_on = list(spec.fallback_on)
     route.save()
     route.destinations.all().delete()
     endpoints = {e.name: e for e in Endpoint.objects.filter(name__in=[d.name for d in spec.destinations])}
@@ -244,7 +254,6 @@ def save_route(spec: RouteSpec, instance: TrafficRoute | None = None) -> Traffic
                            position=i)
         for i, d in enumerate(spec.destinations)
     )
-    return route
 
 
 def _differs(endpoint: Endpoint, values: dict[str, Any]) -> bool:
@@ -269,30 +278,14 @@ def _comparable_config(provider: str, stored: dict[str, Any]) -> Any:
 
 def _upsert_route(spec: RouteSpec, route: TrafficRoute | None, position: int, source_path: str,
                   report: ImportReport) -> None:
-    wanted = [(d.name, d.traffic_percentage) for d in spec.destinations]
-    if route is None:
-        route = TrafficRoute.objects.create(name=spec.name, task_type=spec.task_type,
-                                            routing_strategy=spec.routing_strategy, enabled=spec.enabled,
-                                            source=Source.YAML, source_path=source_path, position=position)
-        report.created.append(spec.name)
-    else:
-        current = [(d.endpoint.name, d.traffic_percentage) for d in route.destinations.all()]
-        if (route.task_type, route.routing_strategy, route.enabled, route.position, route.source, current) == (
-                spec.task_type, spec.routing_strategy, spec.enabled, position, Source.YAML, wanted
-        ) and route.source_path == source_path:
-            report.unchanged.append(spec.name)
-            return
-        route.task_type, route.routing_strategy, route.position = spec.task_type, spec.routing_strategy, position
-        route.enabled = spec.enabled
-        route.source, route.source_path = Source.YAML, source_path
-        route.save()
-        route.destinations.all().delete()
-        report.updated.append(spec.name)
-    endpoints = {e.name: e for e in Endpoint.objects.filter(name__in=[n for n, _ in wanted])}
-    TrafficDestination.objects.bulk_create(
-        TrafficDestination(route=route, endpoint=endpoints[name], traffic_percentage=pct, position=i)
-        for i, (name, pct) in enumerate(wanted)
-    )
+    if route is not None and route_spec(route) == spec and route.position == position \
+            and route.source == Source.YAML and route.source_path == source_path:
+        report.unchanged.append(spec.name)
+        return
+    (report.created if route is None else report.updated).append(spec.name)
+    route = route or TrafficRoute(name=spec.name)
+    route.position, route.source, route.source_path = position, Source.YAML, source_path
+    _set_route(route, spec)
 
 
 # Instances that start together (or watch the same file) must not import or migrate at the same time.
@@ -350,7 +343,8 @@ def endpoint_to_yaml(endpoint: Endpoint, *, reveal_secrets: bool = False) -> dic
             limit["key"] = endpoint.limit_key
         entry["limit"] = limit
     timeouts = {k: v for k, v in (("connect", endpoint.connect_timeout), ("read", endpoint.read_timeout),
-                                  ("retries", endpoint.max_retries)) if v is not None}
+                                  ("total", endpoint.total_timeout), ("retries", endpoint.max_retries))
+                if v is not None}
     if timeouts:
         entry["timeouts"] = timeouts
     if endpoint.has_cost:
@@ -359,19 +353,25 @@ def endpoint_to_yaml(endpoint: Endpoint, *, reveal_secrets: bool = False) -> dic
     budget = budget_to_yaml(endpoint)
     if budget:
         entry["budget"] = budget
+    if endpoint.params:
+        entry["params"] = endpoint.params
     if not endpoint.enabled:
         entry["enabled"] = False
     return entry
 
 
 def route_to_yaml(route: TrafficRoute) -> dict[str, Any]:
+    fallback = route.routing_strategy == "FALLBACK"
     entry: dict[str, Any] = {
         "name": route.name,
         "task_type": route.task_type,
-        "destinations": [{"name": d.endpoint.name, "traffic_percentage": d.traffic_percentage}
+        "destinations": [{"name": d.endpoint.name} if fallback else
+                         {"name": d.endpoint.name, "traffic_percentage": d.traffic_percentage}
                          for d in route.destinations.all()],
         "routing_strategy": route.routing_strategy,
     }
+    if fallback and tuple(route.fallback_on) != FALLBACK_DEFAULT:
+        entry["fallback_on"] = [int(item) if item.isdigit() else item for item in route.fallback_on]
     if not route.enabled:
         entry["enabled"] = False
     return entry

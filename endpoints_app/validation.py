@@ -62,6 +62,17 @@ class TimeoutSpec:
     connect: float | None = None
     read: float | None = None
     retries: int | None = None
+    total: float | None = None  # the whole call, retries and backoff included
+
+
+@dataclass(frozen=True)
+class ParamsSpec:
+    """`params:` what the endpoint fills in, caps and refuses in requests before the provider sees them."""
+
+    defaults: dict[str, Any] = field(default_factory=dict)
+    max: dict[str, int | float] = field(default_factory=dict)
+    deny: tuple[str, ...] = ()
+    on_max: str = "clamp"  # clamp, or reject (400)
 
 
 @dataclass(frozen=True)
@@ -108,12 +119,13 @@ class EndpointSpec:
     enabled: bool = True
     cost: CostSpec | None = None
     budget: BudgetSpec | None = None
+    params: ParamsSpec | None = None
 
 
 @dataclass(frozen=True)
 class DestinationSpec:
     name: str
-    traffic_percentage: int
+    traffic_percentage: int | None  # None on a FALLBACK route: destinations are tried in order
 
 
 @dataclass(frozen=True)
@@ -123,6 +135,7 @@ class RouteSpec:
     destinations: tuple[DestinationSpec, ...]
     routing_strategy: str = "TRAFFIC_SPLIT"
     enabled: bool = True
+    fallback_on: tuple[str, ...] = ()  # FALLBACK: the failures that move on to the next destination
 
 
 @dataclass
@@ -258,16 +271,49 @@ def validate_budget(raw: Any) -> BudgetSpec | None:
     return BudgetSpec(usd=usd, period=period, action=action)
 
 
+def validate_params(raw: Any) -> ParamsSpec | None:
+    """`params: {defaults: {...}, max: {...}, deny: [...], on_max: clamp|reject}`."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise EntryError("params", "params must be a mapping with defaults, max, deny and on_max")
+    unknown = set(raw) - {"defaults", "max", "deny", "on_max"}
+    if unknown:
+        raise EntryError(f"params.{sorted(unknown)[0]}", "unknown params key; use defaults, max, deny and on_max")
+    defaults = raw.get("defaults") or {}
+    if not isinstance(defaults, Mapping) or not all(isinstance(k, str) for k in defaults):
+        raise EntryError("params.defaults", "defaults must map request fields to the values to fill in")
+    if "model" in defaults or "stream" in defaults or "messages" in defaults:
+        raise EntryError("params.defaults", "defaults cannot set model, messages or stream")
+    maxima = raw.get("max") or {}
+    if not isinstance(maxima, Mapping):
+        raise EntryError("params.max", "max must map numeric request fields to their largest allowed value")
+    for name, value in maxima.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise EntryError(f"params.max.{name}", f"the maximum of {name} must be a number, got {value!r}")
+    deny = raw.get("deny") or []
+    if not isinstance(deny, list) or not all(isinstance(item, str) and item for item in deny):
+        raise EntryError("params.deny", "deny must be a list of request field names")
+    overlap = sorted(set(deny) & (set(defaults) | set(maxima)))
+    if overlap:
+        raise EntryError("params.deny", f"{overlap[0]!r} cannot be both denied and given a default or a maximum")
+    on_max = raw.get("on_max", "clamp")
+    if on_max not in ("clamp", "reject"):
+        raise EntryError("params.on_max", f"on_max must be clamp or reject, got {on_max!r}")
+    return ParamsSpec(defaults=dict(defaults), max=dict(maxima), deny=tuple(dict.fromkeys(deny)), on_max=on_max)
+
+
 def validate_timeouts(raw: Any) -> TimeoutSpec:
     if raw is None:
         return TimeoutSpec()
     if not isinstance(raw, Mapping):
-        raise EntryError("timeouts", "timeouts must be a mapping with connect, read and retries")
-    unknown = set(raw) - {"connect", "read", "retries"}
+        raise EntryError("timeouts", "timeouts must be a mapping with connect, read, total and retries")
+    unknown = set(raw) - {"connect", "read", "total", "retries"}
     if unknown:
-        raise EntryError(f"timeouts.{sorted(unknown)[0]}", "unknown timeouts key; use connect, read and retries")
+        raise EntryError(f"timeouts.{sorted(unknown)[0]}",
+                         "unknown timeouts key; use connect, read, total and retries")
     values: dict[str, Any] = {}
-    for key in ("connect", "read"):
+    for key in ("connect", "read", "total"):
         value = raw.get(key)
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
@@ -282,7 +328,8 @@ def validate_timeouts(raw: Any) -> TimeoutSpec:
     return TimeoutSpec(**values)
 
 
-ENDPOINT_KEYS = ("name", "endpoint_type", "route_type", "model", "limit", "timeouts", "enabled", "cost", "budget")
+ENDPOINT_KEYS = ("name", "endpoint_type", "route_type", "model", "limit", "timeouts", "enabled", "cost", "budget",
+                 "params")
 
 
 def _unknown_key_notes(name: str, raw: Mapping[str, Any]) -> list[str]:
@@ -340,6 +387,7 @@ def validate_endpoint(raw: Any, *, existing_config: Mapping[str, Any] | None = N
         name=name, endpoint_type=endpoint_type, provider=provider, model_name=model_name, config=config,
         limit=validate_limit(raw.get("limit")), timeouts=validate_timeouts(raw.get("timeouts")),
         enabled=validate_enabled(raw), cost=validate_cost(raw.get("cost")), budget=validate_budget(raw.get("budget")),
+        params=validate_params(raw.get("params")),
     )
     return spec, notes
 
@@ -351,6 +399,33 @@ def validate_enabled(raw: Mapping[str, Any]) -> bool:
     return enabled
 
 
+ROUTING_STRATEGIES = ("TRAFFIC_SPLIT", "FALLBACK")
+# What makes a FALLBACK route try its next destination: no connection, no answer in time, or these statuses.
+FALLBACK_DEFAULT = ("connect", "timeout", "429", "5xx")
+_REQUEST_CAUSED = {400, 404, 405, 409, 413, 415, 422}
+
+
+def validate_fallback_on(raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return FALLBACK_DEFAULT
+    if not isinstance(raw, list) or not raw:
+        raise EntryError("fallback_on", "fallback_on must be a non-empty list of: connect, timeout, 5xx, or statuses "
+                         "such as 429, 503, 401")
+    out = []
+    for index, item in enumerate(raw):
+        text = str(item).strip().lower()
+        if text in ("connect", "timeout", "5xx"):
+            out.append(text)
+            continue
+        if not text.isdigit() or not 400 <= int(text) <= 599:
+            raise EntryError(f"fallback_on[{index}]", f"{item!r} is not connect, timeout, 5xx or an HTTP error status")
+        if int(text) in _REQUEST_CAUSED:
+            raise EntryError(f"fallback_on[{index}]", f"{text} is caused by the request itself: another destination "
+                             "would refuse it too, so a fallback never moves on for it")
+        out.append(text)
+    return tuple(dict.fromkeys(out))
+
+
 def validate_route(raw: Any, endpoint_types: Mapping[str, str]) -> RouteSpec:
     """One 3.x `routes[]` entry; `endpoint_types` maps every known endpoint name to its type."""
     if not isinstance(raw, Mapping):
@@ -358,16 +433,23 @@ def validate_route(raw: Any, endpoint_types: Mapping[str, str]) -> RouteSpec:
     name = validate_name(raw.get("name"))
     task_type = validate_endpoint_type(raw.get("task_type"), "task_type")
     strategy = raw.get("routing_strategy", "TRAFFIC_SPLIT") or "TRAFFIC_SPLIT"
-    if strategy != "TRAFFIC_SPLIT":
-        raise EntryError("routing_strategy", f"routing_strategy must be 'TRAFFIC_SPLIT', got {strategy!r}")
+    if strategy not in ROUTING_STRATEGIES:
+        raise EntryError("routing_strategy",
+                         f"routing_strategy must be 'TRAFFIC_SPLIT' or 'FALLBACK', got {strategy!r}")
+    fallback = strategy == "FALLBACK"
+    if "fallback_on" in raw and not fallback:
+        raise EntryError("fallback_on", "fallback_on applies to routing_strategy FALLBACK only")
     destinations = raw.get("destinations")
+    shape = "{name}" if fallback else "{name, traffic_percentage}"
     if not isinstance(destinations, list) or not destinations:
-        raise EntryError("destinations", "destinations must be a non-empty list of {name, traffic_percentage}")
+        raise EntryError("destinations", f"destinations must be a non-empty list of {shape}")
+    if fallback and len(destinations) < 2:
+        raise EntryError("destinations", "a FALLBACK route needs at least two destinations, tried in order")
     out: list[DestinationSpec] = []
     for index, dest in enumerate(destinations):
         where = f"destinations[{index}]"
         if not isinstance(dest, Mapping):
-            raise EntryError(where, "each destination must be a mapping with name and traffic_percentage")
+            raise EntryError(where, f"each destination must be a mapping: {shape}")
         dest_name = dest.get("name")
         if not isinstance(dest_name, str) or dest_name not in endpoint_types:
             raise EntryError(f"{where}.name", f"The route destination name must be a endpoint name, but the route "
@@ -375,16 +457,25 @@ def validate_route(raw: Any, endpoint_types: Mapping[str, str]) -> RouteSpec:
         if endpoint_types[dest_name] != task_type:
             raise EntryError(f"{where}.name", f"The route destination endpoint types in the route '{name}' must have "
                               f"endpoint type '{task_type}' but got endpoint type '{endpoint_types[dest_name]}'.")
+        if any(d.name == dest_name for d in out):
+            raise EntryError(f"{where}.name", f"'{dest_name}' is already a destination of this route")
         pct = dest.get("traffic_percentage")
+        if fallback:
+            if pct is not None:
+                raise EntryError(f"{where}.traffic_percentage", "a FALLBACK route tries its destinations in order: "
+                                 "give no traffic_percentage")
+            out.append(DestinationSpec(str(dest_name), None))
+            continue
         if isinstance(pct, bool) or not isinstance(pct, int) or not 0 <= pct <= 100:
             raise EntryError(f"{where}.traffic_percentage",
                               "The route destination traffic percentage must between 0 and 100.")
         out.append(DestinationSpec(str(dest_name), pct))
-    if sum(d.traffic_percentage for d in out) != 100:
+    if not fallback and sum(d.traffic_percentage or 0 for d in out) != 100:
         raise EntryError("destinations", "For each route configuration, the traffic percentage sum of destinations "
                           f"must be 100, but got invalid configuration of route '{name}'.")
     return RouteSpec(name=name, task_type=task_type, destinations=tuple(out), routing_strategy=strategy,
-                     enabled=validate_enabled(raw))
+                     enabled=validate_enabled(raw),
+                     fallback_on=validate_fallback_on(raw.get("fallback_on")) if fallback else ())
 
 
 CONSUMER_KEYS = ("name", "description", "enabled", "allow", "limit", "token_limit", "budget")

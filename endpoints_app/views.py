@@ -184,17 +184,14 @@ class TrafficRouteDetailView(GatewayAPIView):
             raise EndpointNotFound(
                 f"The route '{name}' is not present or active on the server. Please verify the route name."
             )
-        previous = 0.0
-        destinations = []
-        for dest, cumulative in zip(route.destinations, route.cumulative, strict=True):
-            destinations.append({"name": dest, "traffic_percentage": int(cumulative - previous)})
-            previous = cumulative
+        destinations = [{"name": dest} if route.fallback else {"name": dest, "traffic_percentage": weight}
+                        for dest, weight in zip(route.destinations, route.weights, strict=True)]
         return Response(
             {
                 "name": route.name,
                 "task_type": route.task_type,
                 "destinations": destinations,
-                "routing_strategy": "TRAFFIC_SPLIT",
+                "routing_strategy": route.strategy,
             }
         )
 

@@ -242,6 +242,11 @@ for _name in ("GATEWAY_USAGE_BATCH", "GATEWAY_USAGE_BUFFER", "GATEWAY_USAGE_RETE
     if globals()[_name] < 1:
         raise ImproperlyConfigured(f"{_name} must be 1 or more.")
 
+# Circuit breaking of traffic-route destinations: open after this many consecutive failures (0: never), for this
+# long, then let one probe through (serving.circuit).
+GATEWAY_CIRCUIT_FAILURES = env_int("GATEWAY_CIRCUIT_FAILURES", 5)
+GATEWAY_CIRCUIT_COOLDOWN_SECONDS = env_float("GATEWAY_CIRCUIT_COOLDOWN_SECONDS", 30.0)
+
 # Upstream defaults; each endpoint may override them in YAML (model.config is the provider's;
 # these live beside it under `timeouts:`) or in the admin.
 GATEWAY_CONNECT_TIMEOUT = env_float("GATEWAY_CONNECT_TIMEOUT", 10.0)

@@ -122,6 +122,14 @@ class RateLimitUnavailable(GatewayError):
     openai_type = "server_error"
 
 
+class NoDestinationAvailable(GatewayError):
+    """Every destination of a traffic route has its circuit open (or is being probed by another request)."""
+
+    status = 503
+    code = "no_destination_available"
+    openai_type = "server_error"
+
+
 class ConfigurationError(GatewayError):
     """The endpoint's configuration cannot be used (e.g. an environment variable is unset)."""
 

@@ -3,10 +3,12 @@
     begin(request, family)               the request's id, route family and clock
     authenticate(table, inv, header)     who calls (serving.auth): 401
     authorize(inv, name)                 may they call that endpoint or route: 403
-    prepare(table, inv, name)            pick the route's destination, then every limit in one round trip
-                                         to the counters: the endpoint's and the consumer's call windows,
-                                         the consumer's token window, the budgets (429)
-    call(inv, payload, stream)           the provider adapter (translation, the one HTTP client)
+    prepare(table, inv)                  every limit in one round trip to the counters: the endpoint's and
+                                         the consumer's call windows, the consumer's token window, the
+                                         budgets (429); for a traffic route, its destinations' circuits
+    call(inv, payload, stream)           the endpoint's params, then the provider adapter (translation, the
+                                         one HTTP client); a route's destination picked by weight
+                                         (TRAFFIC_SPLIT) or tried in order while they fail (FALLBACK)
     finish(inv, status, usage, error)    after the answer (a stream: after its end): the tokens and the
                                          cost are added to the windows and budgets without waiting, and one
                                          usage record goes to the ledger's buffer (usage.ledger)
@@ -17,6 +19,8 @@ Everything here reads the in-memory table: no database query.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 import re
 import time
@@ -24,15 +28,28 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
+
 from providers import shapes
 from providers.base import BaseProvider
-from providers.errors import GatewayError, WrongEndpointType
+from providers.errors import (
+    GatewayError,
+    InvalidParameter,
+    NoDestinationAvailable,
+    NotSupported,
+    RateLimited,
+    RateLimitUnavailable,
+    RequestValidationError,
+    WrongEndpointType,
+)
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
-from serving import auth, budgets, ratelimit
+from serving import auth, budgets, circuit, params, ratelimit, upstream
 from serving.auth import Caller
 from serving.ratelimit import Admitted, RateLimit, RateState, TokenLimit
-from serving.runtime import EndpointTable, LiveEndpoint
+from serving.runtime import EndpointTable, LiveEndpoint, LiveRoute
 from usage import ledger
+
+logger = logging.getLogger(__name__)
 
 _TYPE_WORDS = {CHAT: "a chat", COMPLETIONS: "a completions", EMBEDDINGS: "an embeddings"}
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -63,6 +80,11 @@ class Invocation:
     route: str = ""  # the traffic route, when one was named
     endpoint: LiveEndpoint | None = None  # the endpoint that serves it (a route's chosen destination)
     admitted: Admitted = ratelimit.NOTHING_COUNTED
+    destination_admitted: Admitted = ratelimit.NOTHING_COUNTED  # a route destination's own limits
+    candidates: tuple[LiveEndpoint, ...] = ()
+    live_route: LiveRoute | None = None
+    circuits: dict[str, tuple[str, int]] | None = None  # a route's destinations: (state, failures)
+    fallbacks: int = 0
     stream: bool = False
     client_wants_usage: bool = True  # a stream client that asked for the usage chunk
     ttfb: float | None = None
@@ -71,7 +93,8 @@ class Invocation:
 
     @property
     def rate(self) -> RateState | None:
-        return self.admitted.rate
+        states = [s for s in (self.admitted.rate, self.destination_admitted.rate) if s is not None]
+        return min(states, key=lambda s: s.remaining) if states else None
 
 
 def begin(given_request_id: str | None, family: str) -> Invocation:
@@ -96,16 +119,19 @@ def authorize(inv: Invocation, name: str) -> None:
 
 
 def prepare(table: EndpointTable, inv: Invocation) -> None:
-    """Pick the endpoint (a route's destination) and count the call against every limit and budget."""
-    endpoint, inv.route = table.resolve(inv.name)
-    inv.endpoint = endpoint
+    """Count the call against every limit and budget that applies, in one round trip to the counters; for a
+    traffic route, read its destinations' circuits in the same trip and keep those that are not open."""
+    target = table.resolve(inv.name)
     calls: list[tuple[str, RateLimit]] = []
     tokens: list[tuple[str, TokenLimit]] = []
     spending: list[tuple[str, budgets.Budget]] = []
-    if endpoint.limit is not None:
-        calls.append((f"e:{endpoint.name}", endpoint.limit))
-    if endpoint.budget is not None:
-        spending.append((f"e:{endpoint.name}", endpoint.budget))
+    if isinstance(target, LiveEndpoint):
+        inv.endpoint = target
+        inv.candidates = (target,)
+        _endpoint_limits(target, calls, spending)
+    else:
+        inv.live_route = target
+        inv.route = target.name
     if inv.caller is not None:
         consumer = inv.caller.consumer
         if consumer.limit is not None:
@@ -114,27 +140,117 @@ def prepare(table: EndpointTable, inv: Invocation) -> None:
             tokens.append((f"c:{consumer.name}", consumer.token_limit))
         if consumer.budget is not None:
             spending.append((f"c:{consumer.name}", consumer.budget))
-    if calls or tokens or spending:
-        inv.admitted = ratelimit.admit(calls, tokens, spending)
+    route = inv.live_route
+    reads = circuit.read_commands(list(route.destinations)) if route is not None and circuit.enabled() else []
+    if calls or tokens or spending or reads:
+        inv.admitted = ratelimit.admit(calls, tokens, spending, reads)
+    if route is not None:
+        inv.circuits = circuit.states(list(route.destinations), inv.admitted.reads) if reads else {}
+        usable = route.candidates(frozenset(n for n, (state, _) in inv.circuits.items() if state == circuit.OPEN))
+        if not usable:
+            raise NoDestinationAvailable(
+                f"Every destination of the route '{route.name}' is failing (their circuits are open); try again in "
+                f"{round(settings.GATEWAY_CIRCUIT_COOLDOWN_SECONDS)} s.",
+                retry_after=settings.GATEWAY_CIRCUIT_COOLDOWN_SECONDS)
+        inv.candidates = tuple(table.endpoints[name] for name in usable)
+        inv.endpoint = inv.candidates[0]
+
+
+def _endpoint_limits(endpoint: LiveEndpoint, calls: list[tuple[str, RateLimit]],
+                     spending: list[tuple[str, budgets.Budget]]) -> None:
+    if endpoint.limit is not None:
+        calls.append((f"e:{endpoint.name}", endpoint.limit))
+    if endpoint.budget is not None:
+        spending.append((f"e:{endpoint.name}", endpoint.budget))
 
 
 def call(inv: Invocation, payload: dict[str, Any], *, stream: bool) -> Any:
-    """Run the provider operation: a response dict, or an iterator of chunk dicts when streaming."""
-    endpoint = inv.endpoint
-    assert endpoint is not None
-    provider = endpoint.provider
+    """Run the provider operation: a response dict, or an iterator of chunk dicts when streaming (its first
+    chunk already received, so that a failure before the first byte is an error here, not in the stream).
+
+    A traffic route's destinations are tried in turn while they fail in a way the route falls back on."""
     inv.stream = stream
+    if stream:
+        options = payload.get("stream_options")
+        inv.client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+    route = inv.live_route
+    retries = [0]
+    token = upstream.RETRIES.set(retries)
+    try:
+        for index, endpoint in enumerate(inv.candidates):
+            last = index == len(inv.candidates) - 1
+            state, failures = (inv.circuits or {}).get(endpoint.name, (circuit.CLOSED, 0))
+            if state == circuit.HALF_OPEN and not circuit.claim_probe(endpoint.name):
+                if last and index == 0:
+                    raise NoDestinationAvailable(f"The destination of the route '{inv.route}' is being probed "
+                                                 "after failing; try again shortly.", retry_after=1)
+                if not last:
+                    continue  # another request is probing it: skip to the next destination
+            inv.endpoint = endpoint
+            try:
+                if route is not None:
+                    _admit_destination(inv, endpoint)
+                result = _call_endpoint(endpoint, params.apply(payload, endpoint.params, endpoint.name)
+                                        if endpoint.params else payload, stream)
+            except GatewayError as error:
+                if route is not None and circuit.enabled() and not _ours(error):
+                    circuit.record(endpoint.name, failed=_is_failure(error))
+                if route is None or not route.fallback or last or not _falls_back(error, route.fallback_on):
+                    raise
+                inv.fallbacks += 1
+                logger.warning("route %s: destination %s failed (%s %s), falling back to %s (request %s)",
+                               route.name, endpoint.name, error.status, error.code, inv.candidates[index + 1].name,
+                               inv.request_id)
+                continue
+            if route is not None and circuit.enabled() and (state != circuit.CLOSED or failures):
+                circuit.record(endpoint.name, failed=False)
+            return result
+        raise AssertionError("unreachable: the last destination returns or raises")
+    finally:
+        inv.retries = retries[0]
+        upstream.RETRIES.reset(token)
+
+
+def _admit_destination(inv: Invocation, endpoint: LiveEndpoint) -> None:
+    calls: list[tuple[str, RateLimit]] = []
+    spending: list[tuple[str, budgets.Budget]] = []
+    _endpoint_limits(endpoint, calls, spending)
+    if calls or spending:
+        inv.destination_admitted = ratelimit.admit(calls, [], spending)
+
+
+def _call_endpoint(endpoint: LiveEndpoint, payload: dict[str, Any], stream: bool) -> Any:
+    provider = endpoint.provider
     if stream and not endpoint.streaming:
         # Declared in the registry: refuse before any upstream call, whatever the provider's code does.
         raise provider.not_supported(endpoint.endpoint_type, streaming=True)
     if endpoint.endpoint_type == EMBEDDINGS:
         return _embeddings(provider, payload)
-    if stream:
-        options = payload.get("stream_options")
-        inv.client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
-    if endpoint.endpoint_type == CHAT:
-        return provider.chat_stream(payload) if stream else provider.chat(payload)
-    return provider.completions_stream(payload) if stream else provider.completions(payload)
+    if not stream:
+        return provider.chat(payload) if endpoint.endpoint_type == CHAT else provider.completions(payload)
+    chunks = provider.chat_stream(payload) if endpoint.endpoint_type == CHAT else provider.completions_stream(payload)
+    first, rest = stream_with_first(chunks)
+    return rest if first is None else itertools.chain((first,), rest)
+
+
+def _ours(error: GatewayError) -> bool:
+    """A refusal of the gateway's own (a destination's limit or budget), not the upstream's doing."""
+    return isinstance(error, (RateLimited, RateLimitUnavailable))
+
+
+def _is_failure(error: GatewayError) -> bool:
+    """What counts against a destination's circuit: no connection, no answer in time, 429, any 5xx."""
+    return error.status >= 500 or error.status == 429
+
+
+def _falls_back(error: GatewayError, fallback_on: frozenset[str]) -> bool:
+    if error.code in ("upstream_unreachable", "upstream_tls_error") and "connect" in fallback_on:
+        return True
+    if error.code == "upstream_timeout" and "timeout" in fallback_on:
+        return True
+    if isinstance(error, (RequestValidationError, InvalidParameter, NotSupported)) and error.status != 501:
+        return False
+    return str(error.status) in fallback_on or (error.status >= 500 and "5xx" in fallback_on)
 
 
 def _embeddings(provider: BaseProvider, payload: dict[str, Any]) -> dict[str, Any]:
@@ -185,11 +301,11 @@ def finish(inv: Invocation, status: int, *, usage: Any = None, error: GatewayErr
     cost = 0
     if endpoint is not None and endpoint.prices is not None:
         cost = (prompt or 0) * endpoint.prices[0] + (completion or 0) * endpoint.prices[1]
-    admitted = inv.admitted
-    if admitted.token_keys and total:
-        ratelimit.add_tokens(admitted, total)
-    if admitted.budget_windows and cost:
-        budgets.add_spend(admitted.budget_windows, cost)
+    for admitted in (inv.admitted, inv.destination_admitted):
+        if admitted.token_keys and total:
+            ratelimit.add_tokens(admitted, total)
+        if admitted.budget_windows and cost:
+            budgets.add_spend(admitted.budget_windows, cost)
     caller = inv.caller
     now = time.perf_counter()
     ledger.record(ledger.Entry(
@@ -199,7 +315,7 @@ def finish(inv: Invocation, status: int, *, usage: Any = None, error: GatewayErr
         error.status if error is not None and status >= 400 else status,
         ERROR_KINDS.get(error.code, "invalid") if error is not None else "", error.code if error is not None else "",
         prompt, completion, total, (now - inv.started) * 1000,
-        (inv.ttfb - inv.started) * 1000 if inv.ttfb is not None else None, cost, inv.retries))
+        (inv.ttfb - inv.started) * 1000 if inv.ttfb is not None else None, cost, inv.retries, inv.fallbacks))
 
 
 def _tokens(usage: Any) -> tuple[int | None, int | None, int | None]:

@@ -19,7 +19,8 @@ import math
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from django.conf import settings
 
@@ -109,19 +110,22 @@ class Admitted:
     rate: RateState | None
     token_keys: tuple[tuple[str, int], ...]  # (key, ttl)
     budget_windows: tuple[budgets.Window, ...] = ()
+    reads: list[Any] = field(default_factory=list)  # the replies to the caller's extra reads
 
 
 NOTHING_COUNTED = Admitted(None, ())
 
 
 def admit(calls: list[tuple[str, RateLimit]], tokens: list[tuple[str, TokenLimit]],
-          spending: Sequence[tuple[str, budgets.Budget]] = ()) -> Admitted:
+          spending: Sequence[tuple[str, budgets.Budget]] = (),
+          reads: Sequence[tuple[str, ...]] = ()) -> Admitted:
     """Count one call in each call window, read each token window and each budget's spend, in one round
     trip to the counters; raise RateLimited (429, Retry-After, X-RateLimit-*) for the first limit that is
     reached, or (code budget_exceeded) for a `reject` budget that is spent.
 
     `calls`, `tokens` and `spending` pair a scope ("e:<endpoint>", "c:<consumer>") with its limit or
-    budget. When the counters cannot be reached nothing applies (a warning is logged), or
+    budget; `reads` are other commands whose replies the caller wants in the same trip (a route's
+    circuits). When the counters cannot be reached nothing applies (a warning is logged), or
     RateLimitUnavailable (503) is raised with GATEWAY_RATE_LIMIT_FAIL_OPEN off."""
     now = time.time()
     commands: list[tuple[str | int, ...]] = []
@@ -141,6 +145,7 @@ def admit(calls: list[tuple[str, RateLimit]], tokens: list[tuple[str, TokenLimit
         token_windows.append((token_limit_, reset, key))
     budget_windows = [budgets.window(scope, budget, now) for scope, budget in spending]
     commands += [("GET", win.key) for win in budget_windows]
+    commands += reads
     if not commands:
         return NOTHING_COUNTED
     try:
@@ -167,7 +172,7 @@ def admit(calls: list[tuple[str, RateLimit]], tokens: list[tuple[str, TokenLimit
         if spent >= win.budget.picousd and win.budget.action == "reject":
             raise budgets.exceeded(win, spent, now)
     return Admitted(tightest, tuple((key, limit.period_seconds + 1) for limit, _, key in token_windows),
-                    tuple(budget_windows))
+                    tuple(budget_windows), replies[offset + len(budget_windows):])
 
 
 def add_tokens(admitted: Admitted, count: int) -> None:

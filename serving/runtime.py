@@ -10,7 +10,6 @@ revoked key stops working everywhere within a second.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
 import random
@@ -25,6 +24,7 @@ from django.db import close_old_connections, connection
 
 from consumers.models import Consumer, GatewayKey
 from endpoints_app.models import Budgeted, Endpoint, TrafficRoute
+from endpoints_app.validation import FALLBACK_DEFAULT
 from providers import registry, secrets
 from providers.base import BaseProvider
 from providers.errors import EndpointNotFound, GatewayError
@@ -52,6 +52,7 @@ class LiveEndpoint:
     streaming: bool
     prices: tuple[int, int] | None = None  # pico-dollars per input and per output token (None: unknown)
     budget: Budget | None = None
+    params: dict[str, Any] = field(default_factory=dict)  # `params:` defaults, max, deny, on_max
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,30 @@ class LiveRoute:
     name: str
     task_type: str
     destinations: tuple[str, ...]
-    cumulative: tuple[float, ...]
+    weights: tuple[int, ...]  # TRAFFIC_SPLIT percentages (all 1 for FALLBACK)
+    strategy: str = "TRAFFIC_SPLIT"
+    fallback_on: frozenset[str] = frozenset()
 
-    def pick(self) -> str:
-        point = random.random() * self.cumulative[-1]
-        return self.destinations[bisect.bisect_right(self.cumulative, point)]
+    @property
+    def fallback(self) -> bool:
+        return self.strategy == "FALLBACK"
+
+    def candidates(self, skip: frozenset[str] = frozenset()) -> list[str]:
+        """The destinations to try, in order, without those in `skip` (open circuits): a FALLBACK route's in
+        its order; a TRAFFIC_SPLIT route's one, picked by weight among the others (their weights
+        re-normalised)."""
+        available = [(name, weight) for name, weight in zip(self.destinations, self.weights, strict=True)
+                     if name not in skip]
+        if self.fallback or not available:
+            return [name for name, _ in available]
+        total = sum(weight for _, weight in available)
+        point = random.random() * total
+        cumulative = 0
+        for name, weight in available:
+            cumulative += weight
+            if point < cumulative:
+                return [name]
+        return [available[-1][0]]
 
 
 @dataclass
@@ -75,14 +95,13 @@ class EndpointTable:
     consumers: dict[str, LiveConsumer] = field(default_factory=dict)
     keys: dict[str, LiveKey] = field(default_factory=dict)  # by prefix
 
-    def resolve(self, name: str) -> tuple[LiveEndpoint, str]:
-        """The endpoint that serves `name`, and the traffic route's name when `name` is one ("" if not)."""
+    def resolve(self, name: str) -> LiveEndpoint | LiveRoute:
         endpoint = self.endpoints.get(name)
         if endpoint is not None:
-            return endpoint, ""
+            return endpoint
         route = self.routes.get(name)
         if route is not None:
-            return self.endpoints[route.pick()], route.name
+            return route
         raise EndpointNotFound(
             f"The endpoint '{name}' is not present or active on the server. Please verify the endpoint name."
         )
@@ -99,7 +118,8 @@ def _timeouts(endpoint: Endpoint) -> Timeouts:
     connect = endpoint.connect_timeout or settings.GATEWAY_CONNECT_TIMEOUT
     read = endpoint.read_timeout or settings.GATEWAY_READ_TIMEOUT
     retries = endpoint.max_retries if endpoint.max_retries is not None else settings.GATEWAY_MAX_RETRIES
-    return Timeouts(connect=connect, read=read, total=max(read, connect), retries=retries)
+    total = endpoint.total_timeout or max(read, connect)
+    return Timeouts(connect=connect, read=read, total=total, retries=retries)
 
 
 def build_table() -> EndpointTable:
@@ -141,23 +161,21 @@ def build_table() -> EndpointTable:
             streaming=endpoint.endpoint_type in provider_cls.streaming_types,
             prices=_prices(endpoint),
             budget=_budget(endpoint),
+            params=endpoint.params or {},
         )
         table.order.append(endpoint.name)
     for route in TrafficRoute.objects.filter(enabled=True).prefetch_related("destinations__endpoint"):
+        fallback = route.routing_strategy == "FALLBACK"
         destinations = [
-            (d.endpoint.name, d.traffic_percentage)
+            (d.endpoint.name, 1 if fallback else d.traffic_percentage or 0)
             for d in route.destinations.all()
-            if d.endpoint.name in table.endpoints and d.traffic_percentage > 0
+            if d.endpoint.name in table.endpoints and (fallback or (d.traffic_percentage or 0) > 0)
         ]
         if not destinations:
             continue
-        cumulative: list[float] = []
-        total = 0.0
-        for _, pct in destinations:
-            total += pct
-            cumulative.append(total)
         table.routes[route.name] = LiveRoute(
-            route.name, route.task_type, tuple(n for n, _ in destinations), tuple(cumulative)
+            route.name, route.task_type, tuple(n for n, _ in destinations), tuple(w for _, w in destinations),
+            route.routing_strategy, frozenset(route.fallback_on or FALLBACK_DEFAULT) if fallback else frozenset(),
         )
     for consumer in Consumer.objects.all():
         table.consumers[consumer.name] = LiveConsumer(

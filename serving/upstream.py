@@ -39,6 +39,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -59,6 +60,9 @@ from serving.bridge import await_, sleep
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({429, 502, 503})
+# The retries of the invocation running in this greenlet (each bridge greenlet has its own context): the
+# invocation sets a counter, the seam adds to it, the usage record and the metrics read it.
+RETRIES: ContextVar[list[int] | None] = ContextVar("gateway_upstream_retries", default=None)
 _MAX_RETRY_AFTER = 30.0
 
 
@@ -259,6 +263,9 @@ class Transport:
                         attempt + 1, error)
             sleep(delay)
             attempt += 1
+            counted = RETRIES.get()
+            if counted is not None:
+                counted[0] += 1
 
 
 def _backoff(attempt: int, retry_after: float | None) -> float:

@@ -135,9 +135,13 @@ def _invoke(table: EndpointTable, inv: Invocation, endpoint_type: str, payload: 
     invoke.prepare(table, inv)
     result = invoke.call(inv, payload, stream=stream)
     if stream:
-        return sse_response(invoke.metered(inv, result), inv.rate)
-    invoke.finish(inv, 200, usage=result.get("usage"))
-    return json_response(result, headers=_rate_headers(inv.rate))
+        response: HttpResponseBase = sse_response(invoke.metered(inv, result), inv.rate)
+    else:
+        invoke.finish(inv, 200, usage=result.get("usage"))
+        response = json_response(result, headers=_rate_headers(inv.rate))
+    if inv.route and inv.endpoint is not None:
+        response["X-Gateway-Destination"] = inv.endpoint.name  # which of the route's endpoints answered
+    return response
 
 
 def _begin(request: HttpRequest, family: str) -> Invocation:

@@ -246,7 +246,8 @@ def test_it_accepts_timeouts(raw: Any, expected: TimeoutSpec) -> None:
 @pytest.mark.parametrize(("raw", "field"), [
     ({"connect": 0}, "timeouts.connect"), ({"read": -1}, "timeouts.read"), ({"read": float("nan")}, "timeouts.read"),
     ({"connect": float("inf")}, "timeouts.connect"), ({"connect": "5s"}, "timeouts.connect"),
-    ({"retries": 11}, "timeouts.retries"), ({"retries": 1.5}, "timeouts.retries"), ({"total": 3}, "timeouts.total"),
+    ({"retries": 11}, "timeouts.retries"), ({"retries": 1.5}, "timeouts.retries"), ({"total": 0}, "timeouts.total"),
+        ({"totl": 3}, "timeouts.totl"),
     ([1, 2], "timeouts"),
 ])
 def test_it_refuses_bad_timeouts(raw: Any, field: str) -> None:
@@ -289,7 +290,7 @@ def test_it_accepts_a_traffic_split_summing_to_100() -> None:
     (split_route(destinations=[]), "destinations",
      "destinations must be a non-empty list of {name, traffic_percentage}"),
     (split_route(routing_strategy="ROUND_ROBIN"), "routing_strategy",
-     "routing_strategy must be 'TRAFFIC_SPLIT', got 'ROUND_ROBIN'"),
+     "routing_strategy must be 'TRAFFIC_SPLIT' or 'FALLBACK', got 'ROUND_ROBIN'"),
     (split_route(task_type="llm/v1/images"), "task_type", None),
     (split_route(name="split route"), "name", None),
 ])

@@ -52,6 +52,7 @@ class Entry(NamedTuple):
     ttfb_ms: float | None
     cost_picousd: int
     retries: int
+    fallbacks: int
 
 
 _WARN_EVERY_SECONDS = 10.0

@@ -44,7 +44,8 @@ class UsageRecord(models.Model):
     latency_ms = models.FloatField()
     ttfb_ms = models.FloatField(null=True, blank=True)
     cost_picousd = models.BigIntegerField(default=0)
-    retries = models.PositiveSmallIntegerField(default=0)
+    retries = models.PositiveSmallIntegerField(default=0, help_text="Upstream retries of the destination")
+    fallbacks = models.PositiveSmallIntegerField(default=0, help_text="Destinations that failed before this one")
 
     class Meta:
         indexes = [models.Index(fields=["endpoint", "time"], name="usage_endpoint_time")]

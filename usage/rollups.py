@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 RECORD_COLUMNS = ("time", "request_id", "family", "consumer", "key_prefix", "name", "route", "endpoint", "provider",
                   "model", "stream", "status", "error_kind", "error_code", "prompt_tokens", "completion_tokens",
-                  "total_tokens", "latency_ms", "ttfb_ms", "cost_picousd", "retries")
+                  "total_tokens", "latency_ms", "ttfb_ms", "cost_picousd", "retries", "fallbacks")
 KEY_COLUMNS = ("bucket", "consumer", "endpoint", "model")
 SUM_COLUMNS = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "cost_picousd",
                "latency_ms_sum", *(f"err_{kind}" for kind in ERROR_KINDS),

@@ -221,6 +221,29 @@ def test_the_whole_call_with_retries_is_bounded_by_the_timeout(client: Any, endp
     assert 1 < upstream.calls < 11  # retried with growing backoff, but not ten times within 0.5 s
 
 
+def test_timeouts_total_bounds_retries_and_their_backoff_whatever_the_read_timeout(
+        client: Any, endpoint: Callable[..., str], upstream: ScriptedUpstream) -> None:
+    """A client's patience is the endpoint's `timeouts.total`: retries and Retry-After waits stop within it."""
+    upstream.play(respond(503, {"error": {"message": "overloaded"}}, {"Retry-After": "0.3"}))
+    response, seconds = timed(client, endpoint(read=30, total=1.0, retries=10))
+    assert response.status_code == 503
+    assert seconds < 1.5
+    assert 2 <= upstream.calls <= 5  # every 0.3 s within the second, then the upstream's own answer
+
+
+def test_retries_are_counted_in_the_usage_record(client: Any, endpoint: Callable[..., str],
+                                                 upstream: ScriptedUpstream) -> None:
+    from usage import ledger
+    from usage.models import UsageRecord
+
+    upstream.play(respond(503, {"error": {"message": "busy"}}, {"Retry-After": "0"}),
+                  respond(503, {"error": {"message": "busy"}}, {"Retry-After": "0"}), ok)
+    response, _ = timed(client, endpoint(retries=3))
+    assert response.status_code == 200
+    ledger.get().flush()
+    assert UsageRecord.objects.get().retries == 2
+
+
 # -- not retried --------------------------------------------------------------------------------------
 def test_a_500_is_passed_on_without_a_retry(client: Any, endpoint: Callable[..., str],
                                             upstream: ScriptedUpstream) -> None:

@@ -192,7 +192,7 @@ def test_a_database_outage_costs_no_invocation_and_loses_no_record(client: Any, 
 def test_a_full_buffer_counts_and_logs_what_it_drops(caplog: pytest.LogCaptureFixture) -> None:
     small = ledger.Ledger(capacity=3, batch=100, flush_seconds=0)
     entry = ledger.Entry(0.0, "r", "v1", "", "", "chat", "", "chat", "mock", "m", False, 200, "", "", 1, 1, 2,
-                         1.0, None, 0, 0)
+                         1.0, None, 0, 0, 0)
     with caplog.at_level(logging.WARNING, logger="usage.ledger"):
         for _ in range(5):
             small.record(entry)
@@ -204,7 +204,7 @@ def test_a_record_the_database_refuses_is_dropped_alone_and_logged(caplog: pytes
     """A poisoned batch must not be retried for ever (it would fill the buffer): the others are written."""
     batch = ledger.Ledger(capacity=10, batch=10, flush_seconds=0)
     good = ledger.Entry(1.7e9, "good", "v1", "", "", "chat", "", "chat", "mock", "m", False, 200, "", "", 1, 1, 2,
-                        1.0, None, 0, 0)
+                        1.0, None, 0, 0, 0)
     for entry in (good, good._replace(request_id="bad", status=-1), good._replace(request_id="good-2")):
         batch.record(entry)
     with caplog.at_level(logging.ERROR, logger="usage.ledger"):

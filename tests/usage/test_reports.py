@@ -27,7 +27,7 @@ def entry(when: datetime, consumer: str, endpoint: str, model: str, *, status: i
           (10, 5), cost: int = 1_000_000, kind: str = "") -> ledger.Entry:
     prompt, completion = tokens
     return ledger.Entry(when.timestamp(), "r", "v1", consumer, "", endpoint, "", endpoint, "mock", model, False, status,
-                        kind, "", prompt, completion, prompt + completion, 12.5, None, cost, 0)
+                        kind, "", prompt, completion, prompt + completion, 12.5, None, cost, 0, 0)
 
 
 @pytest.fixture
