@@ -180,3 +180,10 @@ def chat(url: str, *, session: requests.Session | None = None, content: str = "h
     """POST one chat message to an invocation URL (a fresh connection unless a session is given)."""
     body = {"messages": [{"role": "user", "content": content}]}
     return (session or requests).post(url, json=body, timeout=timeout)
+
+
+def wait_for_a_fresh_window(needed_seconds: float = 10) -> None:
+    """Limits count in fixed minute windows: do not let a test straddle a boundary."""
+    left = 60 - time.time() % 60
+    if left < needed_seconds:
+        time.sleep(left + 0.2)
