@@ -4,6 +4,7 @@ directory goes away with the supervisor, whichever way it exits. Real `start_ser
 test_start_server; the restart delays and the worker's own start-up checks also in-process."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -103,6 +104,15 @@ def test_a_slot_replaces_its_dead_worker_once_the_delay_has_passed(caplog: pytes
     assert "worker 1 exited (killed by SIGKILL) after 45.0 s; starting another in 0.5 s" in caplog.text
     assert "worker 2 started in place of worker 1" in caplog.text
     assert "worker 2 exited (exit code 3) after 0.3 s; starting another in 1 s" in caplog.text
+
+
+def test_the_supervisor_imports_no_django() -> None:
+    """It is the one long-lived process that is not a worker: it stays small (and cannot touch the database)."""
+    script = "import json, sys, serving.supervisor; print(json.dumps([*sys.modules]))"
+    loaded = subprocess.run([sys.executable, "-c", script], cwd=BASE_DIR, capture_output=True, text=True, timeout=60,
+                            check=True).stdout
+    ours = {"django", "endpoints_app", "providers", "gateway_project"}
+    assert [name for name in json.loads(loaded) if name.split(".")[0] in ours] == []
 
 
 # -- the worker's own start-up checks ----------------------------------------------------------------------
