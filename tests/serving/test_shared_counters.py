@@ -20,14 +20,20 @@ LIMIT = 3
 ROUTES = ("/endpoints/{name}/invocations", "/gateway/{name}/invocations", "/v1/chat/completions")
 
 
+BURSTS = 3  # endpoints for the concurrent test: a burst may all land on one worker; the next one then runs
+
+
 @pytest.fixture(scope="module")
 def gateway(module_servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Server:
     base = tmp_path_factory.mktemp("counters")
     config = base / "gateway.yaml"
-    config.write_text(config_text(mock_endpoint("limited", limit=LIMIT), mock_endpoint("limited-too", limit=LIMIT)))
+    limited = [mock_endpoint(f"limited-{n}", limit=LIMIT) for n in range(BURSTS)]
+    config.write_text(config_text(*limited, mock_endpoint("limited-too", limit=LIMIT)))
     env = server_env(f"sqlite:///{base / 'gateway.sqlite3'}")
     assert "REDIS_URL" not in env
-    return module_servers.start(env, config, workers=2)
+    server = module_servers.start(env, config, workers=2)
+    server.wait_until_every_worker_answers()
+    return server
 
 
 def invoke(server: Server, route: str, name: str) -> requests.Response:
@@ -42,24 +48,35 @@ def health_pid(server: Server) -> int:
     return int(requests.get(server.url("/health"), timeout=5).json()["pid"])
 
 
-def test_a_limit_of_3_admits_exactly_3_of_12_concurrent_calls_over_both_workers(gateway: Server) -> None:
-    wait_for_a_fresh_window(15)
-    start_together = threading.Barrier(12)
+def burst(server: Server, name: str, calls: int = 12) -> list[tuple[requests.Response, set[int]]]:
+    """`calls` threads at once, each a fresh connection, over the three route families; each answer with
+    the pids /health reported just before and after it."""
+    start_together = threading.Barrier(calls)
 
     def call(number: int) -> tuple[requests.Response, set[int]]:
         start_together.wait()
-        before = health_pid(gateway)
-        response = invoke(gateway, ROUTES[number % len(ROUTES)], "limited")
-        return response, {before, health_pid(gateway)}
+        before = health_pid(server)
+        response = invoke(server, ROUTES[number % len(ROUTES)], name)
+        return response, {before, health_pid(server)}
 
-    with ThreadPoolExecutor(12) as pool:
-        results = list(pool.map(call, range(12)))
-    statuses = sorted(response.status_code for response, _ in results)
-    assert statuses == [200] * LIMIT + [429] * (12 - LIMIT), statuses
-    assert all(1 <= int(response.headers["Retry-After"]) <= 60 for response, _ in results
-               if response.status_code == 429)
-    answered_by = set().union(*(pids for _, pids in results))
-    assert answered_by == gateway.worker_pids()  # both workers took some of the fresh connections
+    with ThreadPoolExecutor(calls) as pool:
+        return list(pool.map(call, range(calls)))
+
+
+def test_a_limit_of_3_admits_exactly_3_of_12_concurrent_calls_over_both_workers(gateway: Server) -> None:
+    """The kernel hands a burst of connections to whichever worker wakes first, so one burst may all land
+    on one worker: each burst (on an endpoint of its own) must be exact, and one must reach both."""
+    wait_for_a_fresh_window(15)
+    workers = gateway.worker_pids()
+    for number in range(BURSTS):
+        results = burst(gateway, f"limited-{number}")
+        statuses = sorted(response.status_code for response, _ in results)
+        assert statuses == [200] * LIMIT + [429] * (12 - LIMIT), statuses
+        assert all(1 <= int(response.headers["Retry-After"]) <= 60 for response, _ in results
+                   if response.status_code == 429)
+        if set().union(*(pids for _, pids in results)) == workers:
+            return
+    pytest.fail(f"none of {BURSTS} bursts reached both workers")
 
 
 def test_a_windows_count_survives_a_worker_being_killed(gateway: Server) -> None:

@@ -180,6 +180,7 @@ def test_sighup_without_a_config_file_tells_the_workers_to_rebuild_their_tables(
     """With the poll interval at a minute, only the signal makes the workers see a database change."""
     env = server_env(f"sqlite:///{tmp_path / 'gateway.sqlite3'}", GATEWAY_CONFIG_POLL_SECONDS="60")
     server = servers.start(env)
+    server.wait_until_every_worker_answers()  # each has built its table before the change
     url = server.url("/endpoints/from-shell/invocations")
     assert every_worker(server, lambda: chat(url).status_code == 404)  # both workers have built their table
     created = manage(env, "shell", "-c", (
@@ -222,7 +223,9 @@ def test_sigterm_lets_an_in_flight_request_finish_and_removes_the_store(servers:
 def test_the_workers_exit_when_the_supervisor_is_killed(servers: Servers, tmp_path: Path) -> None:
     """SIGKILL or the OOM killer leave no time to stop the workers: each asked the kernel for SIGTERM
     when its parent dies (PR_SET_PDEATHSIG)."""
-    server = servers.start(server_env(f"sqlite:///{tmp_path / 'gateway.sqlite3'}"))
+    temp = tmp_path / "tmp"  # where its counter store's directory stays behind
+    temp.mkdir()
+    server = servers.start(server_env(f"sqlite:///{tmp_path / 'gateway.sqlite3'}", TMPDIR=str(temp)))
     workers = [psutil.Process(pid) for pid in server.worker_pids()]
     assert len(workers) == 2
     server.process.kill()
@@ -243,7 +246,7 @@ def test_when_the_workers_cannot_start_the_supervisor_exits_and_removes_the_stor
     failing = tmp_path / "workers-fail"
     failing.touch()
     env = server_env(f"sqlite:///{tmp_path / 'gateway.sqlite3'}", TMPDIR=str(temp),
-                     **{FAIL_AT_START_IF_EXISTS: str(failing)})
+                     STATIC_ROOT=str(tmp_path / "static"), **{FAIL_AT_START_IF_EXISTS: str(failing)})
     done = subprocess.run([sys.executable, "manage.py", "start_server", "--port", str(free_port())], cwd=BASE_DIR,
                           env=env,
                           capture_output=True, text=True, timeout=120, check=False)
