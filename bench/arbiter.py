@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -271,14 +272,17 @@ def main() -> None:
     parser.add_argument("--rest-seconds", type=float, default=20)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-arbiter-"))
-    env, config = prepare(workdir)
-    systems = commands(config)
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name in systems}
-    for round_number in range(args.rounds):
-        order = list(systems) if round_number % 2 == 0 else list(reversed(systems))
-        for name in order:
-            print(f"round {round_number + 1}: {name}", file=sys.stderr)
-            results[name].append(run_system(name, systems[name], env, workdir, args))
+    try:
+        env, config = prepare(workdir)
+        systems = commands(config)
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name in systems}
+        for round_number in range(args.rounds):
+            order = list(systems) if round_number % 2 == 0 else list(reversed(systems))
+            for name in order:
+                print(f"round {round_number + 1}: {name}", file=sys.stderr)
+                results[name].append(run_system(name, systems[name], env, workdir, args))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps({"args": vars(args), "load_average": os.getloadavg(), "results": results}, indent=1))
     print(table(results))
 
