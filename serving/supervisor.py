@@ -217,7 +217,13 @@ class WorkerSlot:
                          describe_exit(code), lived, delay)
         elif now >= self.restart_at:
             dead = self.process.pid
-            self.process = self._start()
+            try:
+                self.process = self._start()
+            except OSError as exc:  # no process or file descriptor left: try again later
+                delay = self.backoff.delay(lived=0.0)
+                self.restart_at = now + delay
+                logger.error("cannot start a worker in place of worker %s: %s; trying again in %g s", dead, exc, delay)
+                return self.restart_at
             self.started_at, self.restart_at = now, None
             logger.info("worker %s started in place of worker %s", self.process.pid, dead)
         return self.restart_at

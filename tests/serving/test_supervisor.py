@@ -115,6 +115,26 @@ def test_the_supervisor_imports_no_django() -> None:
     assert [name for name in json.loads(loaded) if name.split(".")[0] in ours] == []
 
 
+def test_a_slot_that_cannot_start_a_worker_tries_again_later(caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    first = FakeProcess(1)
+    attempts: list[float] = []
+
+    def start() -> FakeProcess:
+        attempts.append(now[0])
+        if len(attempts) > 1:
+            raise OSError(11, "Resource temporarily unavailable")
+        return first
+
+    slot = WorkerSlot(start, clock=lambda: now[0])  # type: ignore[arg-type]
+    first.returncode = 1
+    assert slot.tend() == 100.5
+    now[0] = 100.5
+    assert slot.tend() == 101.5  # the fork failed: the next attempt waits longer
+    assert "cannot start a worker in place of worker 1: [Errno 11] Resource temporarily unavailable; trying " \
+           "again in 1 s" in caplog.text
+
+
 # -- the worker's own start-up checks ----------------------------------------------------------------------
 def test_a_worker_whose_supervisor_is_already_gone_exits_at_once() -> None:
     """The supervisor may die between starting a worker and the worker's PR_SET_PDEATHSIG: the worker
