@@ -8,7 +8,7 @@ RESP, so the workers of one server share exact counts through the same client an
 tests) executes the commands on an in-process Store directly.
 
 The commands are Redis's, with Redis's replies, for the subset the gateway sends: PING, GET, MGET,
-SET (EX, PX, NX, XX), INCR, INCRBY, INCRBYFLOAT, DECRBY, DEL, EXISTS, EXPIRE (NX), TTL, PTTL,
+SET (EX, PX, NX, XX), INCR, INCRBY, INCRBYFLOAT, DECRBY, DEL, EXISTS, EXPIRE (NX, XX), TTL, PTTL,
 FLUSHDB, and SELECT/AUTH (accepted, meaningless here). Keys expire on the monotonic clock.
 
 This module imports no Django: the supervisor runs it.
@@ -17,8 +17,9 @@ This module imports no Django: the supervisor runs it.
 from __future__ import annotations
 
 import asyncio
-import math
+import decimal
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +32,11 @@ Command = Sequence[bytes | str | int | float]
 
 _SWEEP_EVERY = 1024  # writes between two sweeps of expired keys
 _SWEEP_ABOVE = 4096  # keys below which no sweep is needed
+_INTEGER = re.compile(rb"-?[1-9][0-9]{0,18}|0")  # as Redis reads one: no sign on 0, no leading zeros or spaces
+_FLOAT = re.compile(rb"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_INFINITY = re.compile(rb"[+-]?inf(?:inity)?", re.IGNORECASE)
+_DECIMALS = decimal.Context(prec=60, Emax=5000, Emin=-5000)  # a long double's range; sums of decimals are exact
+_PRINTED_PLACES = decimal.Decimal("1e-17")  # Redis prints INCRBYFLOAT results with "%.17Lf", zeros trimmed
 
 
 def _bytes(value: bytes | str | int | float) -> bytes:
@@ -42,26 +48,33 @@ def _bytes(value: bytes | str | int | float) -> bytes:
 
 
 def _int(value: bytes | str | int | float) -> int:
-    try:
-        return int(_bytes(value))
-    except ValueError:
-        raise RespError("ERR value is not an integer or out of range") from None
+    text = _bytes(value)
+    if not _INTEGER.fullmatch(text) or not -(2**63) <= int(text) < 2**63:
+        raise RespError("ERR value is not an integer or out of range")
+    return int(text)
 
 
-def _float(value: bytes | str | int | float) -> float:
-    try:
-        number = float(_bytes(value))
-    except ValueError:
-        raise RespError("ERR value is not a valid float") from None
-    if math.isnan(number) or math.isinf(number):
+def _decimal(value: bytes | str | int | float) -> decimal.Decimal:
+    text = _bytes(value)
+    if _INFINITY.fullmatch(text):
         raise RespError("ERR increment would produce NaN or Infinity")
-    return number
+    if not _FLOAT.fullmatch(text):
+        raise RespError("ERR value is not a valid float")
+    return decimal.Decimal(text.decode())
 
 
-def _format_float(number: float) -> bytes:
-    """As Redis prints INCRBYFLOAT results: no exponent, no trailing zeros."""
-    text = f"{number:.17f}".rstrip("0").rstrip(".")
-    return (text if text not in ("", "-0") else "0").encode()
+def _format_decimal(number: decimal.Decimal) -> bytes:
+    """As Redis prints INCRBYFLOAT results: no exponent, at most 17 decimals, no trailing zeros."""
+    if number.adjusted() < 40:
+        number = number.quantize(_PRINTED_PLACES, context=_DECIMALS)
+    text = format(number, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return b"0" if text in ("", "-0") else text.encode()
+
+
+def _wrong_arguments(name: str) -> RespError:
+    return RespError(f"ERR wrong number of arguments for '{name.lower()}' command")
 
 
 class Store:
@@ -89,16 +102,22 @@ class Store:
     def _one(self, command: Command) -> Reply:
         if not command:
             return RespError("ERR empty command")
-        name = _bytes(command[0]).decode("latin-1").upper()
-        handler = _COMMANDS.get(name)
-        if handler is None:
-            return RespError(f"ERR unknown command '{name}'")
+        name = _bytes(command[0]).decode("latin-1")
+        entry = _COMMANDS.get(name.upper())
+        if entry is None:
+            shown = ""
+            for arg in command[1:]:  # as Redis shows them: up to about 128 characters
+                if len(shown) >= 128:
+                    break
+                shown += f"'{_bytes(arg).decode('latin-1')[: 128 - len(shown)]}' "
+            return RespError(f"ERR unknown command '{name}', with args beginning with: {shown}")
+        handler, arity = entry
+        if (arity >= 0 and len(command) != arity) or len(command) < -arity:
+            return _wrong_arguments(name)
         try:
             return handler(self, list(command[1:]))
         except RespError as error:
             return error
-        except IndexError:
-            return RespError(f"ERR wrong number of arguments for '{name.lower()}' command")
 
     # -- storage -------------------------------------------------------------------------------
     def _get(self, key: bytes) -> bytes | None:
@@ -127,8 +146,10 @@ class Store:
         for key in [k for k, at in self._expires.items() if at <= now]:
             self._delete(key)
 
-    # -- commands --------------------------------------------------------------------------------
+    # -- commands (arguments after the name; their number is checked against _COMMANDS) ------------
     def _ping(self, args: list[Any]) -> Reply:
+        if len(args) > 1:
+            raise _wrong_arguments("ping")
         return _bytes(args[0]) if args else "PONG"
 
     def _accept(self, args: list[Any]) -> Reply:
@@ -138,29 +159,30 @@ class Store:
         return self._get(_bytes(args[0]))
 
     def _mget(self, args: list[Any]) -> Reply:
-        if not args:
-            raise IndexError
         return [self._get(_bytes(key)) for key in args]
 
     def _set_command(self, args: list[Any]) -> Reply:
         key, value = _bytes(args[0]), _bytes(args[1])
-        expires: float | None = None
-        condition = ""
         options = [_bytes(a).decode("latin-1").upper() for a in args[2:]]
+        condition = unit = ""
+        amount: Any = None
         index = 0
-        while index < len(options):
+        while index < len(options):  # as Redis: NX or XX, EX or PX, each at most once (repeats allowed)
             option = options[index]
-            if option in ("EX", "PX"):
-                amount = _int(args[2 + index + 1])
-                if amount <= 0:
-                    raise RespError("ERR invalid expire time in 'set' command")
-                expires = self._clock() + (amount if option == "EX" else amount / 1000)
-                index += 2
-            elif option in ("NX", "XX") and not condition:
+            if option in ("NX", "XX") and condition in ("", option):
                 condition = option
                 index += 1
+            elif option in ("EX", "PX") and unit in ("", option) and index + 1 < len(options):
+                unit, amount = option, args[2 + index + 1]
+                index += 2
             else:
                 raise RespError("ERR syntax error")
+        expires: float | None = None
+        if unit:
+            number = _int(amount)
+            if number <= 0:
+                raise RespError("ERR invalid expire time in 'set' command")
+            expires = self._clock() + (number if unit == "EX" else number / 1000)
         exists = self._get(key) is not None
         if (condition == "NX" and exists) or (condition == "XX" and not exists):
             return None
@@ -169,8 +191,7 @@ class Store:
 
     def _incrby(self, key: bytes, amount: int) -> int:
         current = self._get(key)
-        number = _int(current) if current is not None else 0
-        number += amount
+        number = (_int(current) if current is not None else 0) + amount
         if not -(2**63) <= number < 2**63:
             raise RespError("ERR increment or decrement would overflow")
         self._set(key, str(number).encode(), None, keep_ttl=True)
@@ -186,33 +207,34 @@ class Store:
         return self._incrby(_bytes(args[0]), -_int(args[1]))
 
     def _incrbyfloat(self, args: list[Any]) -> Reply:
+        """Added exactly in decimal: where Redis's long double shows its rounding (1000 + 0.1 gives
+        1000.09999999999999998 there), the store answers 1000.1; sums of short decimals agree."""
         key = _bytes(args[0])
         current = self._get(key)
-        number = (_float(current) if current is not None else 0.0) + _float(args[1])
-        if math.isnan(number) or math.isinf(number):
+        base = _decimal(current) if current is not None else decimal.Decimal(0)
+        number = _DECIMALS.add(base, _decimal(args[1]))
+        if number.adjusted() > _DECIMALS.Emax - 100:
             raise RespError("ERR increment would produce NaN or Infinity")
-        text = _format_float(number)
+        text = _format_decimal(number)
         self._set(key, text, None, keep_ttl=True)
         return text
 
     def _del(self, args: list[Any]) -> Reply:
-        if not args:
-            raise IndexError
         return sum(1 for key in args if self._get(_bytes(key)) is not None and self._delete(_bytes(key)))
 
     def _exists(self, args: list[Any]) -> Reply:
-        if not args:
-            raise IndexError
         return sum(1 for key in args if self._get(_bytes(key)) is not None)
 
     def _expire(self, args: list[Any]) -> Reply:
         key, seconds = _bytes(args[0]), _int(args[1])
         flags = {_bytes(a).decode("latin-1").upper() for a in args[2:]}
-        if flags - {"NX"}:
-            raise RespError("ERR Unsupported option")
+        if flags - {"NX", "XX"}:
+            raise RespError(f"ERR Unsupported option {sorted(flags - {'NX', 'XX'})[0]}")
+        if flags == {"NX", "XX"}:
+            raise RespError("ERR NX and XX, GT or LT options at the same time are not compatible")
         if self._get(key) is None:
             return 0
-        if "NX" in flags and key in self._expires:
+        if ("NX" in flags and key in self._expires) or ("XX" in flags and key not in self._expires):
             return 0
         if seconds <= 0:
             self._delete(key)
@@ -232,28 +254,31 @@ class Store:
         return milliseconds if milliseconds < 0 else (milliseconds + 500) // 1000
 
     def _flushdb(self, args: list[Any]) -> Reply:
+        if len(args) > 1 or any(_bytes(a).upper() not in (b"ASYNC", b"SYNC") for a in args):
+            raise RespError("ERR syntax error")
         self._values.clear()
         self._expires.clear()
         return "OK"
 
 
-_COMMANDS: dict[str, Callable[[Store, list[Any]], Reply]] = {
-    "PING": Store._ping,
-    "AUTH": Store._accept,
-    "SELECT": Store._accept,
-    "GET": Store._get_command,
-    "MGET": Store._mget,
-    "SET": Store._set_command,
-    "INCR": Store._incr,
-    "INCRBY": Store._incrby_command,
-    "DECRBY": Store._decrby,
-    "INCRBYFLOAT": Store._incrbyfloat,
-    "DEL": Store._del,
-    "EXISTS": Store._exists,
-    "EXPIRE": Store._expire,
-    "TTL": Store._ttl,
-    "PTTL": Store._pttl,
-    "FLUSHDB": Store._flushdb,
+# Each command's handler and its arity as Redis counts it (the name included): n exactly, -n at least n.
+_COMMANDS: dict[str, tuple[Callable[[Store, list[Any]], Reply], int]] = {
+    "PING": (Store._ping, -1),
+    "AUTH": (Store._accept, -2),
+    "SELECT": (Store._accept, 2),
+    "GET": (Store._get_command, 2),
+    "MGET": (Store._mget, -2),
+    "SET": (Store._set_command, -3),
+    "INCR": (Store._incr, 2),
+    "INCRBY": (Store._incrby_command, 3),
+    "DECRBY": (Store._decrby, 3),
+    "INCRBYFLOAT": (Store._incrbyfloat, 3),
+    "DEL": (Store._del, -2),
+    "EXISTS": (Store._exists, -2),
+    "EXPIRE": (Store._expire, -3),
+    "TTL": (Store._ttl, 2),
+    "PTTL": (Store._pttl, 2),
+    "FLUSHDB": (Store._flushdb, -1),
 }
 
 
@@ -274,6 +299,7 @@ class _StoreProtocol(asyncio.Protocol):
         self.buffer += data
         commands: list[Command] = []
         position = 0
+        malformed = False
         while position < len(self.buffer):
             try:
                 command, after = parse_reply(self.buffer, position)
@@ -281,15 +307,22 @@ class _StoreProtocol(asyncio.Protocol):
                 command, after = None, -1
             if after == position:
                 break  # incomplete: wait for the rest
+            if after > position and command in ([], None) and self.buffer[position] == ord("*"):
+                position = after  # "*0" and "*-1": Redis skips them, without a reply
+                continue
             if after < 0 or not isinstance(command, list) or not all(isinstance(a, bytes) for a in command):
-                self.transport.write(encode_reply(RespError("ERR Protocol error: expected an array of bulk strings")))
-                self.transport.close()
-                return
+                malformed = True
+                break
             commands.append(command)
             position = after
         del self.buffer[:position]
-        if commands:
-            self.transport.write(b"".join(encode_reply(reply) for reply in self.store.run(commands)))
+        replies = [encode_reply(reply) for reply in self.store.run(commands)] if commands else []
+        if malformed:  # the commands before it are answered, then the connection is closed, as Redis does
+            replies.append(encode_reply(RespError("ERR Protocol error: expected an array of bulk strings")))
+        if replies:
+            self.transport.write(b"".join(replies))
+        if malformed:
+            self.transport.close()
 
 
 class StoreServer:

@@ -5,8 +5,11 @@ applied), so the one long-lived process that is not a worker stays small: about 
 the 90 MB of a Django process. A changed file is applied by `manage.py load_config --prune`, run as a
 short-lived child: the same all-or-nothing import (one transaction that bumps the config version),
 after which the supervisor tells its workers to rebuild their tables at once (other instances' workers
-poll within GATEWAY_CONFIG_POLL_SECONDS). Workers are never
-restarted, so no request is dropped. SIGTERM or SIGINT stops uvicorn and every process under it.
+poll within GATEWAY_CONFIG_POLL_SECONDS). No worker is restarted for
+a change, so no request is dropped. SIGHUP applies the file again even if it has not changed (or,
+without a file, just tells the workers to rebuild). A worker that dies is replaced, after a delay that
+grows while replacements keep dying (RestartBackoff). SIGTERM or SIGINT stops uvicorn and every
+process under it, letting in-flight requests finish.
 
 Why ASGI, and why uvicorn: an invocation spends nearly all its time waiting on the upstream. Under
 ASGI a waiting invocation (or an SSE stream, for its whole length) is a suspended greenlet on the
@@ -38,6 +41,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import psutil
 import watchfiles
@@ -53,6 +57,7 @@ BACKLOG = 4096  # connections waiting to be accepted (1,000 streams opened withi
 # we give it a little more before killing whatever is left.
 STOP_GRACE_SECONDS = 15
 APPLY_TIMEOUT_SECONDS = 120
+POLL_SECONDS = 0.2  # how often the main loop looks for dead workers and a SIGHUP
 
 
 @dataclass(frozen=True)
@@ -79,27 +84,25 @@ def listen(host: str, port: int) -> socket.socket:
 
 def start_worker(listener: socket.socket, options: ServeOptions, counters_socket: str | None = None
                  ) -> subprocess.Popen[bytes]:
+    """One worker on the listening socket. Call it from the main thread: the worker asks for SIGTERM when
+    the thread that started it ends (PR_SET_PDEATHSIG, serving.worker.stop_with_supervisor)."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "gateway_project.settings")}
     if options.static_root:
         env["STATIC_ROOT"] = options.static_root
     if counters_socket:
         env["GATEWAY_COUNTERS_SOCKET"] = counters_socket
     fd = listener.fileno()
-    # Its own session: the terminal's Ctrl-C reaches only us, and we stop the workers in order.
-    return subprocess.Popen([sys.executable, "-m", "serving.worker", "--fd", str(fd)], cwd=BASE_DIR,
-                            env=env, pass_fds=(fd,), start_new_session=True, preexec_fn=_terminate_with_parent)
-
-
-def _terminate_with_parent() -> None:
-    """In the child, before exec: get SIGTERM if the supervisor dies without cleaning up (SIGKILL, OOM).
-    SIGUSR1 (check_config_now) stays blocked until the worker has its handler: its default action would
-    end a worker still starting up. A signal sent meanwhile waits, and is handled once unblocked."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
-    if sys.platform == "linux":
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    command = [sys.executable, "-m", "serving.worker", "--fd", str(fd), "--supervisor-pid", str(os.getpid())]
+    # SIGUSR1 (check_config_now) must stay blocked until the worker has its handler: its default action
+    # would end a worker still starting up; a signal sent meanwhile waits and is handled once unblocked.
+    # A blocked mask survives fork and exec, so we block it in this thread around the spawn (a
+    # `preexec_fn` would do it in the child, but is not safe in a process with threads, as this one is).
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        # Its own session: the terminal's Ctrl-C reaches only us, and we stop the workers in order.
+        return subprocess.Popen(command, cwd=BASE_DIR, env=env, pass_fds=(fd,), start_new_session=True)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
 
 
 def wait_until_serving(workers: list[subprocess.Popen[bytes]], host: str, port: int, stop: threading.Event,
@@ -165,6 +168,77 @@ def suppress_missing() -> Iterator[None]:
         pass
 
 
+# -- replacing workers that die ------------------------------------------------------------------------
+class RestartBackoff:
+    """How long to wait before replacing a worker that died: `first` seconds, doubling with each death
+    that follows quickly on the last up to `maximum`, and `first` again once a worker has lived
+    `healthy_after` seconds. A worker that cannot start (broken settings, a full disk) is retried a
+    few times a minute instead of five times a second, and the log stays readable; a worker killed
+    after hours of service is replaced within half a second."""
+
+    def __init__(self, first: float = 0.5, maximum: float = 30.0, healthy_after: float = 30.0) -> None:
+        self.first = first
+        self.maximum = maximum
+        self.healthy_after = healthy_after
+        self._next = first
+
+    def delay(self, lived: float) -> float:
+        """The delay before replacing a worker that died after `lived` seconds."""
+        if lived >= self.healthy_after:
+            self._next = self.first
+        delay, self._next = self._next, min(self._next * 2, self.maximum)
+        return delay
+
+
+class WorkerSlot:
+    """One of the N workers: the process serving in it, or, after it died, when its replacement starts."""
+
+    def __init__(self, start: Callable[[], subprocess.Popen[bytes]],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._start = start
+        self._clock = clock
+        self.backoff = RestartBackoff()
+        self.process = start()
+        self.started_at = clock()
+        self.restart_at: float | None = None
+
+    def tend(self) -> float | None:
+        """Notice that the worker died (log it and schedule its replacement) or start the replacement
+        once it is due. Returns when the replacement is due (None if nothing is pending)."""
+        now = self._clock()
+        if self.restart_at is None:
+            code = self.process.poll()
+            if code is None:
+                return None
+            lived = now - self.started_at
+            delay = self.backoff.delay(lived)
+            self.restart_at = now + delay
+            logger.error("worker %s exited (%s) after %.1f s; starting another in %g s", self.process.pid,
+                         describe_exit(code), lived, delay)
+        elif now >= self.restart_at:
+            dead = self.process.pid
+            try:
+                self.process = self._start()
+            except OSError as exc:  # no process or file descriptor left: try again later
+                delay = self.backoff.delay(lived=0.0)
+                self.restart_at = now + delay
+                logger.error("cannot start a worker in place of worker %s: %s; trying again in %g s", dead, exc, delay)
+                return self.restart_at
+            self.started_at, self.restart_at = now, None
+            logger.info("worker %s started in place of worker %s", self.process.pid, dead)
+        return self.restart_at
+
+
+def describe_exit(code: int) -> str:
+    """A Popen return code in words: "exit code 3", "killed by SIGKILL"."""
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
 # -- the config watcher -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ApplyResult:
@@ -206,6 +280,7 @@ class ConfigWatcher:
         self._applied = applied_digest
         self._rejected: str | None = None
         self._missing = False
+        self._lock = threading.Lock()  # the watch thread and a SIGHUP reload apply one at a time
 
     def directories(self) -> list[str]:
         found = {os.path.dirname(self.path), os.path.dirname(os.path.realpath(self.path))}
@@ -229,31 +304,40 @@ class ConfigWatcher:
         except Exception:
             logger.exception("Stopped watching %s; the current configuration keeps serving", self.path)
 
-    def check(self) -> ApplyResult | None:
-        """Look at the file now; apply it if it changed. Logs instead of raising; None if skipped."""
-        try:
-            text = Path(self.path).read_bytes()
-        except FileNotFoundError:
-            if not self._missing:
-                logger.warning("%s deleted; the current configuration keeps serving", self.path)
-            self._missing = True
-            return None
-        except OSError as exc:
-            logger.error("Cannot read %s: %s; the current configuration keeps serving", self.path, exc)
-            return None
-        self._missing = False
-        digest = hashlib.sha256(text).hexdigest()
-        if digest in (self._applied, self._rejected):
-            return None
-        result = self._apply(self.path)
-        if result.ok:
-            self._applied, self._rejected = digest, None
-            logger.info("Configuration updated from %s: %s", self.path, result.message)
-            self._on_applied()
-        else:
-            self._rejected = digest
-            logger.error("Invalid configuration: %s\nThe previous configuration keeps serving.", result.message)
-        return result
+    def check(self, *, force: bool = False) -> ApplyResult | None:
+        """Look at the file now; apply it if it changed (or, with `force`, in any case). Logs instead of
+        raising; None if skipped."""
+        with self._lock:
+            try:
+                text = Path(self.path).read_bytes()
+            except FileNotFoundError:
+                if not self._missing or force:
+                    logger.warning("%s deleted; the current configuration keeps serving", self.path)
+                self._missing = True
+                return None
+            except OSError as exc:
+                logger.error("Cannot read %s: %s; the current configuration keeps serving", self.path, exc)
+                return None
+            self._missing = False
+            digest = hashlib.sha256(text).hexdigest()
+            if digest in (self._applied, self._rejected) and not force:
+                return None
+            result = self._apply(self.path)
+            if result.ok:
+                self._applied, self._rejected = digest, None
+                logger.info("Configuration updated from %s: %s", self.path, result.message)
+                self._on_applied()
+            else:
+                self._rejected = digest
+                logger.error("Invalid configuration: %s\nThe previous configuration keeps serving.", result.message)
+            return result
+
+    def reload(self) -> ApplyResult | None:
+        """SIGHUP: apply the file now, even if its content has not changed: to put back what an edit in the
+        admin or the database changed in the file's endpoints, or after an apply that failed for a reason
+        now gone (the database was down)."""
+        logger.info("SIGHUP: applying %s", self.path)
+        return self.check(force=True)
 
 
 def symlinks_on_path(path: str) -> set[str]:
@@ -279,9 +363,14 @@ def file_digest(path: str) -> str:
 
 # -- the whole run ----------------------------------------------------------------------------------
 def supervise(options: ServeOptions, applied_digest: str | None = None) -> int:
-    """Serve until SIGTERM/SIGINT, then stop the workers. Returns the exit code."""
-    workers: list[subprocess.Popen[bytes]] = []
-    watcher = ConfigWatcher(options.config_path, applied_digest, on_applied=lambda: check_config_now(workers)) \
+    """Serve until SIGTERM/SIGINT, then stop the workers. SIGHUP applies the config file again and tells
+    the workers to rebuild their tables. Returns the exit code."""
+    slots: list[WorkerSlot] = []
+
+    def tell_workers() -> None:
+        check_config_now([slot.process for slot in slots])
+
+    watcher = ConfigWatcher(options.config_path, applied_digest, on_applied=tell_workers) \
         if options.config_path else None
     try:
         listener = listen(options.host, options.port)
@@ -289,48 +378,84 @@ def supervise(options: ServeOptions, applied_digest: str | None = None) -> int:
         logger.error("cannot listen on %s:%s: %s", options.host, options.port, exc.strerror or exc)
         return 1
     stop = threading.Event()
-    store = start_counter_store()
-    counters_socket = store.path if store is not None else None
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    workers += [start_worker(listener, options, counters_socket) for _ in range(options.workers)]
+    reload_requested = threading.Event()
+    previous = {sig: signal.signal(sig, _setting(event))
+                for sig, event in ((signal.SIGTERM, stop), (signal.SIGINT, stop), (signal.SIGHUP, reload_requested))}
+    store: StoreServer | None = None
     try:
+        try:
+            store = start_counter_store()
+        except OSError as exc:
+            logger.error("cannot start the counter store: %s", exc)
+            return 1
+        counters_socket = store.path if store is not None else None
+        slots += [WorkerSlot(lambda: start_worker(listener, options, counters_socket)) for _ in range(options.workers)]
         if watcher is not None:
             threading.Thread(target=watcher.run, args=(stop,), name="config-watcher", daemon=True).start()
-        if not wait_until_serving(workers, options.host, options.port, stop):
+        if not wait_until_serving([slot.process for slot in slots], options.host, options.port, stop):
             if stop.is_set():
                 return 0
-            logger.error("the workers did not start (exit codes %s)", [w.poll() for w in workers])
+            logger.error("the workers did not start (exit codes %s)", [slot.process.poll() for slot in slots])
             return 1
         logger.info("Serving http://%s:%s with %s uvicorn worker(s) (pids %s)", _display_host(options.host),
-                    options.port, options.workers, ", ".join(str(w.pid) for w in workers))
+                    options.port, options.workers, ", ".join(str(slot.process.pid) for slot in slots))
         if watcher is not None:
             logger.info("Watching %s for changes (valid changes apply without restarting workers)", watcher.path)
-        while not stop.wait(0.2):
-            for index, worker in enumerate(workers):
-                if worker.poll() is not None and not stop.is_set():
-                    logger.error("worker %s exited (code %s); starting another", worker.pid, worker.returncode)
-                    workers[index] = start_worker(listener, options, counters_socket)
+        reloading: threading.Thread | None = None
+        wake_in = POLL_SECONDS
+        while not stop.wait(wake_in):
+            if reload_requested.is_set() and (reloading is None or not reloading.is_alive()):
+                reload_requested.clear()  # signals received during a reload make one more after it
+                reloading = threading.Thread(target=reload, args=(watcher, tell_workers), name="reload", daemon=True)
+                reloading.start()
+            now = time.monotonic()
+            due = [at for at in (slot.tend() for slot in slots) if at is not None]
+            wake_in = min([POLL_SECONDS, *(max(0.01, at - now) for at in due)])
         logger.info("Stopping...")
         return 0
     finally:
         stop.set()
-        stop_workers(workers)
+        stop_workers([slot.process for slot in slots])
         listener.close()
         if store is not None:
-            store.stop()
-            shutil.rmtree(os.path.dirname(store.path), ignore_errors=True)
+            stop_counter_store(store)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
+def _setting(event: threading.Event) -> Callable[[int, FrameType | None], None]:
+    """A signal handler that only sets `event` (the main loop does the work)."""
+    return lambda signum, frame: event.set()
+
+
+def reload(watcher: ConfigWatcher | None, tell_workers: Callable[[], None]) -> None:
+    """SIGHUP: apply the config file like a change of it (its outcome is logged; the workers are told
+    to rebuild their tables when it applies), or without one, just tell the workers."""
+    if watcher is not None:
+        watcher.reload()
+    else:
+        tell_workers()
+        logger.info("SIGHUP: the workers were told to rebuild their endpoint tables")
+
+
 def start_counter_store() -> StoreServer | None:
     """Without REDIS_URL, the store the workers share their counts in (serving.store), on a Unix socket
-    in a private temporary directory. None with REDIS_URL: Redis holds them, for every instance."""
+    in a private temporary directory (0700). None with REDIS_URL: Redis holds them, for every instance."""
     if os.environ.get("REDIS_URL"):
         return None
-    store = StoreServer(os.path.join(tempfile.mkdtemp(prefix="gateway-"), "counters.sock"))
-    store.start()
+    directory = tempfile.mkdtemp(prefix="gateway-")
+    store = StoreServer(os.path.join(directory, "counters.sock"))
+    try:
+        store.start()
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
     return store
+
+
+def stop_counter_store(store: StoreServer) -> None:
+    store.stop()
+    shutil.rmtree(os.path.dirname(store.path), ignore_errors=True)
 
 
 def _display_host(host: str) -> str:

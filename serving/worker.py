@@ -5,12 +5,14 @@ The supervisor binds the port once and starts N of these; the kernel spreads con
 them. uvicorn's own multi-worker mode would add a parent process and a multiprocessing resource
 tracker (about 40 MiB together) to do what the supervisor already does.
 
-    python -m serving.worker --fd N
+    python -m serving.worker --fd N --supervisor-pid P
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import os
 import signal
 import socket
 import sys
@@ -22,6 +24,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 ASGI_APP = "gateway_project.asgi:application"
 # On SIGTERM a worker stops accepting, lets in-flight requests finish for this long, then closes them.
 GRACEFUL_SHUTDOWN_SECONDS = 10
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# For the supervisor's tests only: a worker started while this file exists exits at once with code 3
+# (a worker that cannot start, whose restarts the supervisor must space out).
+FAIL_AT_START_IF_EXISTS = "GATEWAY_TEST_WORKER_FAILS_IF_EXISTS"
 
 
 class CoalescingTransport:
@@ -80,14 +86,37 @@ def _check_config_now(signum: int, frame: object) -> None:
         runtime.invalidate()
 
 
+def stop_with_supervisor(supervisor_pid: int) -> None:
+    """Ask the kernel for SIGTERM (the orderly stop) when the supervisor dies without stopping us
+    (SIGKILL, the OOM killer), then exit if it has already died: it may have gone between starting us
+    and this call, and we would then be a child of init that nobody stops.
+
+    Done here rather than in the supervisor between fork and exec (`preexec_fn`), which is not safe
+    in a process with threads. The death signal follows the thread that started us: the supervisor
+    starts workers from its main thread, which lives as long as it does."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+            print(f"worker {os.getpid()}: prctl(PR_SET_PDEATHSIG) failed: {os.strerror(ctypes.get_errno())}",
+                  file=sys.stderr)
+    if os.getppid() != supervisor_pid:
+        sys.exit(f"worker {os.getpid()}: the supervisor (pid {supervisor_pid}) is gone; exiting")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m serving.worker",
                                      description="Run by `manage.py start_server`; not meant to be called directly.")
     parser.add_argument("--fd", type=int, required=True, help="the listening socket's file descriptor")
+    parser.add_argument("--supervisor-pid", type=int, help="exit when this process (our parent) does")
     args = parser.parse_args(argv)
+    if args.supervisor_pid is not None:
+        stop_with_supervisor(args.supervisor_pid)
+    failing = os.environ.get(FAIL_AT_START_IF_EXISTS)
+    if failing and os.path.exists(failing):
+        sys.exit(3)
     listener = socket.socket(fileno=args.fd)  # family and type read from the descriptor
     signal.signal(signal.SIGUSR1, _check_config_now)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})  # blocked by the supervisor until now
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})  # blocked since the supervisor's fork
     config = uvicorn.Config(ASGI_APP, loop="uvloop", http=CoalescingHttpToolsProtocol, ws="none", lifespan="on",
                             access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     uvicorn.Server(config).run(sockets=[listener])

@@ -3,6 +3,7 @@ even when a test fails."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,10 +37,10 @@ def server_env(database_url: str, **extra: str) -> dict[str, str]:
            if key not in _OWN_VARIABLES and not key.startswith("GATEWAY_")}
     env.update(DJANGO_SETTINGS_MODULE="gateway_project.settings", DATABASE_URL=database_url,
                SECRET_KEY="serving-tests-secret-key-" + "x" * 30, GATEWAY_CONFIG_POLL_SECONDS="0.5",
-               LOG_LEVEL="INFO", PYTHONUNBUFFERED="1",
-               # each server collects its own static files (parallel collectstatic runs into one folder race)
-               STATIC_ROOT=tempfile.mkdtemp(prefix="gateway-static-"))
+               LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
     env.update(extra)
+    if "STATIC_ROOT" not in env:  # each server collects its own (parallel collectstatic runs into one folder race)
+        env["STATIC_ROOT"] = tempfile.mkdtemp(prefix="gateway-static-")
     return env
 
 
@@ -52,10 +53,12 @@ def manage(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.C
 class Server:
     """One `manage.py start_server` process, its log, and the processes under it."""
 
-    def __init__(self, process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], port: int, log_path: Path,
+                 static_root: str | None = None) -> None:
         self.process = process
         self.port = port
         self.log_path = log_path
+        self.static_root = static_root  # server_env's temporary folder, removed with the server
 
     def url(self, path: str = "") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -94,6 +97,20 @@ class Server:
             time.sleep(0.1)
         pytest.fail(f"start_server did not become healthy within {timeout}s:\n{self.log()}")
 
+    def wait_until_every_worker_answers(self, timeout: float = STARTUP_TIMEOUT) -> None:
+        """wait_until_healthy returns once one worker answers; the others may still be starting."""
+        deadline = time.monotonic() + timeout
+        answered: set[int] = set()
+        while time.monotonic() < deadline:
+            workers = self.worker_pids()
+            if workers and answered >= workers:
+                return
+            try:
+                answered.add(int(requests.get(self.url("/health"), timeout=2).json()["pid"]))
+            except requests.RequestException:
+                time.sleep(0.05)
+        pytest.fail(f"not every worker answered within {timeout}s (answered: {answered}):\n{self.log()}")
+
     def wait_for_log(self, text: str, timeout: float = 10.0, start: int = 0) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -108,7 +125,15 @@ class Server:
         return self.process.wait(timeout)
 
     def kill_tree(self) -> None:
+        """Stop it as an operator would (SIGTERM: the supervisor removes its counter store's directory),
+        then kill whatever is left."""
         tree = self.tree()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
         for proc in tree:
             try:
                 proc.kill()
@@ -136,7 +161,7 @@ class Servers:
             args += ["--config-path", str(config_path)]
         with log_path.open("wb") as log:
             process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        server = Server(process, port, log_path)
+        server = Server(process, port, log_path, env.get("STATIC_ROOT"))
         self.started.append(server)
         if wait:
             server.wait_until_healthy()
@@ -145,6 +170,9 @@ class Servers:
     def kill_all(self) -> None:
         for server in self.started:
             server.kill_tree()
+        for static_root in {server.static_root for server in self.started}:
+            if static_root and os.path.basename(static_root).startswith("gateway-static-"):
+                shutil.rmtree(static_root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -214,3 +242,10 @@ def _reachable(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def wait_for_a_fresh_window(needed_seconds: float = 10) -> None:
+    """Limits count in fixed minute windows: do not let a test straddle a boundary."""
+    left = 60 - time.time() % 60
+    if left < needed_seconds:
+        time.sleep(left + 0.2)

@@ -17,7 +17,15 @@ import pytest
 import requests
 
 from tests.conftest import require
-from tests.serving.conftest import Server, Servers, config_text, manage, mock_endpoint, server_env
+from tests.serving.conftest import (
+    Server,
+    Servers,
+    config_text,
+    manage,
+    mock_endpoint,
+    server_env,
+    wait_for_a_fresh_window,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
@@ -139,13 +147,6 @@ def test_an_orm_update_reaches_every_worker_of_both_instances_within_a_second(
 
 
 # -- rate limits -----------------------------------------------------------------------------------------
-def wait_for_a_fresh_window(needed_seconds: float = 10) -> None:
-    """Limits count in fixed minute windows: do not let the test straddle a boundary."""
-    left = 60 - time.time() % 60
-    if left < needed_seconds:
-        time.sleep(left + 0.2)
-
-
 MLFLOW_ROUTES = ("/endpoints/{name}/invocations", "/gateway/{name}/invocations")
 
 
