@@ -48,6 +48,9 @@ class ConsumerAdmin(admin.ModelAdmin):
                                "token_limit_renewal_period"),
                     "description": "Calls and tokens per period (e.g. 'minute', '5 minutes', 'day'), on top of the "
                                    "endpoints' own limits. Empty: no limit."}),
+        ("Budget", {"fields": ("budget_usd", "budget_period", "budget_action"),
+                    "description": "A ceiling on what this consumer spends per UTC day, week or month, on every "
+                                   "endpoint it calls. Empty: none."}),
         ("Origin", {"fields": ("source", "source_path", "created_at", "updated_at")}),
     )
 

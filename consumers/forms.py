@@ -15,7 +15,8 @@ from endpoints_app.validation import ConsumerSpec, EntryError, validate_consumer
 _FIELD_FOR = (("allow", "allow_text"), ("limit.calls", "limit_calls"), ("limit.renewal_period", "limit_renewal_period"),
               ("limit", "limit_calls"), ("token_limit.tokens", "token_limit_tokens"),
               ("token_limit.renewal_period", "token_limit_renewal_period"), ("token_limit", "token_limit_tokens"),
-              ("name", "name"), ("description", "description"))
+              ("name", "name"), ("description", "description"), ("budget.usd", "budget_usd"),
+              ("budget.period", "budget_period"), ("budget.action", "budget_action"), ("budget", "budget_usd"))
 
 
 def _form_field(path: str) -> str | None:
@@ -33,7 +34,7 @@ class ConsumerForm(forms.ModelForm):
     class Meta:
         model = Consumer
         fields = ["name", "description", "enabled", "allow_text", "limit_calls", "limit_renewal_period",
-                  "token_limit_tokens", "token_limit_renewal_period"]
+                  "token_limit_tokens", "token_limit_renewal_period", "budget_usd", "budget_period", "budget_action"]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -55,6 +56,9 @@ class ConsumerForm(forms.ModelForm):
         if data.get("token_limit_tokens") is not None or data.get("token_limit_renewal_period"):
             raw["token_limit"] = {"tokens": data.get("token_limit_tokens"),
                                   "renewal_period": data.get("token_limit_renewal_period")}
+        if data.get("budget_usd") is not None or data.get("budget_period") or data.get("budget_action"):
+            raw["budget"] = {"usd": data.get("budget_usd"), "period": data.get("budget_period") or "month",
+                             "action": data.get("budget_action") or "reject"}
         try:
             self.spec = validate_consumer(raw, callable_names())
         except EntryError as exc:

@@ -29,7 +29,12 @@ class EndpointAdmin(admin.ModelAdmin):
         ("Model", {"fields": ("provider", "model_name", "config_text", "secrets_status")}),
         ("Rate limit", {"fields": ("limit_calls", "limit_renewal_period", "limit_key"),
                         "description": "Calls per period, e.g. 100 per 'minute' or '5 minutes'. Empty: no limit."}),
-        ("Upstream", {"fields": ("connect_timeout", "read_timeout", "max_retries")}),
+        ("Cost and budget", {"fields": ("cost_input_per_million", "cost_output_per_million", "budget_usd",
+                                        "budget_period", "budget_action"),
+                             "description": "Prices in USD per million tokens (empty: the built-in list price of the "
+                                            "model, if known). A budget caps the spend per UTC day, week or month."}),
+        ("Upstream", {"fields": ("connect_timeout", "read_timeout", "total_timeout", "max_retries")}),
+        ("Requests", {"fields": ("params_text",)}),
         ("Origin", {"fields": ("source", "source_path", "created_at", "updated_at")}),
     )
 
@@ -89,7 +94,7 @@ class TrafficRouteAdmin(admin.ModelAdmin):
     form = TrafficRouteForm
     inlines = (DestinationInline,)
     list_display = ("name", "task_type", "routing_strategy", "enabled", "source", "updated_at")
-    list_filter = ("task_type", "enabled", "source")
+    list_filter = ("task_type", "routing_strategy", "enabled", "source")
     search_fields = ("name",)
     readonly_fields = ("source", "source_path", "created_at", "updated_at")
 

@@ -466,3 +466,46 @@ def test_the_route_form_refuses_a_name_an_endpoint_has(admin_client: Client,
     response = admin_client.post(f"{ROUTES}add/", route_form("b", [(a, 100)]))
     assert form_errors(response) == {"name": [
         "An endpoint is already named 'b': names must be unique across endpoints and routes."]}
+
+
+# -- costs, budgets, params, fallback ----------------------------------------------------------------------------
+def test_an_operator_sets_a_cost_a_budget_params_and_a_total_timeout(admin_client: Client) -> None:
+    response = admin_client.post(f"{ENDPOINTS}add/", endpoint_form(
+        cost_input_per_million="0.15", cost_output_per_million="0.60", budget_usd="25", budget_period="week",
+        budget_action="alert", total_timeout="45", params_text="defaults: {temperature: 0.2}\nmax: {max_tokens: 512}"))
+    assert response.status_code == 302, form_errors(response)
+    endpoint = Endpoint.objects.get(name="helper")
+    assert (str(endpoint.cost_input_per_million), str(endpoint.cost_output_per_million)) == ("0.150000", "0.600000")
+    assert (str(endpoint.budget_usd), endpoint.budget_period, endpoint.budget_action) == ("25.000000", "week", "alert")
+    assert endpoint.total_timeout == 45
+    assert endpoint.params == {"defaults": {"temperature": 0.2}, "max": {"max_tokens": 512}}
+    shown = admin_client.get(f"{ENDPOINTS}{endpoint.pk}/change/").content.decode()
+    assert "max_tokens: 512" in shown
+
+
+@pytest.mark.parametrize(("overrides", "field", "message"), [
+    ({"cost_input_per_million": "0.15"}, "cost_output_per_million", "output_per_million_tokens is required"),
+    ({"params_text": "deny: logit_bias"}, "params_text", "deny must be a list"),
+    ({"params_text": "defaults: [1"}, "params_text", "Not valid YAML"),
+])
+def test_bad_costs_and_params_are_refused_at_their_field(admin_client: Client, overrides: dict[str, Any],
+                                                         field: str, message: str) -> None:
+    errors = form_errors(admin_client.post(f"{ENDPOINTS}add/", endpoint_form(**overrides)))
+    assert field in errors and message in errors[field][0], errors
+    assert not Endpoint.objects.exists()
+
+
+def test_an_operator_adds_a_fallback_route(admin_client: Client, client: Client,
+                                           two_chats_and_an_embedding: dict[str, Endpoint], commit: Commit) -> None:
+    a, b = two_chats_and_an_embedding["a"], two_chats_and_an_embedding["b"]
+    data = route_form("resilient", [(a, 0), (b, 0)])
+    data.update({"routing_strategy": "FALLBACK", "fallback_on_text": "connect, timeout, 503",
+                 "destinations-0-traffic_percentage": "", "destinations-1-traffic_percentage": ""})
+    with commit():
+        response = admin_client.post(f"{ROUTES}add/", data)
+    assert response.status_code == 302, inline_errors(response)
+    route = TrafficRoute.objects.get(name="resilient")
+    assert (route.routing_strategy, route.fallback_on) == ("FALLBACK", ["connect", "timeout", "503"])
+    assert client.get("/api/3.0/gateway/route/resilient").json()["destinations"] == [{"name": "a"}, {"name": "b"}]
+    bad = dict(data, name="other", fallback_on_text="400")
+    assert "caused by the request itself" in str(admin_client.post(f"{ROUTES}add/", bad).content)
