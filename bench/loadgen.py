@@ -53,9 +53,10 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[index]
 
 
-def build_request(host: str, port: int, path: str, body: bytes) -> bytes:
+def build_request(host: str, port: int, path: str, body: bytes, headers: list[str] | None = None) -> bytes:
+    extra = "".join(f"{header.strip()}\r\n" for header in headers or [])
     return (
-        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: bench-loadgen\r\nAccept: */*\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: bench-loadgen\r\nAccept: */*\r\n{extra}"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 
@@ -177,7 +178,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise SystemExit("loadgen only targets loopback addresses")
     path = parts.path + (f"?{parts.query}" if parts.query else "")
-    request = build_request(host, port, path, args.body.encode())
+    request = build_request(host, port, path, args.body.encode(), args.header)
 
     if args.warmup:
         warm = Results()
@@ -245,6 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=30, help="per-request timeout in seconds")
     parser.add_argument("--ramp", type=float, default=0, help="spread the workers' starts over this many seconds")
     parser.add_argument("--warmup", type=int, default=0, help="unrecorded requests first")
+    parser.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                        help="an extra request header (e.g. the gateway key), repeatable")
     args = parser.parse_args(argv)
     if not args.requests and not args.duration:
         parser.error("give --requests or --duration")

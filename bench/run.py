@@ -54,7 +54,16 @@ KINDS: dict[str, dict[str, Any]] = {
     "embeddings": {"endpoint": "embeddings", "upstream": "/v1/embeddings",
                    "body": {"input": "The quick brown fox jumps over the lazy dog."}},
 }
-SYSTEMS = ("direct", "ours", "mlflow")
+SYSTEMS = ("direct", "ours", "ours-noledger", "mlflow")
+# What `--features all` turns on for our gateway (every request-path feature): a gateway key on every
+# request (GATEWAY_AUTH=keys) of a consumer with call and token limits and a budget, endpoint costs and
+# budgets, the usage ledger (its records written in batches), metrics and the access log.
+FEATURE_CONSUMER = ("consumers:\n  - name: bench\n    allow: ['*']\n"
+                    "    limit: {calls: 100000000, renewal_period: minute}\n"
+                    "    token_limit: {tokens: 1000000000000, renewal_period: hour}\n"
+                    "    budget: {usd: 1000000, period: month, action: reject}\n")
+FEATURE_ENDPOINT = ("    cost: {input_per_million_tokens: 0.15, output_per_million_tokens: 0.6}\n"
+                    "    budget: {usd: 1000000, period: month, action: reject}\n")
 IDEAL_HELD_RPS = 32 / 0.05  # concurrency 32 against a 50 ms upstream
 
 
@@ -108,9 +117,11 @@ def http_get(url: str, timeout: float = 2.0) -> int:
         return 0
 
 
-def http_post(url: str, body: dict[str, Any], timeout: float = 10.0) -> tuple[int, bytes]:
+def http_post(url: str, body: dict[str, Any], timeout: float = 10.0,
+              headers: list[str] | None = None) -> tuple[int, bytes]:
+    extra = dict(header.split(": ", 1) for header in headers or [])
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", **extra})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return int(response.status), response.read()
@@ -156,6 +167,7 @@ class Server:
     health_path: str = "/health"
     note: str = ""
     error: str | None = None
+    headers: list[str] = field(default_factory=list)  # sent with every request (the gateway key)
 
     def tree(self) -> list[psutil.Process]:
         if self.process is None:
@@ -260,14 +272,15 @@ def tail(path: Path | None, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def write_config(workdir: Path, upstream_port: int, profile: Profile) -> Path:
+def write_config(workdir: Path, upstream_port: int, profile: Profile, *, features: bool = False,
+                 name: str = "gateway.yaml") -> Path:
     base = f"http://127.0.0.1:{upstream_port}"
 
     def endpoint(name: str, endpoint_type: str, model: str, api_base: str) -> str:
         return (f"  - name: {name}\n    endpoint_type: {endpoint_type}\n    model:\n      provider: openai\n"
                 f"      name: {model}\n      config:\n        openai_api_key: sk-bench-not-a-real-key\n"
                 f"        openai_api_base: {api_base}\n    limit:\n      calls: 1000000\n"
-                f"      renewal_period: minute\n")
+                f"      renewal_period: minute\n" + (FEATURE_ENDPOINT if features else ""))
 
     text = ("# Written by bench/run.py: every endpoint on the fake upstream, each with a rate limit\n"
             "# high enough never to trigger (the targets are measured with limits on).\nendpoints:\n"
@@ -276,7 +289,9 @@ def write_config(workdir: Path, upstream_port: int, profile: Profile) -> Path:
             + endpoint("chat-delay50", "llm/v1/chat", "gpt-4o-mini", f"{base}/delay/50/v1")
             + endpoint("chat-spread", "llm/v1/chat", "gpt-4o-mini",
                        f"{base}/spread/{profile.held_stream_seconds:g}/v1"))
-    path = workdir / "gateway.yaml"
+    if features:
+        text += FEATURE_CONSUMER
+    path = workdir / name
     path.write_text(text)
     return path
 
@@ -292,20 +307,23 @@ def start_upstream(workdir: Path) -> Server:
     return server
 
 
-def our_env(workdir: Path) -> dict[str, str]:
+def our_env(workdir: Path, name: str = "ours") -> dict[str, str]:
     env = dict(os.environ)
     env.update({"SECRET_KEY": secrets.token_urlsafe(50), "DEBUG": "false",
-                "DATABASE_URL": f"sqlite:///{workdir / 'gateway.sqlite3'}", "DJANGO_SETTINGS_MODULE":
+                "DATABASE_URL": f"sqlite:///{workdir / (name + '.sqlite3')}", "DJANGO_SETTINGS_MODULE":
                 "gateway_project.settings", "PYTHONUNBUFFERED": "1"})
     env.pop("REDIS_URL", None)
     return env
 
 
-def start_ours(workdir: Path, config: Path, extra_env: dict[str, str] | None = None) -> Server:
+def start_ours(workdir: Path, config: Path, extra_env: dict[str, str] | None = None, name: str = "ours",
+               features: bool = False) -> Server:
     port = free_port()
-    log_path = workdir / "ours.log"
-    server = Server("ours", f"http://127.0.0.1:{port}", log_path=log_path)
-    env = {**our_env(workdir), **(extra_env or {})}
+    log_path = workdir / f"{name}.log"
+    server = Server(name, f"http://127.0.0.1:{port}", log_path=log_path)
+    env = {**our_env(workdir, name), **(extra_env or {})}
+    if features:
+        env["GATEWAY_AUTH"] = "keys"
     python = str(VENV_PYTHON)
     cmd = [python, "manage.py", "start_server", "--config-path", str(config), "--host", "127.0.0.1",
            "--port", str(port), "--workers", "2"]
@@ -315,6 +333,15 @@ def start_ours(workdir: Path, config: Path, extra_env: dict[str, str] | None = N
     server.process = spawn(cmd, env, log_path)
     if not wait_healthy(server, 90):
         server.error = f"did not become healthy: {tail(log_path)}"
+    elif features:
+        made = subprocess.run([python, "manage.py", "create_key", "bench", "--name", "benchmark"], env=env, cwd=ROOT,
+                              capture_output=True, text=True)
+        if made.returncode != 0:
+            server.error = f"create_key failed: {made.stderr[-300:]}"
+        else:
+            server.headers = [f"Authorization: Bearer {made.stdout.strip().splitlines()[-1]}"]
+            server.note += " (every request-path feature on: a key on every request, consumer limits and budget, "
+            server.note += "endpoint cost and budget, the usage ledger)"
     return server
 
 
@@ -345,15 +372,18 @@ def request_body(system: Server, kind: str) -> dict[str, Any]:
     body = dict(KINDS[kind]["body"])
     if system.name == "direct":
         body["model"] = "text-embedding-3-small" if kind == "embeddings" else "gpt-4o-mini"
-        if kind == "stream":
-            body["stream_options"] = {"include_usage": True}
+    if kind == "stream" and system.name != "mlflow":
+        body["stream_options"] = {"include_usage": True}  # the usage chunk loadgen counts (as OpenAI sends it)
     return body
 
 
 def loadgen(url: str, body: dict[str, Any], kind: str, concurrency: int, *, requests: int = 0,
-            duration: float = 0, warmup: int = 0, timeout: float = 30, ramp: float = 0) -> dict[str, Any]:
+            duration: float = 0, warmup: int = 0, timeout: float = 30, ramp: float = 0,
+            headers: list[str] | None = None) -> dict[str, Any]:
     cmd = [sys.executable, str(BENCH / "loadgen.py"), "--url", url, "--body", json.dumps(body), "--kind", kind,
            "-c", str(concurrency), "--timeout", str(timeout), "--ramp", str(ramp), "--warmup", str(warmup)]
+    for header in headers or []:
+        cmd += ["--header", header]
     cmd += ["-n", str(requests), "--max-seconds", "120"] if requests else ["-d", str(duration)]
     bound = (duration or 120) + timeout + (60 if warmup else 0) + ramp + 30
     done = subprocess.run(cmd, capture_output=True, timeout=bound)
@@ -366,11 +396,12 @@ def measure(system: Server, upstream: Server, url: str, body: dict[str, Any], ki
             **kwargs: Any) -> dict[str, Any]:
     warmup = kwargs.pop("warmup", 0)
     if warmup:  # unmeasured, so that its CPU is not counted
-        loadgen(url, body, kind, concurrency, requests=warmup, timeout=kwargs.get("timeout", 30))
+        loadgen(url, body, kind, concurrency, requests=warmup, timeout=kwargs.get("timeout", 30),
+                headers=system.headers)
     watched = system if system.name != "direct" else None
     user0, sys0 = watched.cpu_split() if watched else (0.0, 0.0)
     up0 = upstream.cpu_seconds()
-    result = loadgen(url, body, kind, concurrency, **kwargs)
+    result = loadgen(url, body, kind, concurrency, headers=system.headers, **kwargs)
     user1, sys1 = watched.cpu_split() if watched else (0.0, 0.0)
     cpu = (user1 - user0) + (sys1 - sys0)
     result["upstream_cpu_s"] = round(upstream.cpu_seconds() - up0, 3)
@@ -417,6 +448,9 @@ def main() -> int:
                         help="comma-separated: load (latency, CPU, req/s), held (50 ms upstream, spread streams)")
     parser.add_argument("--ours-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for our gateway only (experiments, e.g. MALLOC_ARENA_MAX=2)")
+    parser.add_argument("--features", choices=("all", "none"), default="all",
+                        help="all (default): our gateway runs with every request-path feature on (a gateway key on "
+                             "every request, consumer limits and budget, costs, the usage ledger); none: bare")
     args = parser.parse_args()
     profile = SMOKE if args.smoke else FULL
     if args.rounds:
@@ -447,12 +481,19 @@ def main() -> int:
     upstream = None
     try:
         upstream = start_upstream(workdir)
-        config = write_config(workdir, int(upstream.base_url.rsplit(":", 1)[1]), profile)
+        upstream_port = int(upstream.base_url.rsplit(":", 1)[1])
+        config = write_config(workdir, upstream_port, profile)
+        features = args.features == "all"
+        ours_config = write_config(workdir, upstream_port, profile, features=features, name="ours.yaml")
         servers["direct"] = Server("direct", upstream.base_url)
         if "ours" in wanted:
             log("starting our gateway")
-            servers["ours"] = start_ours(workdir, config, extra_env)
+            servers["ours"] = start_ours(workdir, ours_config, extra_env, features=features)
             log(f"ours: {servers['ours'].note}")
+        if "ours-noledger" in wanted:  # the same, without the usage ledger: what ingesting the records costs
+            servers["ours-noledger"] = start_ours(workdir, ours_config, {**extra_env, "GATEWAY_USAGE_LEDGER": "false"},
+                                                  name="ours-noledger", features=features)
+            log(f"ours-noledger: {servers['ours-noledger'].note}")
         if "mlflow" in wanted:
             if installer is not None:
                 log("waiting for the MLflow venv install")
@@ -470,14 +511,15 @@ def main() -> int:
         # Functional check and warm-up on every kind.
         for server in systems:
             for kind in KINDS:
-                status, body = http_post(target_url(server, upstream, kind), request_body(server, kind))
+                status, body = http_post(target_url(server, upstream, kind), request_body(server, kind),
+                                         headers=server.headers)
                 if status != 200:
                     run.failures.append(f"{server.name} {kind}: first request answered {status}: {body[:300]!r}")
                     log(f"{server.name} {kind}: HTTP {status} {body[:300]!r}")
             if server.name != "direct":
                 for kind in KINDS:
                     loadgen(target_url(server, upstream, kind), request_body(server, kind), kind, 4,
-                            requests=profile.warmup_requests)
+                            requests=profile.warmup_requests, headers=server.headers)
                 time.sleep(1)
                 run.put(server.name, "memory_after_warmup", server.memory())
 
@@ -659,7 +701,7 @@ def summarize(run: Run, servers: dict[str, Server]) -> dict[str, Any]:
                     sum(p["server_sys_s"] for p in phases_of_kind) * 1000 / requests, 3)
         summary[system] = out
     direct = summary.get("direct", {})
-    for system in ("ours", "mlflow"):
+    for system in ("ours", "ours-noledger", "mlflow"):
         data = summary.get(system)
         if not data:
             continue
@@ -712,6 +754,13 @@ def evaluate_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
         targets.append({"target": "concurrent spread streams: errors", "ours": streams["errors"],
                         "mlflow": theirs.get("errors"), "ratio": None, "bound": "0 errors",
                         "pass": streams["errors"] == 0 and streams["ok"] > 0})
+    bare = summary.get("ours-noledger", {})
+    if bare:
+        with_ledger, without = (ours.get("chat_c32") or {}).get("rps"), (bare.get("chat_c32") or {}).get("rps")
+        ratio = _ratio(with_ledger, without)
+        targets.append({"target": "usage ledger: chat req/s at c=32, with it / without it", "ours": with_ledger,
+                        "mlflow": without, "ratio": ratio, "bound": ">= 0.9 (ledger costs at most 10 %)",
+                        "pass": None if ratio is None else ratio >= 0.9})
     memory = ours.get("memory_after_load")
     if memory is not None:
         peak = max(memory, ours.get("memory_after_warmup") or 0, ours.get("memory_after_held") or 0)

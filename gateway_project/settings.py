@@ -154,8 +154,8 @@ if REDIS_URL:
     except ValueError as exc:
         raise ImproperlyConfigured(f"REDIS_URL is not a usable Redis URL: {exc}.") from None
 GATEWAY_REDIS_PREFIX = os.environ.get("GATEWAY_REDIS_PREFIX") or os.environ.get("CACHE_KEY_PREFIX") or "gateway"
-# Set by start_server's supervisor for its workers: the Unix socket of its shared counter store.
-GATEWAY_COUNTERS_SOCKET = os.environ.get("GATEWAY_COUNTERS_SOCKET", "")
+# Set by start_server's supervisor for its workers: the file, in shared memory, of the counts they share.
+GATEWAY_COUNTERS_FILE = os.environ.get("GATEWAY_COUNTERS_FILE", "")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

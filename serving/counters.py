@@ -4,8 +4,8 @@ Rate limits (and, after them, budgets and circuit state) are Redis commands, sen
 client (serving.resp) to one of three places, chosen once per process:
 
 - REDIS_URL: Redis, shared by every worker of every instance;
-- GATEWAY_COUNTERS_SOCKET (set by start_server's supervisor for its workers when REDIS_URL is not):
-  the supervisor's embedded store (serving.store), shared by the workers of that server;
+- GATEWAY_COUNTERS_FILE (set by start_server's supervisor for its workers when REDIS_URL is not):
+  the server's counters file in shared memory (serving.sharedstore), mapped by each of its workers;
 - neither (`manage.py runserver`, the tests): a Store in this process, its only worker.
 
 Keys carry a prefix (GATEWAY_REDIS_PREFIX, default "gateway") so that a Redis database can be shared.
@@ -24,6 +24,7 @@ from django.conf import settings
 
 from serving.bridge import await_
 from serving.resp import AsyncRedis, RedisAddress, RespConnectionError, RespError
+from serving.sharedstore import SharedStore
 from serving.store import Store
 
 logger = logging.getLogger(__name__)
@@ -41,18 +42,16 @@ class _Counters:
 
     def __init__(self) -> None:
         url = settings.REDIS_URL or ""
-        socket_path = settings.GATEWAY_COUNTERS_SOCKET
+        shared = settings.GATEWAY_COUNTERS_FILE
         self.address: RedisAddress | None = None
         self.local: Store | None = None
         if url:
             self.address = RedisAddress.parse(url)
-        elif socket_path:
-            self.address = RedisAddress(host="", port=0, db=0, username=None, password=None, tls=False,
-                                        path=socket_path)
+        elif shared:
+            self.local = SharedStore(shared)
         else:
             self.local = Store()
-        self.where = "in this process" if self.address is None else (
-            "in Redis" if url else "in the server's shared store")
+        self.where = "in Redis" if url else "in the server's shared memory" if shared else "in this process"
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRedis] = weakref.WeakKeyDictionary()
 
     def backend(self) -> Backend:

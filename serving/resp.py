@@ -111,26 +111,6 @@ def encode_command(*args: str | bytes | int | float) -> bytes:
     return b"".join(out)
 
 
-def encode_reply(value: Any) -> bytes:
-    """One reply in RESP2 (for the embedded store): an int, bytes, None, a status string ("OK"), a
-    list, or a RespError."""
-    if isinstance(value, bool):
-        value = int(value)
-    if isinstance(value, int):
-        return b":%d\r\n" % value
-    if isinstance(value, bytes):
-        return b"$%d\r\n%s\r\n" % (len(value), value)
-    if value is None:
-        return b"$-1\r\n"
-    if isinstance(value, str):
-        return b"+%s\r\n" % value.encode()
-    if isinstance(value, RespError):
-        return b"-%s\r\n" % str(value).replace("\r", " ").replace("\n", " ").encode()
-    if isinstance(value, list):
-        return b"*%d\r\n" % len(value) + b"".join(encode_reply(item) for item in value)
-    raise TypeError(f"cannot encode {type(value).__name__} as a RESP reply")
-
-
 _INCOMPLETE = object()
 
 

@@ -1,31 +1,28 @@
-"""The embedded counter store: the part of Redis the gateway uses, for a server without REDIS_URL.
+"""The counter store: the part of Redis the gateway uses, for a gateway without REDIS_URL.
 
-Rate limits (and every other count that must hold across a server's workers) are Redis commands sent
-through the one Redis client (serving.resp). With REDIS_URL they go to Redis, shared by every
-instance. Without it, start_server's supervisor runs this store and serves it on a Unix socket in
-RESP, so the workers of one server share exact counts through the same client and the same commands
-(`calls: 3` means 3 with any number of workers). A process on its own (`manage.py runserver`, the
-tests) executes the commands on an in-process Store directly.
+Rate limits, budgets and circuit state are Redis commands (serving.counters). With REDIS_URL they go
+to Redis through the one Redis client (serving.resp), shared by every instance. Without it the same
+commands run on a Store: start_server's workers share one in shared memory (serving.sharedstore, a
+Store whose keys live in a mapped file), so that `calls: 3` means 3 with any number of workers; a
+process on its own (`manage.py runserver`, the tests) keeps one in its memory.
 
 The commands are Redis's, with Redis's replies, for the subset the gateway sends: PING, GET, MGET,
 SET (EX, PX, NX, XX), INCR, INCRBY, INCRBYFLOAT, DECRBY, DEL, EXISTS, EXPIRE (NX, XX), TTL, PTTL,
 FLUSHDB, and SELECT/AUTH (accepted, meaningless here). Keys expire on the monotonic clock.
 
-This module imports no Django: the supervisor runs it.
+This module imports no Django.
 """
 
 from __future__ import annotations
 
-import asyncio
 import decimal
-import os
 import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from serving.resp import RespError, encode_reply, parse_reply
+from serving.resp import RespError
 
 Reply = Any  # int | bytes | str ("OK", a status) | None | list | RespError
 Command = Sequence[bytes | str | int | float]
@@ -119,7 +116,18 @@ class Store:
         except RespError as error:
             return error
 
-    # -- storage -------------------------------------------------------------------------------
+    # -- storage (what a store elsewhere, serving.sharedstore, overrides) -------------------------
+    def _expiry(self, key: bytes) -> float | None:
+        """The expiry time of a key that exists, None if it has none."""
+        return self._expires.get(key)
+
+    def _set_expiry(self, key: bytes, at: float) -> None:
+        self._expires[key] = at
+
+    def _clear(self) -> None:
+        self._values.clear()
+        self._expires.clear()
+
     def _get(self, key: bytes) -> bytes | None:
         expires = self._expires.get(key)
         if expires is not None and expires <= self._clock():
@@ -234,19 +242,20 @@ class Store:
             raise RespError("ERR NX and XX, GT or LT options at the same time are not compatible")
         if self._get(key) is None:
             return 0
-        if ("NX" in flags and key in self._expires) or ("XX" in flags and key not in self._expires):
+        expiry = self._expiry(key)
+        if ("NX" in flags and expiry is not None) or ("XX" in flags and expiry is None):
             return 0
         if seconds <= 0:
             self._delete(key)
         else:
-            self._expires[key] = self._clock() + seconds
+            self._set_expiry(key, self._clock() + seconds)
         return 1
 
     def _pttl(self, args: list[Any]) -> Reply:
         key = _bytes(args[0])
         if self._get(key) is None:
             return -2
-        expires = self._expires.get(key)
+        expires = self._expiry(key)
         return -1 if expires is None else max(0, round((expires - self._clock()) * 1000))
 
     def _ttl(self, args: list[Any]) -> Reply:
@@ -256,8 +265,7 @@ class Store:
     def _flushdb(self, args: list[Any]) -> Reply:
         if len(args) > 1 or any(_bytes(a).upper() not in (b"ASYNC", b"SYNC") for a in args):
             raise RespError("ERR syntax error")
-        self._values.clear()
-        self._expires.clear()
+        self._clear()
         return "OK"
 
 
@@ -280,94 +288,3 @@ _COMMANDS: dict[str, tuple[Callable[[Store, list[Any]], Reply], int]] = {
     "PTTL": (Store._pttl, 2),
     "FLUSHDB": (Store._flushdb, -1),
 }
-
-
-# -- serving the store on a Unix socket ------------------------------------------------------------------
-class _StoreProtocol(asyncio.Protocol):
-    """One worker's connection: RESP command arrays in, replies out, in order, one write per read."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.buffer = bytearray()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.buffer += data
-        commands: list[Command] = []
-        position = 0
-        malformed = False
-        while position < len(self.buffer):
-            try:
-                command, after = parse_reply(self.buffer, position)
-            except (ValueError, RespError, ConnectionError):
-                command, after = None, -1
-            if after == position:
-                break  # incomplete: wait for the rest
-            if after > position and command in ([], None) and self.buffer[position] == ord("*"):
-                position = after  # "*0" and "*-1": Redis skips them, without a reply
-                continue
-            if after < 0 or not isinstance(command, list) or not all(isinstance(a, bytes) for a in command):
-                malformed = True
-                break
-            commands.append(command)
-            position = after
-        del self.buffer[:position]
-        replies = [encode_reply(reply) for reply in self.store.run(commands)] if commands else []
-        if malformed:  # the commands before it are answered, then the connection is closed, as Redis does
-            replies.append(encode_reply(RespError("ERR Protocol error: expected an array of bulk strings")))
-        if replies:
-            self.transport.write(b"".join(replies))
-        if malformed:
-            self.transport.close()
-
-
-class StoreServer:
-    """The store served on a Unix socket by a thread with its own event loop (the supervisor's)."""
-
-    def __init__(self, path: str, store: Store | None = None) -> None:
-        self.path = path
-        self.store = store or Store()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._thread = threading.Thread(target=self._run, name="counter-store", daemon=True)
-
-    def start(self) -> None:
-        """Listen (the socket is readable by this user only); raises OSError if it cannot."""
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            raise self._error
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            old_mask = os.umask(0o077)
-            try:
-                self._server = self._loop.run_until_complete(
-                    self._loop.create_unix_server(lambda: _StoreProtocol(self.store), self.path))
-            finally:
-                os.umask(old_mask)
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        self._loop.run_forever()
-        self._server.close()
-        self._loop.run_until_complete(self._server.wait_closed())
-        self._loop.close()
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass

@@ -46,7 +46,7 @@ from types import FrameType
 import psutil
 import watchfiles
 
-from serving.store import StoreServer
+from serving import sharedstore
 
 logger = logging.getLogger("serving.supervisor")
 
@@ -82,15 +82,15 @@ def listen(host: str, port: int) -> socket.socket:
     return listener
 
 
-def start_worker(listener: socket.socket, options: ServeOptions, counters_socket: str | None = None
+def start_worker(listener: socket.socket, options: ServeOptions, counters_file: str | None = None
                  ) -> subprocess.Popen[bytes]:
     """One worker on the listening socket. Call it from the main thread: the worker asks for SIGTERM when
     the thread that started it ends (PR_SET_PDEATHSIG, serving.worker.stop_with_supervisor)."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "gateway_project.settings")}
     if options.static_root:
         env["STATIC_ROOT"] = options.static_root
-    if counters_socket:
-        env["GATEWAY_COUNTERS_SOCKET"] = counters_socket
+    if counters_file:
+        env["GATEWAY_COUNTERS_FILE"] = counters_file
     fd = listener.fileno()
     command = [sys.executable, "-m", "serving.worker", "--fd", str(fd), "--supervisor-pid", str(os.getpid())]
     # SIGUSR1 (check_config_now) must stay blocked until the worker has its handler: its default action
@@ -381,15 +381,15 @@ def supervise(options: ServeOptions, applied_digest: str | None = None) -> int:
     reload_requested = threading.Event()
     previous = {sig: signal.signal(sig, _setting(event))
                 for sig, event in ((signal.SIGTERM, stop), (signal.SIGINT, stop), (signal.SIGHUP, reload_requested))}
-    store: StoreServer | None = None
+    store: CounterFile | None = None
     try:
         try:
             store = start_counter_store()
         except OSError as exc:
             logger.error("cannot start the counter store: %s", exc)
             return 1
-        counters_socket = store.path if store is not None else None
-        slots += [WorkerSlot(lambda: start_worker(listener, options, counters_socket)) for _ in range(options.workers)]
+        counters_file = store.path if store is not None else None
+        slots += [WorkerSlot(lambda: start_worker(listener, options, counters_file)) for _ in range(options.workers)]
         if watcher is not None:
             threading.Thread(target=watcher.run, args=(stop,), name="config-watcher", daemon=True).start()
         if not wait_until_serving([slot.process for slot in slots], options.host, options.port, stop):
@@ -438,23 +438,27 @@ def reload(watcher: ConfigWatcher | None, tell_workers: Callable[[], None]) -> N
         logger.info("SIGHUP: the workers were told to rebuild their endpoint tables")
 
 
-def start_counter_store() -> StoreServer | None:
-    """Without REDIS_URL, the store the workers share their counts in (serving.store), on a Unix socket
-    in a private temporary directory (0700). None with REDIS_URL: Redis holds them, for every instance."""
+@dataclass(frozen=True)
+class CounterFile:
+    path: str
+
+
+def start_counter_store() -> CounterFile | None:
+    """Without REDIS_URL, the file the workers share their counts in (serving.sharedstore), in a private
+    temporary directory (0700). None with REDIS_URL: Redis holds them, for every instance."""
     if os.environ.get("REDIS_URL"):
         return None
     directory = tempfile.mkdtemp(prefix="gateway-")
-    store = StoreServer(os.path.join(directory, "counters.sock"))
+    path = os.path.join(directory, "counters")
     try:
-        store.start()
+        sharedstore.create(path)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
-    return store
+    return CounterFile(path)
 
 
-def stop_counter_store(store: StoreServer) -> None:
-    store.stop()
+def stop_counter_store(store: CounterFile) -> None:
     shutil.rmtree(os.path.dirname(store.path), ignore_errors=True)
 
 

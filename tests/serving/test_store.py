@@ -1,12 +1,11 @@
-"""The embedded counter store (serving.store): Redis's answers for the commands the gateway sends,
-checked on the Store with a fake clock and, with the same scripts, against a real Redis when one is
-reachable on 127.0.0.1:6379 (database 15, each test under its own key prefix; never flushed); and the
-store served on a Unix socket to the gateway's Redis client (serving.resp)."""
+"""The counter store (serving.store): Redis's answers for the commands the gateway sends, checked on the
+Store with a fake clock and, with the same scripts, against a real Redis when one is reachable on
+127.0.0.1:6379 (database 15, each test under its own key prefix; never flushed); and the same scripts on
+the shared-memory store of start_server's workers (serving.sharedstore), shared by processes."""
 from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import stat
 import tempfile
 import time
@@ -19,9 +18,10 @@ from typing import Any
 import pytest
 import redis
 
-from serving import supervisor
-from serving.resp import AsyncRedis, RedisAddress, RespError
-from serving.store import Store, StoreServer
+from serving import sharedstore, supervisor
+from serving.resp import RespError
+from serving.sharedstore import SharedStore
+from serving.store import Store
 from tests.conftest import require
 
 
@@ -271,78 +271,101 @@ def test_a_pipeline_gets_one_answer_per_command_errors_included() -> None:
     assert isinstance(replies[1], RespError)
 
 
-# -- the store served on a Unix socket --------------------------------------------------------------------
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[StoreServer]:
-    server = StoreServer(str(tmp_path / "counters.sock"))
-    server.start()
-    yield server
-    server.stop()
+# -- the shared-memory store of start_server's workers ----------------------------------------------------
+# The scripts whose values are all integers (the shared store holds nothing else, as the gateway counts).
+INTEGER_SCRIPTS = ("set-nx-xx-ex-px", "ttl-pttl-and-expiry", "expire-nx-xx", "the-rate-limit-window",
+                   "ping-and-unknown-commands")
 
 
-def client_for(server: StoreServer) -> AsyncRedis:
-    address = RedisAddress(host="", port=0, db=0, username=None, password=None, tls=False, path=server.path)
-    return AsyncRedis(address, timeout=5)
+def shared(path: Path, clock: Any = time.monotonic, slots: int = 1024) -> SharedStore:
+    if not path.exists():
+        sharedstore.create(str(path), slots)
+    return SharedStore(str(path), clock)
 
 
-def test_concurrent_calls_on_the_clients_one_connection_each_get_their_own_answers(served: StoreServer) -> None:
-    async def calls() -> list[list[Any]]:
-        client = client_for(served)
-        try:
-            return await asyncio.gather(*(
-                client.execute([("SET", f"key:{n}", f"value:{n}"), ("INCR", "total"), ("GET", f"key:{n}")])
-                for n in range(300)))
-        finally:
-            client.close()
-
-    answers = asyncio.run(calls())
-    assert [(ok, value) for ok, _, value in answers] == [("OK", f"value:{n}".encode()) for n in range(300)]
-    assert sorted(total for _, total, _ in answers) == list(range(1, 301))
-    assert served.store.run([("GET", "total")]) == [b"300"]
+@pytest.mark.parametrize("name", INTEGER_SCRIPTS)
+def test_the_shared_store_answers_each_command_as_redis_does(name: str, tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = shared(tmp_path / "counters", clock)
+    for step in SCRIPTS[name]:
+        if isinstance(step, Wait):
+            clock.now += step.seconds
+            continue
+        command, expected = step
+        (reply,) = store.run([command])
+        check(command, reply, expected, status_type=str)
 
 
-def raw_exchange(path: str, request: bytes) -> bytes:
-    """Send `request` on a fresh connection; everything the store sends back until it closes (or 2 s)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(2)
-        sock.connect(path)
-        sock.sendall(request)
-        received = b""
-        try:
-            while chunk := sock.recv(65536):
-                received += chunk
-        except TimeoutError:
-            received += b"<still open>"
-        return received
+def test_the_shared_store_holds_integers_only(tmp_path: Path) -> None:
+    store = shared(tmp_path / "counters")
+    replies = store.run([("SET", "a", "abc"), ("SET", "a", "-12"), ("INCRBY", "a", "2"), ("GET", "a")])
+    assert str(replies[0]) == "ERR the shared counters hold integers only"
+    assert replies[1:] == ["OK", -10, b"-10"]
 
 
-def test_a_malformed_request_is_answered_with_an_error_and_the_connection_is_closed(served: StoreServer) -> None:
-    ping = b"*1\r\n$4\r\nPING\r\n"
-    assert raw_exchange(served.path, ping + b"hello\r\n") == (
-        b"+PONG\r\n-ERR Protocol error: expected an array of bulk strings\r\n")
-    assert raw_exchange(served.path, b"*2\r\n$3\r\nGET\r\n:1\r\n").startswith(b"-ERR Protocol error")
-    # Empty arrays are skipped without an answer, as Redis does; the connection stays open.
-    assert raw_exchange(served.path, b"*0\r\n" + ping) == b"+PONG\r\n<still open>"
+def test_two_stores_on_one_file_see_each_others_counts(tmp_path: Path) -> None:
+    first, second = shared(tmp_path / "counters"), shared(tmp_path / "counters")
+    assert first.run([("SET", "w", "0", "EX", "60", "NX"), ("INCRBY", "w", "1")]) == ["OK", 1]
+    assert second.run([("SET", "w", "0", "EX", "60", "NX"), ("INCRBY", "w", "1")]) == [None, 2]
+    assert 59 <= second.run([("TTL", "w")])[0] <= 60
+    assert first.run([("DEL", "w"), ("EXISTS", "w")]) == [1, 0]
 
 
-def test_a_command_split_over_several_packets_is_answered_once_complete(served: StoreServer) -> None:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(2)
-        sock.connect(served.path)
-        request = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
-        for byte in range(len(request)):
-            sock.sendall(request[byte : byte + 1])
-        received = b""
-        while len(received) < len(b"+OK\r\n$5\r\nhello\r\n"):
-            received += sock.recv(65536)
-    assert received == b"+OK\r\n$5\r\nhello\r\n"
+COUNT_IN_ANOTHER_PROCESS = """
+import sys
+from serving.sharedstore import SharedStore
+store = SharedStore(sys.argv[1])
+for _ in range(int(sys.argv[2])):
+    store.run([("SET", "total", "0", "EX", "60", "NX"), ("INCRBY", "total", "1")])
+"""
+
+
+def test_counts_from_several_processes_at_once_are_exact(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "counters"
+    store = shared(path)
+    root = Path(__file__).resolve().parents[2]
+    processes = [subprocess.Popen([sys.executable, "-c", COUNT_IN_ANOTHER_PROCESS, str(path), "2000"], cwd=root)
+                 for _ in range(4)]
+    for _ in range(2000):
+        store.run([("SET", "total", "0", "EX", "60", "NX"), ("INCRBY", "total", "1")])
+    assert [process.wait(60) for process in processes] == [0] * 4
+    assert store.run([("GET", "total")]) == [b"10000"]
+
+
+def test_expired_slots_are_reused_and_a_full_table_is_an_error_reply(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = shared(tmp_path / "counters", clock, slots=64)
+    assert store.run([("SET", f"k{n}", "1", "EX", "10") for n in range(64)]) == ["OK"] * 64
+    assert len(store) == 64
+    (full,) = store.run([("SET", "one-more", "1")])
+    assert str(full) == "ERR the shared counters table is full"
+    clock.now += 11
+    assert len(store) == 0
+    assert store.run([("SET", f"next{n}", "1") for n in range(64)]) == ["OK"] * 64  # the expired slots, reused
+
+
+def test_the_counters_limit_apply_when_the_table_is_full_as_when_redis_is_away(tmp_path: Path) -> None:
+    """An error reply from the counters makes the limits fail open (or closed), as Redis being away does."""
+    from serving import counters
+
+    store = shared(tmp_path / "counters", slots=8)
+    store.run([("SET", f"k{n}", "1") for n in range(8)])
+
+    async def count() -> Any:
+        return await counters._checked(store, [("INCRBY", "new", 1)])
+
+    with pytest.raises(counters.CounterUnavailable, match="table is full"):
+        asyncio.run(count())
 
 
 def mode(path: str) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-def test_the_supervisors_store_listens_in_a_private_directory_removed_at_the_end(
+def test_the_supervisors_counters_file_is_private_and_removed_at_the_end(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
@@ -352,28 +375,27 @@ def test_the_supervisors_store_listens_in_a_private_directory_removed_at_the_end
     try:
         assert os.path.dirname(directory) == str(tmp_path)
         assert mode(directory) == 0o700
-        assert stat.S_ISSOCK(os.stat(store.path).st_mode)
-        assert mode(store.path) & 0o077 == 0  # nobody else may even connect
+        assert mode(store.path) == 0o600
+        assert SharedStore(store.path).run([("INCR", "x")]) == [1]
     finally:
         supervisor.stop_counter_store(store)
     assert not os.path.exists(directory)
 
 
-def test_a_store_that_cannot_listen_leaves_no_directory_behind(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_counters_file_that_cannot_be_made_leaves_no_directory_behind(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
-    def refuse(self: StoreServer) -> None:
-        raise OSError("no room for a socket")
+    def refuse(path: str, slots: int = 0) -> None:
+        raise OSError("no room for a file")
 
-    monkeypatch.setattr(StoreServer, "start", refuse)
+    monkeypatch.setattr(sharedstore, "create", refuse)
     with pytest.raises(OSError, match="no room"):
         supervisor.start_counter_store()
     assert list(tmp_path.iterdir()) == []
 
 
-def test_with_redis_url_the_supervisor_runs_no_store(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_with_redis_url_the_supervisor_makes_no_counters_file(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
     assert supervisor.start_counter_store() is None
-
