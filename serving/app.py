@@ -29,7 +29,7 @@ from django.http import HttpRequest, HttpResponseBase
 from django.middleware.security import SecurityMiddleware
 
 from endpoints_app.errors import json_response
-from serving import invoke, runtime
+from serving import counters, invoke, runtime
 from serving import views as invocations
 from serving.bridge import await_, run_sync
 from serving.routes import match_invocation
@@ -263,7 +263,9 @@ async def _lifespan(receive: Receive, send: Send) -> None:
                 logger.exception("endpoint table cannot be loaded at start-up")
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
-            # The usage records still buffered are written before the worker exits (SIGTERM).
+            # The counts being sent and the usage records still buffered are written before the worker
+            # exits (SIGTERM).
+            await counters.settle()
             await asyncio.to_thread(ledger.get().close)
             await send({"type": "lifespan.shutdown.complete"})
             return

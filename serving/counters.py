@@ -90,7 +90,15 @@ async def _checked(backend: Backend, commands: Sequence[Sequence[str | bytes | i
     try:
         replies = await backend.execute(commands)
     except (RespConnectionError, TimeoutError, OSError) as exc:
-        raise CounterUnavailable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+        raise _unavailable(exc) from exc
+    return _answered(replies)
+
+
+def _unavailable(exc: BaseException) -> CounterUnavailable:
+    return CounterUnavailable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+
+def _answered(replies: list[Any]) -> list[Any]:
     for reply in replies:
         if isinstance(reply, RespError):
             raise CounterUnavailable(f"error reply: {reply}")
@@ -98,8 +106,16 @@ async def _checked(backend: Backend, commands: Sequence[Sequence[str | bytes | i
 
 
 def execute(commands: Sequence[Sequence[str | bytes | int | float]]) -> list[Any]:
-    """execute_async, from code running in the async bridge (an invocation)."""
-    return await_(execute_async(commands))
+    """execute_async, from code running in the async bridge (an invocation). A store in this process or in
+    shared memory is called directly: it does no I/O, so there is nothing to wait for on the loop."""
+    local = _get().local
+    if local is None:
+        return await_(execute_async(commands))
+    try:
+        replies = local.run(commands)
+    except OSError as exc:
+        raise _unavailable(exc) from exc
+    return _answered(replies)
 
 
 _pending: set[asyncio.Future[Any]] = set()
@@ -115,6 +131,13 @@ def track(future: asyncio.Future[Any]) -> None:
     """Keep a fire-and-forget task alive until it is done, and log its failure."""
     _pending.add(future)
     future.add_done_callback(_submitted)
+
+
+async def settle(timeout: float = 5.0) -> None:
+    """Wait (up to `timeout` seconds) for the counts sent without waiting: at shutdown, so that a worker
+    stopped by SIGTERM does not drop a spend or token count it was sending."""
+    if _pending:
+        await asyncio.wait(list(_pending), timeout=timeout)
 
 
 def _submitted(future: asyncio.Future[Any]) -> None:

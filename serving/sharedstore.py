@@ -17,6 +17,7 @@ This module imports no Django: the supervisor creates the file.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import mmap
 import os
@@ -48,6 +49,7 @@ def create(path: str, slots: int = SLOTS) -> None:
         os.close(fd)
 
 
+@functools.lru_cache(maxsize=4096)
 def _hash(key: bytes) -> int:
     value = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
     return value if value > _DELETED else value + 2
@@ -138,6 +140,26 @@ class SharedStore(Store):
         kept = self._value(offset)[0] if keep_ttl and live else 0
         at = int(expires * 1000) if expires is not None else kept
         _SLOT.pack_into(self._map, offset, key_hash, at, number % _WORD)
+
+    def _set_new(self, key: bytes, value: int, expires: float) -> bool:
+        key_hash, offset, live = self._find(key)
+        if live:
+            return False
+        if offset < 0:
+            raise RespError("ERR the shared counters table is full")
+        _SLOT.pack_into(self._map, offset, key_hash, int(expires * 1000), value % _WORD)
+        return True
+
+    def _incrby(self, key: bytes, amount: int) -> int:
+        key_hash, offset, live = self._find(key)
+        if offset < 0:
+            raise RespError("ERR the shared counters table is full")
+        expires, number = self._value(offset) if live else (0, 0)
+        number += amount
+        if not -_SIGN <= number < _SIGN:
+            raise RespError("ERR increment or decrement would overflow")
+        _SLOT.pack_into(self._map, offset, key_hash, expires, number % _WORD)
+        return number
 
     def _set_expiry(self, key: bytes, at: float) -> None:
         key_hash, offset, live = self._find(key)

@@ -45,6 +45,8 @@ def _bytes(value: bytes | str | int | float) -> bytes:
 
 
 def _int(value: bytes | str | int | float) -> int:
+    if type(value) is int and -(2**63) <= value < 2**63:
+        return value
     text = _bytes(value)
     if not _INTEGER.fullmatch(text) or not -(2**63) <= int(text) < 2**63:
         raise RespError("ERR value is not an integer or out of range")
@@ -99,6 +101,11 @@ class Store:
     def _one(self, command: Command) -> Reply:
         if not command:
             return RespError("ERR empty command")
+        fast = _FAST.get(command[0]) if type(command[0]) is str else None
+        if fast is not None:  # the shapes the gateway sends on every request, without parsing
+            reply = fast(self, command)
+            if reply is not _PARSE:
+                return reply
         name = _bytes(command[0]).decode("latin-1")
         entry = _COMMANDS.get(name.upper())
         if entry is None:
@@ -197,6 +204,13 @@ class Store:
         self._set(key, value, expires)
         return "OK"
 
+    def _set_new(self, key: bytes, value: int, expires: float) -> bool:
+        """SET key value EX … NX with an integer value: False (nothing set) if the key exists."""
+        if self._get(key) is not None:
+            return False
+        self._set(key, str(value).encode(), expires)
+        return True
+
     def _incrby(self, key: bytes, amount: int) -> int:
         current = self._get(key)
         number = (_int(current) if current is not None else 0) + amount
@@ -268,6 +282,38 @@ class Store:
         self._clear()
         return "OK"
 
+
+_PARSE = object()  # a fast handler's answer when the command is not the shape it reads
+_LONG = 2**63
+
+
+def _fast_set(store: Store, command: Command) -> Reply:
+    """`SET key <int> EX <seconds> NX`: how every counting window starts (serving.ratelimit)."""
+    if len(command) != 6 or command[3] != "EX" or command[5] != "NX":
+        return _PARSE
+    value, seconds = command[2], command[4]
+    if type(value) is not int or type(seconds) is not int or not -_LONG <= value < _LONG or not 0 < seconds < _LONG:
+        return _PARSE
+    try:
+        return "OK" if store._set_new(_bytes(command[1]), value, store._clock() + seconds) else None
+    except RespError as error:
+        return error
+
+
+def _fast_incrby(store: Store, command: Command) -> Reply:
+    if len(command) != 3 or type(command[2]) is not int or not -_LONG <= command[2] < _LONG:
+        return _PARSE
+    try:
+        return store._incrby(_bytes(command[1]), command[2])
+    except RespError as error:
+        return error
+
+
+def _fast_get(store: Store, command: Command) -> Reply:
+    return store._get(_bytes(command[1])) if len(command) == 2 else _PARSE
+
+
+_FAST: dict[Any, Callable[[Store, Command], Reply]] = {"SET": _fast_set, "INCRBY": _fast_incrby, "GET": _fast_get}
 
 # Each command's handler and its arity as Redis counts it (the name included): n exactly, -n at least n.
 _COMMANDS: dict[str, tuple[Callable[[Store, list[Any]], Reply], int]] = {

@@ -171,6 +171,24 @@ SCRIPTS: dict[str, list[Step]] = {
         (("INCRBY", A, "1"), 2),
         (("TTL", A), 61),
     ],
+    "the-window-as-the-gateway-sends-it": [  # integers, not text: the store's fast path reads these
+        (("SET", A, 0, "EX", 1, "NX"), "OK"),
+        (("INCRBY", A, 1), 1),
+        (("SET", A, 0, "EX", 1, "NX"), None),
+        (("INCRBY", A, 5), 6),
+        (("INCRBY", A, 2**63 - 1), Error("increment or decrement would overflow")),
+        (("INCRBY", A, -8), -2),
+        (("GET", A), b"-2"),
+        (("TTL", A), 1),
+        (("INCRBY", A, 2**63), Error("value is not an integer or out of range")),
+        (("SET", B, 0, "EX", 0, "NX"), Error("invalid expire time in 'set' command")),
+        (("SET", B, 0, "EX", 2**63, "NX"), Error("value is not an integer or out of range")),
+        Wait(1.1),
+        (("GET", A), None),
+        (("INCRBY", A, 3), 3),  # a key that expired counts from 0, and lives until deleted
+        (("TTL", A), -1),
+        (("SET", A, 0, "EX", 5, "NX"), None),
+    ],
     "ping-and-unknown-commands": [
         (("PING",), "PONG"),
         (("PING", "hi"), b"hi"),
@@ -274,7 +292,7 @@ def test_a_pipeline_gets_one_answer_per_command_errors_included() -> None:
 # -- the shared-memory store of start_server's workers ----------------------------------------------------
 # The scripts whose values are all integers (the shared store holds nothing else, as the gateway counts).
 INTEGER_SCRIPTS = ("set-nx-xx-ex-px", "ttl-pttl-and-expiry", "expire-nx-xx", "the-rate-limit-window",
-                   "ping-and-unknown-commands")
+                   "the-window-as-the-gateway-sends-it", "ping-and-unknown-commands")
 
 
 def shared(path: Path, clock: Any = time.monotonic, slots: int = 1024) -> SharedStore:

@@ -3,6 +3,7 @@ once per crossing of 50, 80 and 100 %."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ import pytest
 
 from providers.shapes import CHAT
 from serving import budgets, counters
+from tests.asgi import event_loop
 from tests.conftest import MakeConsumer, post_json
 from tests.consumers.conftest import bearer, new_key
 from usage import ledger
@@ -138,6 +140,7 @@ def test_a_restarted_counter_store_starts_the_period_from_the_ledger(client: Any
     for _ in range(3):
         assert post_json(client, "/endpoints/chat/invocations", HI).status_code == 200
     ledger.get().flush()
+    asyncio.run_coroutine_threadsafe(counters.settle(), event_loop()).result()  # the last spend is counted
     counters.reset()  # the store that counted is gone (a restarted server without Redis)
     from tests.conftest import flush_redis
 
