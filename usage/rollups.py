@@ -94,11 +94,11 @@ def coarsen(groups: dict[tuple[float, str, str, str], list[float]],
             seconds: int) -> dict[tuple[float, str, str, str], list[float]]:
     """Finer groups (aggregate's) added up into buckets of `seconds`, a multiple of theirs."""
     coarse: dict[tuple[float, str, str, str], list[float]] = {}
-    for (bucket, *rest), sums in groups.items():
-        key = (bucket - bucket % seconds, *rest)
-        total = coarse.get(key)  # type: ignore[call-overload]
+    for (bucket, consumer, endpoint, model), sums in groups.items():
+        key = (bucket - bucket % seconds, consumer, endpoint, model)
+        total = coarse.get(key)
         if total is None:
-            coarse[key] = list(sums)  # type: ignore[index]
+            coarse[key] = list(sums)
         else:
             for index, value in enumerate(sums):
                 total[index] += value
