@@ -50,5 +50,6 @@ urlpatterns = [
     re_path(rf"^api/2\.0/gateway/routes/{NAME}$", views.LegacyRouteDetailView.as_view()),
     path("v1/models", views.ModelListView.as_view()),
     path("api/manage/", include(manage.urls)),
+    path("admin/console/", include("console.urls")),  # the operators' console, behind the admin's login
     path("admin/", admin.site.urls),
 ]
