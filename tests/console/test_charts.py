@@ -59,7 +59,7 @@ def test_bars_are_as_tall_as_their_values_on_the_axis_scale() -> None:
     assert [float(rect.get("data-value", "")) for rect in drawn] == [1, 2, 4]  # nothing drawn for 0
     heights = [float(rect.get("height", "")) for rect in drawn]
     assert heights == pytest.approx([PLOT_HEIGHT / 4, PLOT_HEIGHT / 2, PLOT_HEIGHT], abs=0.1)  # axis top: 4
-    assert [rect.find(f"{SVG}title").text for rect in drawn] == ["a: Requests 1", "b: Requests 2", "d: Requests 4"]
+    assert [rect.findtext(f"{SVG}title") for rect in drawn] == ["a: Requests 1", "b: Requests 2", "d: Requests 4"]
 
 
 def test_stacked_bars_sit_on_each_other_in_series_order() -> None:
@@ -93,7 +93,7 @@ def test_an_empty_chart_says_so_and_draws_nothing(series: list[Series]) -> None:
     texts = [t.text for t in svg.iter(f"{SVG}text")]
     assert "No data in this window" in texts
     assert not list(svg.iter(f"{SVG}rect")) and not list(svg.iter(f"{SVG}path"))
-    assert "no data in this window" in (svg.find(f"{SVG}desc").text or "")
+    assert "no data in this window" in svg.findtext(f"{SVG}desc", "")
 
 
 def test_the_svg_is_an_image_named_by_its_title_and_described() -> None:
@@ -103,8 +103,8 @@ def test_the_svg_is_an_image_named_by_its_title_and_described() -> None:
     assert svg is not None
     assert svg.get("role") == "img"
     assert svg.get("aria-labelledby") == "chart-requests-title chart-requests-desc"
-    assert svg.find(f"{SVG}title").text == "Requests per hour"
-    assert svg.find(f"{SVG}desc").text == (
+    assert svg.findtext(f"{SVG}title") == "Requests per hour"
+    assert svg.findtext(f"{SVG}desc") == (
         "Requests per hour, 2 buckets from 09:00 to 10:00. Requests: 12 requests in total, at most 7 (10:00).")
 
 
@@ -134,6 +134,6 @@ def test_formats_given_to_a_chart_are_used_in_the_table_and_the_tooltips() -> No
     chart = Chart("c", "Cost", ["a"], [Series("Cost", [20_000], "cost")], integer=False,
                   value_format=lambda v: f"${v / 1e12:.8f}", tick_format=lambda v: "T")
     figure = parse(chart)
-    assert figure.find(".//tbody/tr/td").text == "$0.00000002"
-    assert next(iter(figure.iter(f"{SVG}rect"))).find(f"{SVG}title").text == "a: Cost $0.00000002"
+    assert figure.findtext(".//tbody/tr/td") == "$0.00000002"
+    assert next(iter(figure.iter(f"{SVG}rect"))).findtext(f"{SVG}title") == "a: Cost $0.00000002"
     assert {t.text for t in figure.iter(f"{SVG}text") if t.get("text-anchor") == "end"} >= {"T"}

@@ -182,7 +182,12 @@ def test_the_ledger_lookup_refuses_what_cannot_be_a_request_id(staff_client: Cli
 def test_health_reads_one_round_trip_of_counters(chat: Endpoint, monkeypatch: pytest.MonkeyPatch) -> None:
     sent: list[Any] = []
     real = counters.execute_blocking
-    monkeypatch.setattr(counters, "execute_blocking", lambda commands: sent.append(commands) or real(commands))
+
+    def spy(commands: Any) -> list[Any]:
+        sent.append(commands)
+        return real(commands)
+
+    monkeypatch.setattr(counters, "execute_blocking", spy)
     Endpoint.objects.filter(pk=chat.pk).update(budget_usd=Decimal("1"), budget_period="week", budget_action="reject")
     chat.refresh_from_db()
     counted = health.endpoint_counters([chat])
