@@ -1,7 +1,7 @@
 """The dashboard's numbers, read only from the usage rollups.
 
 A window reads one rollup table: the last hour per minute (UsageMinute), 24 hours and 7 days per hour
-(UsageHour), 30 days per day (UsageDay). Each figure is one aggregated query (GROUP BY bucket, consumer or
+(UsageHour), 30 days per day (UsageDay), in three aggregated queries (GROUP BY bucket, consumer and
 endpoint in the database), so the page costs the same few queries whatever the traffic: the rollups hold
 at most one row per bucket and (consumer, endpoint, model), and their unique index starts with the bucket.
 """
@@ -143,14 +143,20 @@ class Ranked:
     cost_picousd: int
 
 
-def top(window: Window, since: datetime, until: datetime, *, by: str, order: str, consumer: str = "",
-        endpoint: str = "", limit: int = TOP) -> list[Ranked]:
-    """One query: the `limit` consumers or endpoints (`by`) with the highest cost or errors (`order`),
-    leaving out those with none."""
-    assert by in ("consumer", "endpoint") and order in ("cost_picousd", "errors")
+def groups(window: Window, since: datetime, until: datetime, *, by: str, consumer: str = "",
+           endpoint: str = "") -> list[Ranked]:
+    """One query: every consumer or endpoint (`by`) of the window with its sums, costliest first. One scan
+    serves both rankings (by cost and by errors): there are far fewer groups than rollup rows."""
+    assert by in ("consumer", "endpoint")
     rows = (rollup_rows(window.table, since, until, consumer=consumer, endpoint=endpoint)
             .values(by).annotate(n_requests=Sum("requests"), n_errors=Sum("errors"), n_cost=Sum("cost_picousd"))
-            .filter(**{f"n_{'cost' if order == 'cost_picousd' else 'errors'}__gt": 0})
-            .order_by(F("n_cost" if order == "cost_picousd" else "n_errors").desc(), by)[:limit])
+            .order_by(F("n_cost").desc(), by))
     return [Ranked(row[by], int(row["n_requests"] or 0), int(row["n_errors"] or 0), int(row["n_cost"] or 0))
             for row in rows]
+
+
+def top(ranked: list[Ranked], order: str, limit: int = TOP) -> list[Ranked]:
+    """The `limit` groups with the highest cost or errors (`order`), leaving out those with none."""
+    assert order in ("cost_picousd", "errors")
+    chosen = [group for group in ranked if getattr(group, order) > 0]
+    return sorted(chosen, key=lambda group: (-getattr(group, order), group.name))[:limit]

@@ -17,7 +17,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
 from console import charts, importing
-from console.dashboard import WINDOWS, top, usage_over_time, window_named
+from console.dashboard import WINDOWS, groups, top, usage_over_time, window_named
 from console.figures import format_usd, usage_charts
 from console.forms import ApplyForm, DashboardFilters, ImportForm
 from consumers.models import Consumer
@@ -55,9 +55,11 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     chosen = form.filters()
     window = window_named(chosen["window"])
     usage = usage_over_time(window, consumer=chosen["consumer"], endpoint=chosen["endpoint"])
-    tops = {f"{by}_by_{order}": top(window, usage.since, usage.until, by=by, order=column,
-                                    consumer=chosen["consumer"], endpoint=chosen["endpoint"])
-            for by in ("consumer", "endpoint") for order, column in (("cost", "cost_picousd"), ("errors", "errors"))}
+    tops = {}
+    for by in ("consumer", "endpoint"):
+        ranked = groups(window, usage.since, usage.until, by=by, consumer=chosen["consumer"],
+                        endpoint=chosen["endpoint"])
+        tops[f"{by}_by_cost"], tops[f"{by}_by_errors"] = top(ranked, "cost_picousd"), top(ranked, "errors")
     context = _context(
         request, "Usage", form=form, usage=usage, window=window, windows=WINDOWS,
         charts=[charts.render(chart) for chart in usage_charts(usage)], tops=tops,
