@@ -21,7 +21,10 @@ class DashboardFilters(forms.Form):
                                           "under its destinations).")
 
     def filters(self) -> dict[str, str]:
-        data: dict[str, Any] = self.cleaned_data if self.is_valid() else {}
+        """The valid parameters (a wrong one is dropped alone, and reported by the form's errors)."""
+        if self.is_bound:
+            self.is_valid()
+        data: dict[str, Any] = getattr(self, "cleaned_data", {})
         return {"window": data.get("window") or DEFAULT_WINDOW, "consumer": data.get("consumer") or "",
                 "endpoint": data.get("endpoint") or ""}
 

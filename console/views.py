@@ -10,6 +10,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -21,7 +22,7 @@ from console.dashboard import WINDOWS, groups, top, usage_over_time, window_name
 from console.figures import format_usd, usage_charts
 from console.forms import ApplyForm, DashboardFilters, ImportForm
 from consumers.models import Consumer
-from endpoints_app.models import Endpoint
+from endpoints_app.models import Endpoint, TrafficDestination
 from endpoints_app.services import ImportReport, export_config
 from endpoints_app.validation import ConfigError
 from usage.models import UsageRecord
@@ -61,7 +62,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
                         endpoint=chosen["endpoint"])
         tops[f"{by}_by_cost"], tops[f"{by}_by_errors"] = top(ranked, "cost_picousd"), top(ranked, "errors")
     context = _context(
-        request, "Usage", form=form, usage=usage, window=window, windows=WINDOWS,
+        request, "Usage dashboard", form=form, usage=usage, window=window, windows=WINDOWS,
         charts=[charts.render(chart) for chart in usage_charts(usage)], tops=tops,
         totals={**usage.totals, "cost_usd": format_usd(usage.totals["cost_picousd"]),
                 "error_percent": f"{usage.error_rate:.1%}" if usage.error_rate is not None else "",
@@ -77,11 +78,17 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @require_GET
 def ledger_record(request: HttpRequest, request_id: str) -> JsonResponse:
     """A recent call's record, by the X-Request-Id its answer carried: what it cost and which endpoint served
-    it. Reads only what the ledger has written (in batches, every GATEWAY_USAGE_FLUSH_SECONDS): callers poll."""
+    it. Reads only what the ledger has written (in batches, every GATEWAY_USAGE_FLUSH_SECONDS): callers poll.
+    `?name=` (the endpoint or route called) narrows the search to the records of its endpoints, by the ledger's
+    (endpoint, time) index; without it, the last minutes of every record are searched by time."""
     if not _REQUEST_ID.match(request_id):
         raise Http404
-    record = (UsageRecord.objects.filter(time__gte=timezone.now() - LEDGER_LOOKBACK, request_id=request_id)
-              .order_by("-time").first())
+    records = UsageRecord.objects.filter(time__gte=timezone.now() - LEDGER_LOOKBACK, request_id=request_id)
+    name = request.GET.get("name", "")
+    if name:
+        served = [name, *TrafficDestination.objects.filter(route__name=name).values_list("endpoint__name", flat=True)]
+        records = records.filter(Q(endpoint__in=served) | Q(endpoint="", name=name))
+    record = records.order_by("-time").first()
     if record is None:
         return JsonResponse({"found": False, "request_id": request_id}, status=404)
     return JsonResponse({

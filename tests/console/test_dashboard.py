@@ -112,10 +112,11 @@ def test_a_consumer_and_an_endpoint_narrow_everything(staff_client: Client, traf
     assert [r.name for r in response.context["tops"]["consumer_by_cost"]] == ["search"]
 
 
-def test_a_name_that_cannot_be_one_is_ignored_and_said_so(staff_client: Client, traffic: None) -> None:
-    response = staff_client.get(DASHBOARD, {"window": "forever", "consumer": "no such/name"})
+def test_a_parameter_that_cannot_be_one_is_ignored_and_said_so(staff_client: Client, traffic: None) -> None:
+    response = staff_client.get(DASHBOARD, {"window": "forever", "consumer": "no such/name", "endpoint": "chat"})
     assert response.status_code == 200
-    assert response.context["window"].key == "24h" and response.context["usage"].consumer == ""
+    usage = response.context["usage"]
+    assert (usage.window.key, usage.consumer, usage.endpoint) == ("24h", "", "chat")
     assert "errornote" in response.content.decode()
 
 

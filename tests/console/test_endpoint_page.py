@@ -167,7 +167,9 @@ def test_the_ledger_lookup_finds_a_call_by_its_request_id(staff_client: Client, 
     assert staff_client.get(lookup).status_code == 404  # buffered, not written yet: the playground polls
     assert orjson.loads(staff_client.get(lookup).content) == {"found": False, "request_id": "console-abc123"}
     ledger.get().flush()
-    record = orjson.loads(staff_client.get(lookup).content)
+    assert staff_client.get(lookup, {"name": "other"}).status_code == 404  # not a call of that endpoint
+    record = orjson.loads(staff_client.get(lookup, {"name": "chat"}).content)
+    assert record == orjson.loads(staff_client.get(lookup).content)
     assert {k: record[k] for k in ("found", "endpoint", "route", "provider", "model", "status", "prompt_tokens",
                                    "completion_tokens", "cost_usd")} == {
         "found": True, "endpoint": "chat", "route": "", "provider": "mock", "model": "mock-chat", "status": 200,
@@ -195,3 +197,14 @@ def test_health_reads_one_round_trip_of_counters(chat: Endpoint, monkeypatch: py
     assert sent[0][0][1].startswith("gateway:ratelimit:e:chat:60:") and sent[0][1][1].startswith(
         "gateway:spend:e:chat:week:")
     assert counted.limits[0].used == 0 and counted.budgets[0].counted is None
+
+
+def test_the_ledger_lookup_through_a_route_finds_the_destination_that_answered(staff_client: Client,
+                                                                              split: TrafficRoute) -> None:
+    seed([entry(1, endpoint="chat-b", route="split", request_id="console-via-route"),
+          entry(1, endpoint="", name="split", status=401, error_kind="refused", error_code="invalid_api_key",
+                request_id="console-refused")])
+    found = orjson.loads(staff_client.get("/admin/console/ledger/console-via-route/", {"name": "split"}).content)
+    assert (found["endpoint"], found["route"]) == ("chat-b", "split")
+    refused = orjson.loads(staff_client.get("/admin/console/ledger/console-refused/", {"name": "split"}).content)
+    assert (refused["endpoint"], refused["status"], refused["error_code"]) == ("", 401, "invalid_api_key")

@@ -152,7 +152,8 @@
 
   async function lookUp(requestId) {
     const note = $("console-ledger-note");
-    const url = form.dataset.ledgerUrl.replace("REQUEST_ID", encodeURIComponent(requestId));
+    const url = form.dataset.ledgerUrl.replace("REQUEST_ID", encodeURIComponent(requestId)) + "?name=" +
+      encodeURIComponent(form.dataset.name);
     for (let attempt = 0; attempt < LOOKUP_TRIES; attempt++) {
       const response = await fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" });
       if (response.ok) {
