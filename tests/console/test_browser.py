@@ -308,6 +308,8 @@ def test_an_operator_creates_a_key_uses_it_and_revokes_it(mock_chat: tuple[Endpo
         page.wait_for_selector("#console-spend")
         shots(page, "consumer-page")
         page.click("#console-create-key")
+        page.wait_for_url("**/admin/consumers/gatewaykey/add/?consumer=*")
+        page.wait_for_selector("input[name=_save]")  # the whole form is there, its select's choice with it
         preselected = page.input_value("#id_consumer")
         page.fill("#id_name", "playground")
         page.fill("#id_expires_in", "1h")
@@ -316,7 +318,7 @@ def test_an_operator_creates_a_key_uses_it_and_revokes_it(mock_chat: tuple[Endpo
         key = page.input_value("#new-key")
         shots(page, "key-shown-once")
         page.click("text=Done")
-        page.wait_for_selector("#console-spend")
+        page.wait_for_selector("#consumer_form input[name=_save]")
         shown_again = key in page.content()
         shots(page, "consumer-with-key")
 
