@@ -1,15 +1,20 @@
 """Consumers and their keys in the admin: a key is made from its consumer and shown once, on the page
-that answers the form (never stored in clear, not even in a session message); revoking is an action."""
+that answers the form (never stored in clear, not even in a session message); revoking is an action on
+the list of keys, or a button on a key's row of its consumer's page (a confirmation page, then a POST)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
+from django.utils.html import format_html
 
 from consumers.forms import ConsumerForm, NewKeyForm
 from consumers.models import Consumer, GatewayKey
@@ -21,7 +26,7 @@ class KeyInline(admin.TabularInline):
     model = GatewayKey
     extra = 0
     can_delete = False
-    fields = ("prefix", "name", "state", "created_at", "expires_at", "revoked_at")
+    fields = ("prefix", "name", "state", "created_at", "expires_at", "revoked_at", "revoke")
     readonly_fields = fields
     show_change_link = True
 
@@ -31,6 +36,13 @@ class KeyInline(admin.TabularInline):
     @admin.display(description="state")
     def state(self, obj: GatewayKey) -> str:
         return obj.state
+
+    @admin.display(description="")
+    def revoke(self, obj: GatewayKey) -> str:
+        if obj.pk is None or obj.revoked_at is not None:
+            return ""
+        return format_html('<a href="{}" class="deletelink">Revoke</a>',
+                           reverse("admin:consumers_gatewaykey_revoke", args=[obj.pk]))
 
 
 @admin.register(Consumer)
@@ -115,6 +127,32 @@ class GatewayKeyAdmin(admin.ModelAdmin):
         response = TemplateResponse(request, "admin/consumers/key_created.html", context)
         response["Cache-Control"] = "no-store"
         return response
+
+    def get_urls(self) -> list[URLPattern]:
+        return [path("<int:object_id>/revoke/", self.admin_site.admin_view(self.revoke_view),
+                     name="consumers_gatewaykey_revoke"), *super().get_urls()]
+
+    def revoke_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        """One key: a confirmation page, then (POST) revoked; back to its consumer's page."""
+        record = get_object_or_404(GatewayKey.objects.select_related("consumer"), pk=object_id)
+        if not self.has_change_permission(request, record):
+            raise PermissionDenied
+        back = reverse("admin:consumers_consumer_change", args=[record.consumer_id])
+        if request.method == "POST":
+            if record.revoked_at is None:
+                revoke_key(record.prefix)
+                self.message_user(request, f"Key {record.prefix} revoked at {timezone.now():%H:%M:%S} UTC; every "
+                                  "worker refuses it within a second.", messages.SUCCESS)
+            return HttpResponseRedirect(back)
+        context = {**self.admin_site.each_context(request), "title": f"Revoke the key {record.prefix}?",
+                   "record": record, "opts": self.model._meta, "back": back}
+        return TemplateResponse(request, "admin/consumers/key_revoke.html", context)
+
+    def render_change_form(self, request: HttpRequest, context: dict[str, Any], add: bool = False,
+                           change: bool = False, form_url: str = "", obj: Any = None) -> HttpResponse:
+        if obj is not None and obj.revoked_at is None and self.has_change_permission(request, obj):
+            context["revoke_url"] = reverse("admin:consumers_gatewaykey_revoke", args=[obj.pk])
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     @admin.action(description="Revoke selected keys")
     def revoke(self, request: HttpRequest, queryset: QuerySet[GatewayKey]) -> None:

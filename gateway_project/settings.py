@@ -87,6 +87,7 @@ INSTALLED_APPS = [
     "endpoints_app",  # first: its runserver (the ASGI application under uvicorn) replaces Django's
     "consumers",
     "usage",
+    "console",  # before the admin: it extends the admin's index and change forms
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",

@@ -52,5 +52,6 @@ urlpatterns = [
     path("v1/models", views.ModelListView.as_view()),
     path("api/manage/usage/", UsageReportView.as_view(), name="manage-usage"),
     path("api/manage/", include(manage.urls)),
+    path("admin/console/", include("console.urls")),  # the operators' console, behind the admin's login
     path("admin/", admin.site.urls),
 ]

@@ -1,0 +1,162 @@
+"""The dashboard's numbers, read only from the usage rollups.
+
+A window reads one rollup table: the last hour per minute (UsageMinute), 24 hours and 7 days per hour
+(UsageHour), 30 days per day (UsageDay), in three aggregated queries (GROUP BY bucket, consumer and
+endpoint in the database), so the page costs the same few queries whatever the traffic: the rollups hold
+at most one row per bucket and (consumer, endpoint, model), and their unique index starts with the bucket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.db.models import F, QuerySet, Sum
+from django.utils import timezone
+
+from usage.models import ERROR_KINDS, UsageDay, UsageHour, UsageMinute
+from usage.reports import ERROR_COLUMNS, LATENCY_COLUMNS, percentile
+
+RollupTable = type[UsageMinute] | type[UsageHour] | type[UsageDay]
+COUNT_COLUMNS = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "cost_picousd")
+SERIES_COLUMNS = (*COUNT_COLUMNS, *ERROR_COLUMNS, *LATENCY_COLUMNS)
+TOP = 10
+
+
+@dataclass(frozen=True)
+class Window:
+    key: str  # the `window` GET parameter
+    label: str
+    length: timedelta
+    step: int  # seconds per bucket
+    table: RollupTable
+
+    @property
+    def table_name(self) -> str:
+        return self.table.__name__
+
+    def bounds(self, now: datetime) -> tuple[datetime, datetime]:
+        """[since, until): `length`, ending with the bucket that holds `now`."""
+        epoch = now.timestamp()
+        until = datetime.fromtimestamp(epoch - epoch % self.step + self.step, UTC)
+        return until - self.length, until
+
+
+WINDOWS = (
+    Window("1h", "Last hour", timedelta(hours=1), 60, UsageMinute),
+    Window("24h", "Last 24 hours", timedelta(hours=24), 3600, UsageHour),
+    Window("7d", "Last 7 days", timedelta(days=7), 3600, UsageHour),
+    Window("30d", "Last 30 days", timedelta(days=30), 86400, UsageDay),
+)
+DEFAULT_WINDOW = "24h"
+
+
+def window_named(key: str | None) -> Window:
+    for window in WINDOWS:
+        if window.key == key:
+            return window
+    return window_named(DEFAULT_WINDOW)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    start: datetime
+    sums: dict[str, int]
+
+    @property
+    def histogram(self) -> list[int]:
+        return [self.sums[column] for column in LATENCY_COLUMNS]
+
+    @property
+    def p50(self) -> float | None:
+        return percentile(self.histogram, 0.5)
+
+    @property
+    def p95(self) -> float | None:
+        return percentile(self.histogram, 0.95)
+
+
+@dataclass
+class Usage:
+    """A window's sums per bucket (every bucket, zeros included), and in total."""
+
+    window: Window
+    since: datetime
+    until: datetime
+    consumer: str
+    endpoint: str
+    buckets: list[Bucket]
+    totals: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def histogram(self) -> list[int]:
+        return [self.totals[column] for column in LATENCY_COLUMNS]
+
+    @property
+    def p50(self) -> float | None:
+        return percentile(self.histogram, 0.5)
+
+    @property
+    def p95(self) -> float | None:
+        return percentile(self.histogram, 0.95)
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.totals["errors"] / self.totals["requests"] if self.totals["requests"] else None
+
+    def errors_by_kind(self) -> dict[str, int]:
+        return {kind: self.totals[f"err_{kind}"] for kind in ERROR_KINDS}
+
+
+def rollup_rows(table: RollupTable, since: datetime, until: datetime, *, consumer: str = "",
+                endpoint: str = "") -> QuerySet[Any]:
+    rows: QuerySet[Any] = table.objects.filter(bucket__gte=since, bucket__lt=until)
+    if consumer:
+        rows = rows.filter(consumer=consumer)
+    if endpoint:
+        rows = rows.filter(endpoint=endpoint)
+    return rows
+
+
+def usage_over_time(window: Window, *, now: datetime | None = None, consumer: str = "", endpoint: str = "") -> Usage:
+    """One query: the window's rollup rows summed per bucket."""
+    since, until = window.bounds(now or timezone.now())
+    sums = (rollup_rows(window.table, since, until, consumer=consumer, endpoint=endpoint)
+            .values("bucket").annotate(**{f"sum_{column}": Sum(column) for column in SERIES_COLUMNS})
+            .order_by("bucket"))
+    found = {int(row["bucket"].timestamp()): row for row in sums}
+    buckets = []
+    for start in range(int(since.timestamp()), int(until.timestamp()), window.step):
+        row = found.get(start, {})
+        buckets.append(Bucket(datetime.fromtimestamp(start, UTC),
+                              {column: int(row.get(f"sum_{column}") or 0) for column in SERIES_COLUMNS}))
+    totals = {column: sum(bucket.sums[column] for bucket in buckets) for column in SERIES_COLUMNS}
+    return Usage(window, since, until, consumer, endpoint, buckets, totals)
+
+
+@dataclass(frozen=True)
+class Ranked:
+    name: str
+    requests: int
+    errors: int
+    cost_picousd: int
+
+
+def groups(window: Window, since: datetime, until: datetime, *, by: str, consumer: str = "",
+           endpoint: str = "") -> list[Ranked]:
+    """One query: every consumer or endpoint (`by`) of the window with its sums, costliest first. One scan
+    serves both rankings (by cost and by errors): there are far fewer groups than rollup rows."""
+    assert by in ("consumer", "endpoint")
+    rows = (rollup_rows(window.table, since, until, consumer=consumer, endpoint=endpoint)
+            .values(by).annotate(n_requests=Sum("requests"), n_errors=Sum("errors"), n_cost=Sum("cost_picousd"))
+            .order_by(F("n_cost").desc(), by))
+    return [Ranked(row[by], int(row["n_requests"] or 0), int(row["n_errors"] or 0), int(row["n_cost"] or 0))
+            for row in rows]
+
+
+def top(ranked: list[Ranked], order: str, limit: int = TOP) -> list[Ranked]:
+    """The `limit` groups with the highest cost or errors (`order`), leaving out those with none."""
+    assert order in ("cost_picousd", "errors")
+    chosen = [group for group in ranked if getattr(group, order) > 0]
+    return sorted(chosen, key=lambda group: (-getattr(group, order), group.name))[:limit]
