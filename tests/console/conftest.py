@@ -12,7 +12,6 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
 
-from tests.consumers.conftest import make_consumer  # noqa: F401  (a fixture the console's tests use too)
 from usage import ledger
 from usage.ledger import Entry
 
@@ -30,7 +29,7 @@ def entry(minutes_ago: float, *, consumer: str = "", endpoint: str = "chat", nam
                  "gwk_00000000" if consumer else "", name if name is not None else (route or endpoint), route,
                  endpoint, "mock" if endpoint else "", model if endpoint else "", stream, status, error_kind,
                  error_code, None if failed else prompt, None if failed else completion,
-                 None if failed else prompt + completion, latency_ms, None, 0 if failed else cost, 0)
+                 None if failed else prompt + completion, latency_ms, None, 0 if failed else cost, 0, 0)
 
 
 def seed(entries: list[Entry]) -> None:
