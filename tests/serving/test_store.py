@@ -57,7 +57,7 @@ class Wait:
     seconds: float
 
 
-Step = tuple[tuple[str, ...], Any] | Wait
+Step = tuple[tuple[str | int, ...], Any] | Wait
 A, B, C, D = Key("a"), Key("b"), Key("c"), Key("d")
 
 SCRIPTS: dict[str, list[Step]] = {
@@ -225,7 +225,7 @@ def run_on_redis(steps: list[Step], client: redis.Redis, prefix: str) -> None:
         check(command, reply, expected, status_type=bytes)
 
 
-def check(command: tuple[str, ...], reply: Any, expected: Any, *, status_type: type) -> None:
+def check(command: tuple[str | int, ...], reply: Any, expected: Any, *, status_type: type) -> None:
     """Our Store answers a status ("OK") as str, a bulk string as bytes; redis-py reads both as bytes."""
     if isinstance(expected, Error):
         assert isinstance(reply, RespError), f"{command}: {reply!r}, not an error"
