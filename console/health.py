@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from console.dashboard import LATENCY_COLUMNS
 from endpoints_app.models import Budgeted, Endpoint
-from serving import budgets, counters
+from serving import budgets, circuit, counters
 from serving.budgets import Budget
 from serving.ratelimit import call_limit
 from usage.models import UsageDay, UsageMinute, UsageRecord, usd
@@ -190,6 +190,14 @@ def consumer_counters(consumer: Any) -> Counted:
               if consumer.has_limit and consumer.limit_calls is not None else [])
     win = budget_window(f"c:{consumer.name}", consumer, now)
     return read_counters(limits, [win] if win is not None else [])
+
+
+def circuits(names: list[str]) -> dict[str, circuit.Snapshot] | str:
+    """Each endpoint's circuit as a route destination (one round trip), or why it cannot be read."""
+    try:
+        return circuit.snapshot(names)
+    except counters.CounterUnavailable as exc:
+        return str(exc)
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,11 @@ def endpoint_panel(endpoint: Endpoint) -> dict[str, Any]:
     shown = [chart for chart in usage_charts(usage, prefix="endpoint") if chart.slug in
              ("endpoint-requests", "endpoint-errors")]
     counted = health.endpoint_counters([endpoint])
+    found = health.circuits([endpoint.name])
     return {
         "endpoint": endpoint, "usage": usage,
+        "circuit": found[endpoint.name] if isinstance(found, dict) else None,
+        "circuit_unreadable": found if isinstance(found, str) else "",
         "error_percent": f"{usage.error_rate:.1%}" if usage.error_rate is not None else "—",
         "charts": [charts.render(chart) for chart in shown],
         "recent_errors": health.recent_errors(endpoints=[endpoint.name], called=endpoint.name),
@@ -41,10 +44,18 @@ def route_panel(route: TrafficRoute) -> dict[str, Any]:
     counted = health.endpoint_counters(endpoints)
     limits = {state.scope[2:]: state for state in counted.limits}
     budgets = {state.scope[2:]: state for state in counted.budgets}
-    rows = [{"endpoint": d.endpoint, "share": d.traffic_percentage, "health": figures[d.endpoint.name],
-             "limit": limits.get(d.endpoint.name), "budget": budgets.get(d.endpoint.name)} for d in destinations]
+    found = health.circuits(names)
+    rows = [{"endpoint": d.endpoint, "share": d.traffic_percentage, "order": index + 1,
+             "health": figures[d.endpoint.name], "limit": limits.get(d.endpoint.name),
+             "budget": budgets.get(d.endpoint.name),
+             "circuit": found.get(d.endpoint.name) if isinstance(found, dict) else None}
+            for index, d in enumerate(destinations)]
     return {
         "route": route, "rows": rows, "refused": figures[route.name], "counted": counted,
+        "fallback": route.routing_strategy == "FALLBACK",
+        "circuit_failures": settings.GATEWAY_CIRCUIT_FAILURES,
+        "circuit_cooldown": f"{settings.GATEWAY_CIRCUIT_COOLDOWN_SECONDS:g}",
+        "circuit_unreadable": found if isinstance(found, str) else "",
         "recent_errors": health.recent_errors(endpoints=names, called=route.name, route=route.name),
     }
 

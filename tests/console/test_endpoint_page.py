@@ -4,6 +4,7 @@ the ledger lookup the playground uses."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from decimal import Decimal
 from typing import Any
@@ -14,9 +15,12 @@ from django.test import Client
 
 from console import health
 from endpoints_app.models import Endpoint, TrafficDestination, TrafficRoute
+from endpoints_app.services import save_route
+from endpoints_app.validation import validate_route
 from providers.shapes import CHAT, EMBEDDINGS
 from serving import budgets, counters
 from serving.budgets import Budget
+from tests.asgi import event_loop
 from tests.conftest import MakeEndpoint, post_json
 from tests.console.conftest import entry, seed
 from usage import ledger
@@ -208,3 +212,29 @@ def test_the_ledger_lookup_through_a_route_finds_the_destination_that_answered(s
     assert (found["endpoint"], found["route"]) == ("chat-b", "split")
     refused = orjson.loads(staff_client.get("/admin/console/ledger/console-refused/", {"name": "split"}).content)
     assert (refused["endpoint"], refused["status"], refused["error_code"]) == ("", 401, "invalid_api_key")
+
+
+def test_the_route_and_endpoint_pages_show_a_destination_s_open_circuit(staff_client: Client, chat: Endpoint,
+                                                                       make_endpoint: MakeEndpoint, client: Any,
+                                                                       settings: Any) -> None:
+    settings.GATEWAY_CIRCUIT_FAILURES = 2
+    settings.GATEWAY_CIRCUIT_COOLDOWN_SECONDS = 30
+    down = make_endpoint("down", CHAT, "openai", "gpt-4o-mini",  # nothing listens on port 9: refused
+                         {"openai_api_key": "sk-test", "openai_api_base": "http://127.0.0.1:9/v1"},
+                         timeouts={"retries": 0})
+    save_route(validate_route({"name": "resilient", "task_type": CHAT, "routing_strategy": "FALLBACK",
+                               "destinations": [{"name": "down"}, {"name": "chat"}]}, {"down": CHAT, "chat": CHAT}))
+    for _ in range(2):
+        response = post_json(client, "/endpoints/resilient/invocations",
+                             {"messages": [{"role": "user", "content": "hi"}]})
+        assert response.status_code == 200 and response["X-Gateway-Destination"] == "chat"
+        asyncio.run_coroutine_threadsafe(counters.settle(), event_loop()).result()  # the failure is counted
+    response = change_page(staff_client, TrafficRoute.objects.get(name="resilient"))
+    rows = {row["endpoint"].name: row for row in response.context["rows"]}
+    assert rows["down"]["circuit"].state == "open" and 1 <= rows["down"]["circuit"].seconds_open <= 30
+    assert (rows["chat"]["circuit"].state, rows["chat"]["order"], rows["down"]["order"]) == ("closed", 2, 1)
+    html = response.content.decode()
+    assert 'data-circuit="open"' in html and "Order" in html and "opens after 2 consecutive failures" in html
+    html = change_page(staff_client, down).content.decode()
+    assert 'data-circuit="open"' in html and "s left" in html
+    assert 'data-circuit="closed"' in change_page(staff_client, chat).content.decode()
