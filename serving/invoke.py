@@ -176,6 +176,7 @@ def call(inv: Invocation, payload: dict[str, Any], *, stream: bool) -> Any:
     route = inv.live_route
     retries = [0]
     token = upstream.RETRIES.set(retries)
+    deadline = upstream.DEADLINE.set([])
     try:
         for index, endpoint in enumerate(inv.candidates):
             last = index == len(inv.candidates) - 1
@@ -209,6 +210,7 @@ def call(inv: Invocation, payload: dict[str, Any], *, stream: bool) -> Any:
     finally:
         inv.retries = retries[0]
         upstream.RETRIES.reset(token)
+        upstream.DEADLINE.reset(deadline)
 
 
 def _admit_destination(inv: Invocation, endpoint: LiveEndpoint) -> None:

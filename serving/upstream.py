@@ -63,6 +63,10 @@ RETRYABLE_STATUSES = frozenset({429, 502, 503})
 # The retries of the invocation running in this greenlet (each bridge greenlet has its own context): the
 # invocation sets a counter, the seam adds to it, the usage record and the metrics read it.
 RETRIES: ContextVar[list[int] | None] = ContextVar("gateway_upstream_retries", default=None)
+# The invocation's deadline (monotonic seconds), set by its first upstream call from that endpoint's
+# `timeouts.total`: a traffic route's later destinations share it, so that falling back never makes the
+# client wait longer than the first destination's total.
+DEADLINE: ContextVar[list[float] | None] = ContextVar("gateway_upstream_deadline", default=None)  # [at, seconds]
 _MAX_RETRY_AFTER = 30.0
 
 
@@ -215,12 +219,19 @@ class Transport:
         headers = request.headers
         if body is not None and "content-type" not in {k.lower() for k in headers}:
             headers = {**headers, "Content-Type": "application/json"}
-        deadline = time.monotonic() + timeouts.total
+        deadline, total = time.monotonic() + timeouts.total, timeouts.total
+        shared = DEADLINE.get()
+        if shared is not None:
+            if not shared:
+                shared += [deadline, total]
+            elif shared[0] < deadline:
+                deadline, total = shared
         attempt = 0
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise UpstreamTimeout(f"The upstream did not answer within {timeouts.total:g} s.")
+                raise UpstreamTimeout(
+                    f"No upstream answered within the request's deadline ({total:g} s, timeouts.total).")
             try:
                 answer = self._attempt(request, body, headers, min(timeouts.connect, remaining),
                                        min(timeouts.read, remaining), stream=stream)

@@ -128,6 +128,21 @@ def test_a_timeout_falls_back(client: Any, fallback_route: Callable[..., str], p
     assert time.monotonic() - started < 2
 
 
+def test_falling_back_never_outlives_the_first_destination_s_total_deadline(
+        client: Any, fallback_route: Callable[..., str], primary: ScriptedUpstream,
+        secondary: ScriptedUpstream) -> None:
+    primary.play(stall(primary.release, 3))
+    fallback_route(read=5, total=0.5)  # the client's patience: half a second, whoever answers
+    started = time.monotonic()
+    response = post_json(client, "/endpoints/resilient/invocations", HI)
+    assert time.monotonic() - started < 1.5
+    assert response.status_code == 504 and secondary.calls == 0
+    assert "within the request's deadline (0.5 s, timeouts.total)" in response.json()["detail"]
+    ledger.get().flush()
+    record = UsageRecord.objects.get()
+    assert (record.status, record.error_kind, record.fallbacks) == (504, "timeout", 1)
+
+
 def test_a_request_caused_400_does_not_fall_back(client: Any, fallback_route: Callable[..., str],
                                                  primary: ScriptedUpstream, secondary: ScriptedUpstream) -> None:
     primary.play(respond(400, {"error": {"message": "Invalid 'messages': too long"}}))
