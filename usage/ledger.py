@@ -108,7 +108,10 @@ class Ledger:
                             min(_MAX_BACKOFF_SECONDS, self.flush_seconds * 2 ** self._failures))
             self._wake.clear()
             self.flush()
-            close_old_connections()
+            if connection.vendor != "sqlite":
+                # A connection past CONN_MAX_AGE, or broken, is dropped as at the end of a request. This
+                # thread keeps its SQLite one: opening it again costs more than a second's batch.
+                close_old_connections()
 
     def flush(self) -> int:
         """Write what is buffered, a batch at a time; the number written. On a database error the batch

@@ -1,9 +1,10 @@
 """Reading the ledger: reports grouped by consumer, endpoint, model or day, from the rollups.
 
-A report never scans the raw records: it sums the per-minute, per-hour or per-day rollups, the coarsest
-that the requested range allows (a range that starts or ends off the hour is read per minute if it is
-short, and rounded down to the hour if it is longer than two days), so a 30-day report reads at most a
-few thousand rows whatever the traffic.
+A report never scans the raw records: it sums the rollups, each part of the range from the coarsest that
+covers it exactly: whole days from the per-day rollups, the whole hours around them from the per-hour ones,
+the minutes at either end from the per-minute ones (a range is read to the minute: its start is rounded
+down to the minute). So a 30-day report reads about 30 days' worth of day rows and at most two days of hour
+rows and two hours of minute rows, whatever the traffic.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from django.db.models import F, Q, Sum
+from django.db.models import Q, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
@@ -55,16 +56,24 @@ class Span:
     table: type[UsageMinute] | type[UsageHour] | type[UsageDay]
 
 
-def choose_span(since: datetime, until: datetime) -> Span:
-    """The rollup to read for [since, until) and the bounds aligned to its buckets."""
+def choose_spans(since: datetime, until: datetime) -> list[Span]:
+    """The parts of [since, until) and the rollup each is read from: minutes up to the first whole hour,
+    hours up to the first whole day, whole days, then hours and minutes again up to `until`."""
     if until <= since:
         raise ReportError("the report's end must come after its start")
-    for seconds, table in ((86400, UsageDay), (3600, UsageHour)):
-        if since.timestamp() % seconds == 0 and until.timestamp() % seconds == 0:
-            return Span(since, until, table)
-    if until - since <= timedelta(days=2):
-        return Span(_floor(since, 60), until, UsageMinute)
-    return Span(_floor(since, 3600), until, UsageHour)
+    start, end = _floor(since, 60).timestamp(), until.timestamp()
+    first_hour, last_hour = -(-start // 3600) * 3600, end - end % 3600
+    first_day, last_day = -(-start // 86400) * 86400, end - end % 86400
+    parts: list[tuple[float, float, type[UsageMinute] | type[UsageHour] | type[UsageDay]]]
+    if first_hour >= last_hour:
+        parts = [(start, end, UsageMinute)]
+    elif first_day >= last_day:
+        parts = [(start, first_hour, UsageMinute), (first_hour, last_hour, UsageHour), (last_hour, end, UsageMinute)]
+    else:
+        parts = [(start, first_hour, UsageMinute), (first_hour, first_day, UsageHour), (first_day, last_day, UsageDay),
+                 (last_day, last_hour, UsageHour), (last_hour, end, UsageMinute)]
+    return [Span(datetime.fromtimestamp(a, UTC), datetime.fromtimestamp(b, UTC), table)
+            for a, b, table in parts if a < b]
 
 
 def _floor(when: datetime, seconds: int) -> datetime:
@@ -78,23 +87,29 @@ def report(since: datetime, until: datetime, by: str, *, consumer: str | None = 
     requests, errors, prompt_tokens, completion_tokens, total_tokens and cost_usd."""
     if by not in GROUPS:
         raise ReportError(f"--by must be one of {', '.join(GROUPS)}")
-    span = choose_span(since, until)
-    rows = span.table.objects.filter(bucket__gte=span.since, bucket__lt=span.until)
-    if consumer:
-        rows = rows.filter(consumer=consumer)
-    if endpoint:
-        rows = rows.filter(endpoint=endpoint)
-    grouped = rows.annotate(day=TruncDate("bucket", tzinfo=UTC)).values("day") if by == "day" else rows.values(by)
-    sums: Any = grouped.annotate(**{name: Sum(name) for name in SUMS})
+    groups: dict[str, list[int]] = {}
+    for span in choose_spans(since, until):  # one grouped query per part, added up here
+        rows = span.table.objects.filter(bucket__gte=span.since, bucket__lt=span.until)
+        if consumer:
+            rows = rows.filter(consumer=consumer)
+        if endpoint:
+            rows = rows.filter(endpoint=endpoint)
+        grouped = rows.annotate(day=TruncDate("bucket", tzinfo=UTC)).values("day") if by == "day" else rows.values(by)
+        summed: Any = grouped.annotate(**{name: Sum(name) for name in SUMS}).order_by()
+        for row in summed:
+            key = row["day"].isoformat() if by == "day" else row[by]
+            sums = groups.setdefault(key, [0] * len(SUMS))
+            for index, name in enumerate(SUMS):
+                sums[index] += int(row[name] or 0)
     result = []
-    for row in sums.order_by(F("cost_picousd").desc(nulls_last=True)):
-        key = row["day"].isoformat() if by == "day" else row[by]
-        item: dict[str, Any] = {by: key}
-        item.update({name: int(row[name] or 0) for name in SUMS[:-1]})
-        item["cost_usd"] = float(Decimal(int(row["cost_picousd"] or 0)) * PICO)
+    for key, sums in groups.items():
+        item: dict[str, Any] = {by: key, **dict(zip(SUMS[:-1], sums, strict=False))}
+        item["cost_usd"] = float(Decimal(sums[-1]) * PICO)
         result.append(item)
     if by == "day":
         result.sort(key=lambda item: item["day"])
+    else:
+        result.sort(key=lambda item: (-item["cost_usd"], str(item[by])))
     return result
 
 

@@ -15,8 +15,8 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 
 from usage import ledger
-from usage.models import UsageDay, UsageHour, UsageMinute, UsageRecord
-from usage.reports import ReportError, choose_span, parse_time, report
+from usage.models import UsageDay, UsageMinute, UsageRecord
+from usage.reports import ReportError, choose_spans, parse_time, report
 
 pytestmark = pytest.mark.django_db
 
@@ -54,14 +54,32 @@ def test_time_forms() -> None:
         parse_time("yesterday", now)
 
 
-def test_the_coarsest_rollup_the_range_allows_is_read() -> None:
+def parts(since: datetime, until: datetime) -> list[tuple[str, str, str]]:
+    return [(span.table.__name__[5:], f"{span.since:%d %H:%M}", f"{span.until:%d %H:%M}")
+            for span in choose_spans(since, until)]
+
+
+def test_each_part_of_a_range_is_read_from_the_coarsest_rollup_that_covers_it() -> None:
     day = datetime(2026, 12, 1, tzinfo=UTC)
-    assert choose_span(day, day + timedelta(days=30)).table is UsageDay
-    assert choose_span(day + timedelta(hours=3), day + timedelta(hours=20)).table is UsageHour
+    assert parts(day, day + timedelta(days=30)) == [("Day", "01 00:00", "31 00:00")]
+    assert parts(day + timedelta(hours=3), day + timedelta(hours=20)) == [("Hour", "01 03:00", "01 20:00")]
     odd = day + timedelta(minutes=7, seconds=30)
-    assert choose_span(odd, odd + timedelta(hours=24)).table is UsageMinute
-    long = choose_span(odd, odd + timedelta(days=7))
-    assert long.table is UsageHour and long.since == day  # rounded down to the hour
+    assert parts(odd, odd + timedelta(minutes=30)) == [("Minute", "01 00:07", "01 00:37")]
+    assert parts(odd, odd + timedelta(hours=24)) == [
+        ("Minute", "01 00:07", "01 01:00"), ("Hour", "01 01:00", "02 00:00"), ("Minute", "02 00:00", "02 00:07")]
+    assert parts(odd + timedelta(hours=5), odd + timedelta(days=30, hours=2)) == [
+        ("Minute", "01 05:07", "01 06:00"), ("Hour", "01 06:00", "02 00:00"), ("Day", "02 00:00", "31 00:00"),
+        ("Hour", "31 00:00", "31 02:00"), ("Minute", "31 02:00", "31 02:07")]
+
+
+def test_a_long_report_that_starts_and_ends_off_the_hour_counts_to_the_minute() -> None:
+    start = datetime(2026, 11, 1, 10, 30, tzinfo=UTC)
+    when = [start - timedelta(minutes=1), start, start + timedelta(minutes=29), start + timedelta(days=3),
+            start + timedelta(days=9, minutes=14), start + timedelta(days=9, minutes=15)]
+    ledger.write([entry(moment, "alpha", "chat", "gpt") for moment in when])
+    until = start + timedelta(days=9, minutes=15)  # the last one is just outside
+    assert report(start, until, "consumer")[0]["requests"] == 4
+    assert sum(row["requests"] for row in report(start, until, "day")) == 4
 
 
 def test_a_report_by_consumer_sums_its_records(seeded: list[ledger.Entry]) -> None:
