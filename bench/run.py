@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,12 +110,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def http_get(url: str, timeout: float = 2.0) -> int:
+def http_get(url: str, timeout: float = 2.0, headers: list[str] | None = None) -> int:
+    extra = dict(header.split(": ", 1) for header in headers or [])
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=extra), timeout=timeout) as response:
             return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
     except Exception:
         return 0
+
+
+def wait_key_known(server: Server, timeout: float = 20) -> bool:
+    """True once every worker knows the key just created: each worker learns it when its poller sees the
+    config version move (GATEWAY_CONFIG_POLL_SECONDS), so a request right after create_key may meet one
+    that has not yet. Fresh connections spread over the workers; 20 accepted in a row means all know it."""
+    deadline, accepted = time.monotonic() + timeout, 0
+    while accepted < 20 and time.monotonic() < deadline:
+        if http_get(server.base_url + "/api/2.0/endpoints/", headers=server.headers) == 200:
+            accepted += 1
+        else:
+            accepted = 0
+            time.sleep(0.1)
+    return accepted >= 20
 
 
 def http_post(url: str, body: dict[str, Any], timeout: float = 10.0,
@@ -340,6 +358,8 @@ def start_ours(workdir: Path, config: Path, extra_env: dict[str, str] | None = N
             server.error = f"create_key failed: {made.stderr[-300:]}"
         else:
             server.headers = [f"Authorization: Bearer {made.stdout.strip().splitlines()[-1]}"]
+            if not wait_key_known(server):
+                server.error = "the key made by create_key was not accepted by every worker within 20 s"
             server.note += " (every request-path feature on: a key on every request, consumer limits and budget, "
             server.note += "endpoint cost and budget, the usage ledger)"
     return server
