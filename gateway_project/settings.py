@@ -7,6 +7,7 @@ rate limits), SECRET_KEY, ALLOWED_HOSTS and DEBUG=false.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -239,10 +240,14 @@ GATEWAY_USAGE_FLUSH_SECONDS = env_float("GATEWAY_USAGE_FLUSH_SECONDS", 1.0)  # 0
 GATEWAY_USAGE_BATCH = env_int("GATEWAY_USAGE_BATCH", 2000)
 GATEWAY_USAGE_BUFFER = env_int("GATEWAY_USAGE_BUFFER", 200_000)  # records held while the database is away
 GATEWAY_USAGE_RETENTION_DAYS = env_int("GATEWAY_USAGE_RETENTION_DAYS", 30)
+# start_server runs prune_usage at start and then every this many hours (0: never, a cron job does it).
+GATEWAY_USAGE_PRUNE_HOURS = env_float("GATEWAY_USAGE_PRUNE_HOURS", 24.0)
 # Budget alerts: one POST per crossing of 50 %, 80 % and 100 % of a budget.
 GATEWAY_ALERT_WEBHOOK_URL = os.environ.get("GATEWAY_ALERT_WEBHOOK_URL", "")
 if GATEWAY_ALERT_WEBHOOK_URL and not GATEWAY_ALERT_WEBHOOK_URL.startswith(("http://", "https://")):
     raise ImproperlyConfigured("GATEWAY_ALERT_WEBHOOK_URL must be an http:// or https:// URL.")
+if not math.isfinite(GATEWAY_USAGE_PRUNE_HOURS):
+    raise ImproperlyConfigured("GATEWAY_USAGE_PRUNE_HOURS must be a finite number of hours (0: never).")
 for _name in ("GATEWAY_USAGE_BATCH", "GATEWAY_USAGE_BUFFER", "GATEWAY_USAGE_RETENTION_DAYS"):
     if globals()[_name] < 1:
         raise ImproperlyConfigured(f"{_name} must be 1 or more.")

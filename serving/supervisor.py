@@ -58,6 +58,7 @@ BACKLOG = 4096  # connections waiting to be accepted (1,000 streams opened withi
 STOP_GRACE_SECONDS = 15
 APPLY_TIMEOUT_SECONDS = 120
 POLL_SECONDS = 0.2  # how often the main loop looks for dead workers and a SIGHUP
+PRUNE_TIMEOUT_SECONDS = 3600  # a first prune of a large backlog deletes in chunks; it may take a while
 
 
 @dataclass(frozen=True)
@@ -262,6 +263,51 @@ def load_config_subprocess(path: str) -> ApplyResult:
     return ApplyResult(False, message or f"load_config exited with code {done.returncode}")
 
 
+def prune_usage_subprocess(stop: threading.Event) -> ApplyResult:
+    """`manage.py prune_usage` in a child process: usage records past GATEWAY_USAGE_RETENTION_DAYS deleted
+    in chunks, off the workers. Killed when `stop` is set: a prune never outlives the server that ran it."""
+    child = subprocess.Popen([sys.executable, MANAGE, "prune_usage", "--skip-checks"], cwd=BASE_DIR,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + PRUNE_TIMEOUT_SECONDS
+    while True:
+        try:
+            out, err = child.communicate(timeout=0.2)
+            break
+        except subprocess.TimeoutExpired:
+            if stop.is_set() or time.monotonic() > deadline:
+                child.kill()
+                child.communicate()
+                return ApplyResult(False, "stopped with the server" if stop.is_set()
+                                   else f"prune_usage did not finish within {PRUNE_TIMEOUT_SECONDS} s")
+    if child.returncode == 0:
+        lines = out.strip().splitlines()
+        return ApplyResult(True, lines[-1] if lines else "done")
+    message = err.strip().splitlines()
+    return ApplyResult(False, message[-1] if message else f"prune_usage exited with code {child.returncode}")
+
+
+def prune_interval() -> float | None:
+    """Seconds between two runs of prune_usage (GATEWAY_USAGE_PRUNE_HOURS, default 24; 0 or less: never,
+    for an operator whose cron runs it). start_server's Django settings check validated the value."""
+    hours = float(os.environ.get("GATEWAY_USAGE_PRUNE_HOURS", "24") or "24")
+    return hours * 3600 if hours > 0 else None
+
+
+def keep_pruning(stop: threading.Event, every: float,
+                 prune: Callable[[threading.Event], ApplyResult] = prune_usage_subprocess) -> None:
+    """Prune the usage ledger now, then every `every` seconds, until `stop`."""
+    while not stop.is_set():
+        result = prune(stop)
+        if stop.is_set():
+            return
+        if result.ok:
+            logger.info("prune_usage: %s", result.message)
+        else:
+            logger.error("prune_usage failed: %s", result.message)
+        if stop.wait(every):
+            return
+
+
 class ConfigWatcher:
     """Applies valid changes of one config file; logs and skips invalid, deleted or unchanged ones.
 
@@ -382,6 +428,7 @@ def supervise(options: ServeOptions, applied_digest: str | None = None) -> int:
     previous = {sig: signal.signal(sig, _setting(event))
                 for sig, event in ((signal.SIGTERM, stop), (signal.SIGINT, stop), (signal.SIGHUP, reload_requested))}
     store: CounterFile | None = None
+    pruning: threading.Thread | None = None
     try:
         try:
             store = start_counter_store()
@@ -401,6 +448,10 @@ def supervise(options: ServeOptions, applied_digest: str | None = None) -> int:
                     options.port, options.workers, ", ".join(str(slot.process.pid) for slot in slots))
         if watcher is not None:
             logger.info("Watching %s for changes (valid changes apply without restarting workers)", watcher.path)
+        prune_every = prune_interval()
+        if prune_every is not None:
+            pruning = threading.Thread(target=keep_pruning, args=(stop, prune_every), name="prune-usage", daemon=True)
+            pruning.start()
         reloading: threading.Thread | None = None
         wake_in = POLL_SECONDS
         while not stop.wait(wake_in):
@@ -417,6 +468,8 @@ def supervise(options: ServeOptions, applied_digest: str | None = None) -> int:
         stop.set()
         stop_workers([slot.process for slot in slots])
         listener.close()
+        if pruning is not None:
+            pruning.join(5)  # it kills a prune in progress within 0.2 s
         if store is not None:
             stop_counter_store(store)
         for sig, handler in previous.items():

@@ -3,6 +3,7 @@ workers exit, and a budget crossed by concurrent calls holds across two workers 
 and across two instances (PostgreSQL + Redis), with an overshoot of at most the calls in flight."""
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 import time
@@ -97,3 +98,52 @@ def test_a_budget_holds_across_two_instances_on_postgresql_and_redis(
     a.wait_until_healthy()
     b.wait_until_healthy()
     spend_budget_concurrently([a, b], record_property)
+
+
+def test_start_server_prunes_records_past_the_retention_at_start(servers: Servers, tmp_path: Path) -> None:
+    database = tmp_path / "gateway.sqlite3"
+    env = server_env(f"sqlite:///{database}", GATEWAY_USAGE_FLUSH_SECONDS="0.2")
+    config = tmp_path / "gateway.yaml"
+    config.write_text(config_text(mock_endpoint("chat")))
+    server = servers.start(env, config, workers=1)
+    assert [chat(server) for _ in range(3)] == [200] * 3
+    assert server.stop() == 0
+    with sqlite3.connect(database) as db:  # two of the three are 31 and 40 days old
+        ids = [row[0] for row in db.execute("SELECT id FROM usage_usagerecord ORDER BY id")]
+        assert len(ids) == 3
+        db.execute("UPDATE usage_usagerecord SET time = datetime('now', '-31 days') WHERE id = ?", (ids[0],))
+        db.execute("UPDATE usage_usagerecord SET time = datetime('now', '-40 days') WHERE id = ?", (ids[1],))
+    server = servers.start(env, config, workers=1)  # GATEWAY_USAGE_RETENTION_DAYS: 30 by default
+
+    def remaining() -> list[int]:
+        with sqlite3.connect(database) as db:
+            return [row[0] for row in db.execute("SELECT id FROM usage_usagerecord ORDER BY id")]
+
+    deadline = time.monotonic() + 30
+    while "prune_usage:" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "prune_usage: 2 usage records" in server.log()
+    assert remaining() == [ids[2]]
+    assert chat(server) == 200
+
+
+def test_keep_pruning_runs_at_once_then_every_interval_until_stopped() -> None:
+    from serving.supervisor import ApplyResult, keep_pruning
+
+    runs: list[float] = []
+    stop = threading.Event()
+
+    def prune(stopping: threading.Event) -> ApplyResult:
+        runs.append(time.monotonic())
+        if len(runs) == 3:
+            stop.set()  # as SIGTERM does while a prune runs: that one's result is not logged
+        return ApplyResult(True, "0 usage records deleted")
+
+    started = time.monotonic()
+    thread = threading.Thread(target=keep_pruning, args=(stop, 1.0, prune))
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert len(runs) == 3
+    assert runs[0] - started < 0.5  # at start, not after the first interval
+    assert all(later - earlier >= 0.99 for earlier, later in itertools.pairwise(runs))
