@@ -59,14 +59,16 @@ def window_named(key: str | None) -> Window:
     return window_named(DEFAULT_WINDOW)
 
 
-@dataclass(frozen=True)
-class Bucket:
-    start: datetime
-    sums: dict[str, int]
+class LatencyPercentiles:
+    """p50 and p95 from the latency histogram columns of `latency_sums`."""
+
+    @property
+    def latency_sums(self) -> dict[str, int]:
+        raise NotImplementedError
 
     @property
     def histogram(self) -> list[int]:
-        return [self.sums[column] for column in LATENCY_COLUMNS]
+        return [self.latency_sums[column] for column in LATENCY_COLUMNS]
 
     @property
     def p50(self) -> float | None:
@@ -77,8 +79,18 @@ class Bucket:
         return percentile(self.histogram, 0.95)
 
 
+@dataclass(frozen=True)
+class Bucket(LatencyPercentiles):
+    start: datetime
+    sums: dict[str, int]
+
+    @property
+    def latency_sums(self) -> dict[str, int]:
+        return self.sums
+
+
 @dataclass
-class Usage:
+class Usage(LatencyPercentiles):
     """A window's sums per bucket (every bucket, zeros included), and in total."""
 
     window: Window
@@ -90,16 +102,8 @@ class Usage:
     totals: dict[str, int] = field(default_factory=dict)
 
     @property
-    def histogram(self) -> list[int]:
-        return [self.totals[column] for column in LATENCY_COLUMNS]
-
-    @property
-    def p50(self) -> float | None:
-        return percentile(self.histogram, 0.5)
-
-    @property
-    def p95(self) -> float | None:
-        return percentile(self.histogram, 0.95)
+    def latency_sums(self) -> dict[str, int]:
+        return self.totals
 
     @property
     def error_rate(self) -> float | None:
