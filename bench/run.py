@@ -482,6 +482,8 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
     fd_limit = raise_fd_limit()
+    # SIGTERM (timeout, kill) ends the run through its `finally`, which stops the servers it started.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     RESULTS.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     started_at = dt.datetime.now(dt.UTC)
