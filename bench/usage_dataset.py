@@ -98,7 +98,7 @@ def build(options: argparse.Namespace) -> None:
 
     from usage import prices
     from usage.ledger import Entry
-    from usage.models import UsageDay, UsageHour, UsageMinute
+    from usage.models import UsageDay, UsageDayTotal, UsageHour, UsageHourTotal, UsageMinute
     from usage.rollups import aggregate, coarsen, insert_records
 
     rng = random.Random(12)
@@ -140,12 +140,14 @@ def build(options: argparse.Namespace) -> None:
             insert_records(batch)
             copy_rollup(UsageMinute, minutes)
             copy_rollup(UsageHour, hourly)
+            copy_rollup(UsageHourTotal, coarsen(hourly, 3600, dimensions=False))
             for key, sums in coarsen(hourly, 86400).items():
                 total = day_groups.setdefault(key, [0] * len(sums))
                 for position, value in enumerate(sums):
                     total[position] += value
             if (hour_start + 3600) % 86400 == 0 or hour == hours - 1:  # a day complete (or the last hour)
                 copy_rollup(UsageDay, day_groups)
+                copy_rollup(UsageDayTotal, coarsen(day_groups, 86400, dimensions=False))
                 day_groups = {}
         written += count
         if (hour + 1) % 48 == 0 or hour == hours - 1:
@@ -174,11 +176,11 @@ def copy_rollup(model: Any, groups: dict[tuple[float, str, str, str], list[float
 def describe() -> None:
     from django.db import connection
 
-    from usage.models import UsageDay, UsageHour, UsageMinute, UsageRecord
+    from usage.models import UsageDay, UsageDayTotal, UsageHour, UsageHourTotal, UsageMinute, UsageRecord
 
     with connection.cursor() as cursor:
         sizes = []
-        for model in (UsageRecord, UsageMinute, UsageHour, UsageDay):
+        for model in (UsageRecord, UsageMinute, UsageHour, UsageDay, UsageHourTotal, UsageDayTotal):
             table = model._meta.db_table
             cursor.execute("SELECT reltuples::bigint, pg_total_relation_size(oid) FROM pg_class WHERE relname = %s",
                            [table])

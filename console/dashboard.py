@@ -1,9 +1,11 @@
 """The dashboard's numbers, read only from the usage rollups.
 
-A window reads one rollup table: the last hour per minute (UsageMinute), 24 hours and 7 days per hour
-(UsageHour), 30 days per day (UsageDay), in three aggregated queries (GROUP BY bucket, consumer and
-endpoint in the database), so the page costs the same few queries whatever the traffic: the rollups hold
-at most one row per bucket and (consumer, endpoint, model), and their unique index starts with the bucket.
+A window's charts read one rollup table: the last hour per minute (UsageMinute), 24 hours and 7 days per
+hour, 30 days per day; with no consumer or endpoint to narrow them, from the totals (UsageHourTotal,
+UsageDayTotal: one row per bucket), otherwise from UsageHour or UsageDay, summed per bucket in the
+database. The rankings (top consumers and endpoints) read the coarsest rollups that fit the window, as
+the usage report does (usage.reports.choose_spans: whole days from UsageDay, the edges from UsageHour).
+So the page costs a few aggregated queries over few rows, however many records the ledger holds.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db.models import F, QuerySet, Sum
+from django.db.models import QuerySet, Sum
 from django.utils import timezone
 
-from usage.models import ERROR_KINDS, UsageDay, UsageHour, UsageMinute
-from usage.reports import ERROR_COLUMNS, LATENCY_COLUMNS, percentile
+from usage.models import ERROR_KINDS, UsageDay, UsageDayTotal, UsageHour, UsageHourTotal, UsageMinute
+from usage.reports import ERROR_COLUMNS, LATENCY_COLUMNS, choose_spans, percentile
 
-RollupTable = type[UsageMinute] | type[UsageHour] | type[UsageDay]
+RollupTable = type[UsageMinute] | type[UsageHour] | type[UsageDay] | type[UsageHourTotal] | type[UsageDayTotal]
 COUNT_COLUMNS = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "cost_picousd")
 SERIES_COLUMNS = (*COUNT_COLUMNS, *ERROR_COLUMNS, *LATENCY_COLUMNS)
 TOP = 10
@@ -31,6 +33,7 @@ class Window:
     length: timedelta
     step: int  # seconds per bucket
     table: RollupTable
+    totals: RollupTable | None = None  # the same buckets over every consumer and endpoint
 
     @property
     def table_name(self) -> str:
@@ -45,9 +48,9 @@ class Window:
 
 WINDOWS = (
     Window("1h", "Last hour", timedelta(hours=1), 60, UsageMinute),
-    Window("24h", "Last 24 hours", timedelta(hours=24), 3600, UsageHour),
-    Window("7d", "Last 7 days", timedelta(days=7), 3600, UsageHour),
-    Window("30d", "Last 30 days", timedelta(days=30), 86400, UsageDay),
+    Window("24h", "Last 24 hours", timedelta(hours=24), 3600, UsageHour, UsageHourTotal),
+    Window("7d", "Last 7 days", timedelta(days=7), 3600, UsageHour, UsageHourTotal),
+    Window("30d", "Last 30 days", timedelta(days=30), 86400, UsageDay, UsageDayTotal),
 )
 DEFAULT_WINDOW = "24h"
 
@@ -124,9 +127,10 @@ def rollup_rows(table: RollupTable, since: datetime, until: datetime, *, consume
 
 
 def usage_over_time(window: Window, *, now: datetime | None = None, consumer: str = "", endpoint: str = "") -> Usage:
-    """One query: the window's rollup rows summed per bucket."""
+    """One query: the window's rollup rows summed per bucket (its totals' rows when nothing narrows it)."""
     since, until = window.bounds(now or timezone.now())
-    sums = (rollup_rows(window.table, since, until, consumer=consumer, endpoint=endpoint)
+    table = window.totals if window.totals is not None and not consumer and not endpoint else window.table
+    sums = (rollup_rows(table, since, until, consumer=consumer, endpoint=endpoint)
             .values("bucket").annotate(**{f"sum_{column}": Sum(column) for column in SERIES_COLUMNS})
             .order_by("bucket"))
     found = {int(row["bucket"].timestamp()): row for row in sums}
@@ -149,14 +153,22 @@ class Ranked:
 
 def groups(window: Window, since: datetime, until: datetime, *, by: str, consumer: str = "",
            endpoint: str = "") -> list[Ranked]:
-    """One query: every consumer or endpoint (`by`) of the window with its sums, costliest first. One scan
-    serves both rankings (by cost and by errors): there are far fewer groups than rollup rows."""
+    """Every consumer or endpoint (`by`) of the window with its sums, costliest first: one grouped query per
+    piece of the window (whole days from the day rollups, the edges from the hour ones), added up here. One
+    pass serves both rankings (by cost and by errors): there are far fewer groups than rollup rows."""
     assert by in ("consumer", "endpoint")
-    rows = (rollup_rows(window.table, since, until, consumer=consumer, endpoint=endpoint)
-            .values(by).annotate(n_requests=Sum("requests"), n_errors=Sum("errors"), n_cost=Sum("cost_picousd"))
-            .order_by(F("n_cost").desc(), by))
-    return [Ranked(row[by], int(row["n_requests"] or 0), int(row["n_errors"] or 0), int(row["n_cost"] or 0))
-            for row in rows]
+    sums: dict[str, list[int]] = {}
+    for span in choose_spans(since, until):
+        rows = (rollup_rows(span.table, span.since, span.until, consumer=consumer, endpoint=endpoint)
+                .values(by).annotate(n_requests=Sum("requests"), n_errors=Sum("errors"), n_cost=Sum("cost_picousd"))
+                .order_by())
+        for row in rows:
+            total = sums.setdefault(row[by], [0, 0, 0])
+            total[0] += int(row["n_requests"] or 0)
+            total[1] += int(row["n_errors"] or 0)
+            total[2] += int(row["n_cost"] or 0)
+    ranked = [Ranked(name, *total) for name, total in sums.items()]
+    return sorted(ranked, key=lambda group: (-group.cost_picousd, group.name))
 
 
 def top(ranked: list[Ranked], order: str, limit: int = TOP) -> list[Ranked]:

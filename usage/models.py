@@ -115,3 +115,20 @@ class UsageDay(Rollup):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["bucket", "consumer", "endpoint", "model"],
                                                name="usage_day_key")]
+
+
+class UsageHourTotal(Rollup):
+    """An hour's sums over every consumer, endpoint and model (those fields left empty): one row per hour
+    whatever the traffic, what the dashboard's charts read when nothing narrows them."""
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["bucket", "consumer", "endpoint", "model"],
+                                               name="usage_hour_total_key")]
+
+
+class UsageDayTotal(Rollup):
+    """A day's sums over every consumer, endpoint and model, as UsageHourTotal."""
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["bucket", "consumer", "endpoint", "model"],
+                                               name="usage_day_total_key")]

@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 from django.db import connection
 
-from usage.models import ERROR_KINDS, LATENCY_BOUNDS_MS, UsageDay, UsageHour, UsageMinute, UsageRecord
+from usage.models import (
+    ERROR_KINDS,
+    LATENCY_BOUNDS_MS,
+    UsageDay,
+    UsageDayTotal,
+    UsageHour,
+    UsageHourTotal,
+    UsageMinute,
+    UsageRecord,
+)
 
 if TYPE_CHECKING:
     from usage.ledger import Entry
@@ -29,6 +38,7 @@ SUM_COLUMNS = ("requests", "errors", "prompt_tokens", "completion_tokens", "tota
                "latency_ms_sum", *(f"err_{kind}" for kind in ERROR_KINDS),
                *(f"lat_{index}" for index in range(len(LATENCY_BOUNDS_MS) + 1)))
 GRANULARITIES = ((60, UsageMinute), (3600, UsageHour), (86400, UsageDay))
+TOTALS = {3600: UsageHourTotal, 86400: UsageDayTotal}  # the same sums without consumer, endpoint and model
 _ERROR_INDEX = {kind: 7 + index for index, kind in enumerate(ERROR_KINDS)}
 _LATENCY_START = 7 + len(ERROR_KINDS)
 
@@ -90,12 +100,14 @@ def aggregate(entries: Sequence[Entry], seconds: int = 60) -> dict[tuple[float, 
     return groups
 
 
-def coarsen(groups: dict[tuple[float, str, str, str], list[float]],
-            seconds: int) -> dict[tuple[float, str, str, str], list[float]]:
-    """Finer groups (aggregate's) added up into buckets of `seconds`, a multiple of theirs."""
+def coarsen(groups: dict[tuple[float, str, str, str], list[float]], seconds: int, *,
+            dimensions: bool = True) -> dict[tuple[float, str, str, str], list[float]]:
+    """Finer groups (aggregate's) added up into buckets of `seconds`, a multiple of theirs; without
+    `dimensions`, over every consumer, endpoint and model too (the totals' rows)."""
     coarse: dict[tuple[float, str, str, str], list[float]] = {}
     for (bucket, consumer, endpoint, model), sums in groups.items():
-        key = (bucket - bucket % seconds, consumer, endpoint, model)
+        key = (bucket - bucket % seconds, consumer, endpoint, model) if dimensions else \
+            (bucket - bucket % seconds, "", "", "")
         total = coarse.get(key)
         if total is None:
             coarse[key] = list(sums)
@@ -110,12 +122,18 @@ def add_to_rollups(entries: Sequence[Entry]) -> None:
     adapt = _time_adapter()
     for seconds, model in GRANULARITIES:
         groups = coarsen(groups, seconds)
-        table = connection.ops.quote_name(model._meta.db_table)
-        names = [connection.ops.quote_name(c) for c in (*KEY_COLUMNS, *SUM_COLUMNS)]
-        updates = ", ".join(f"{name} = {table}.{name} + excluded.{name}" for name in names[len(KEY_COLUMNS):])
-        sql = (f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))}) "
-               f"ON CONFLICT ({', '.join(names[:len(KEY_COLUMNS)])}) DO UPDATE SET {updates}")
-        rows: list[tuple[Any, ...]] = [(adapt(bucket), consumer, endpoint, model_name, *sums)
-                                       for (bucket, consumer, endpoint, model_name), sums in groups.items()]
-        with connection.cursor() as cursor:
-            cursor.executemany(sql, rows)
+        _add(model._meta.db_table, groups, adapt)
+        if seconds in TOTALS:
+            _add(TOTALS[seconds]._meta.db_table, coarsen(groups, seconds, dimensions=False), adapt)
+
+
+def _add(db_table: str, groups: dict[tuple[float, str, str, str], list[float]], adapt: Any) -> None:
+    table = connection.ops.quote_name(db_table)
+    names = [connection.ops.quote_name(c) for c in (*KEY_COLUMNS, *SUM_COLUMNS)]
+    updates = ", ".join(f"{name} = {table}.{name} + excluded.{name}" for name in names[len(KEY_COLUMNS):])
+    sql = (f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))}) "
+           f"ON CONFLICT ({', '.join(names[:len(KEY_COLUMNS)])}) DO UPDATE SET {updates}")
+    rows: list[tuple[Any, ...]] = [(adapt(bucket), consumer, endpoint, model_name, *sums)
+                                   for (bucket, consumer, endpoint, model_name), sums in groups.items()]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, rows)

@@ -15,8 +15,9 @@ _CHUNK = 50_000
 
 def prune(days: int) -> dict[str, int]:
     """Delete raw records older than `days`, minute rollups older than two days and hour rollups older than
-    `days` (at least a week); day rollups are kept for the long reports. In chunks: a month of records is
-    millions of rows, and one huge DELETE would hold its locks for long."""
+    `days` (at least a week); day rollups and the totals (a row per hour or day) are kept for the long
+    reports. In chunks: a month of records is millions of rows, and one huge DELETE would hold its locks
+    for long."""
     now = timezone.now()
     return {
         "usage records": _delete_before(UsageRecord, "time", now - timedelta(days=days)),

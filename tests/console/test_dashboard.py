@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 
 from console.dashboard import WINDOWS
 from tests.console.conftest import entry, seed
-from usage.models import UsageDay, UsageHour, UsageMinute
+from usage.models import UsageDay, UsageDayTotal, UsageHour, UsageHourTotal, UsageMinute
 from usage.reports import percentile, report, totals
 
 pytestmark = pytest.mark.django_db
@@ -59,20 +59,24 @@ def test_the_admin_index_links_to_the_console(staff_client: Client) -> None:
         assert link in html
 
 
-@pytest.mark.parametrize(("key", "table", "buckets"), [
-    ("1h", UsageMinute, 60), ("24h", UsageHour, 24), ("7d", UsageHour, 168), ("30d", UsageDay, 30),
+@pytest.mark.parametrize(("key", "series", "narrowed", "buckets"), [
+    ("1h", UsageMinute, UsageMinute, 60), ("24h", UsageHourTotal, UsageHour, 24),
+    ("7d", UsageHourTotal, UsageHour, 168), ("30d", UsageDayTotal, UsageDay, 30),
 ])
-def test_each_window_reads_its_rollup_table_only(staff_client: Client, traffic: None, key: str, table: type,
-                                                 buckets: int) -> None:
-    with CaptureQueriesContext(connection) as queries:
-        response = staff_client.get(DASHBOARD, {"window": key})
-    assert response.status_code == 200
-    usage = response.context["usage"]
-    assert usage.window.table is table and len(usage.buckets) == buckets
-    usage_sql = [q["sql"] for q in queries.captured_queries if '"usage_' in q["sql"]]
-    assert usage_sql and all(f'"{table._meta.db_table}"' in sql for sql in usage_sql)
-    assert all("GROUP BY" in sql for sql in usage_sql)  # aggregated in the database
-    assert not any('"usage_usagerecord"' in q["sql"] for q in queries.captured_queries)
+def test_each_window_reads_rollups_only_its_charts_the_totals(staff_client: Client, traffic: None, key: str,
+                                                               series: type, narrowed: type, buckets: int) -> None:
+    for params, table in (({"window": key}, series), ({"window": key, "consumer": "search"}, narrowed)):
+        with CaptureQueriesContext(connection) as queries:
+            response = staff_client.get(DASHBOARD, params)
+        assert response.status_code == 200
+        usage = response.context["usage"]
+        assert len(usage.buckets) == buckets
+        usage_sql = [q["sql"] for q in queries.captured_queries if '"usage_' in q["sql"]]
+        assert any(f'"{table._meta.db_table}"' in sql and '"bucket"' in sql.split("FROM")[0] for sql in usage_sql)
+        assert all("GROUP BY" in sql for sql in usage_sql)  # aggregated in the database
+        assert not any('"usage_usagerecord"' in sql for sql in usage_sql)
+        if key == "7d":  # the rankings read whole days from the day rollups
+            assert any('"usage_usageday"' in sql for sql in usage_sql)
 
 
 @pytest.mark.parametrize("key", [w.key for w in WINDOWS])

@@ -16,7 +16,7 @@ from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
 from tests.conftest import post_json, sse_events
 from tests.consumers.conftest import MakeConsumer, bearer, new_key
 from usage import ledger
-from usage.models import UsageDay, UsageHour, UsageMinute, UsageRecord
+from usage.models import UsageDay, UsageDayTotal, UsageHour, UsageHourTotal, UsageMinute, UsageRecord
 from usage.reports import report
 
 pytestmark = pytest.mark.django_db
@@ -142,9 +142,17 @@ def test_rollups_and_the_report_add_up_to_the_records(client: Any, endpoints: No
         post_json(client, path, body, **bearer(keys[name]))
     records = flush()
     assert len(records) == 12
-    for table in (UsageMinute, UsageHour, UsageDay):
+    for table in (UsageMinute, UsageHour, UsageDay, UsageHourTotal, UsageDayTotal):
         assert sum(table.objects.values_list("requests", flat=True)) == 12
         assert sum(table.objects.values_list("cost_picousd", flat=True)) == sum(r.cost_picousd for r in records)
+    for total, rollup in ((UsageHourTotal, UsageHour), (UsageDayTotal, UsageDay)):  # a row per bucket, same sums
+        buckets = sorted(set(rollup.objects.values_list("bucket", flat=True)))
+        assert sorted(total.objects.values_list("bucket", flat=True)) == buckets
+        assert set(total.objects.values_list("consumer", "endpoint", "model")) == {("", "", "")}
+        for row in total.objects.all():
+            assert row.lat_0 + row.lat_13 + row.err_upstream + row.requests + row.total_tokens == sum(
+                r.lat_0 + r.lat_13 + r.err_upstream + r.requests + r.total_tokens
+                for r in rollup.objects.filter(bucket=row.bucket))
     rows = report(timezone.now() - timedelta(hours=1), timezone.now() + timedelta(minutes=1),
                   "consumer")
     by_consumer = {row["consumer"]: row for row in rows}
