@@ -42,7 +42,7 @@ def log(entry: Entry, endpoint: str) -> None:
     if not logger.isEnabledFor(logging.INFO):
         return
     if settings.GATEWAY_LOG_FORMAT == "json":
-        logger.info("%s", orjson.dumps(fields(entry, endpoint)).decode())
+        logger.info(orjson.dumps(fields(entry, endpoint)).decode())  # no arguments: not %-formatted again
         return
     # A request id is restricted to [A-Za-z0-9._:-] and names come from the config, so a value never holds a
     # space or an equals sign; an empty one reads `-`.
