@@ -508,7 +508,7 @@ def prepare_metrics_directory() -> MetricsDirectory:
             if name.endswith(".db"):
                 os.remove(os.path.join(given, name))
         return MetricsDirectory(given, owned=False)
-    path = tempfile.mkdtemp(prefix="gateway-metrics-")
+    path = tempfile.mkdtemp(prefix="metrics-gateway-")
     os.environ[METRICS_DIR_VARIABLE] = path  # the workers inherit it
     return MetricsDirectory(path, owned=True)
 
