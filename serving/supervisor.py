@@ -335,8 +335,8 @@ class ConfigWatcher:
                 self._on_applied()
             else:
                 self._rejected = digest
+                count_reload_failure()  # before the log line: whoever reads it finds the count
                 logger.error("Invalid configuration: %s\nThe previous configuration keeps serving.", result.message)
-                count_reload_failure()
             return result
 
     def reload(self) -> ApplyResult | None:

@@ -44,11 +44,9 @@ def metrics_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def gateway(module_servers: Servers, upstream: RecordingUpstream, otlp_receiver: OTLPReceiver, metrics_dir: Path,
-            tmp_path_factory: pytest.TempPathFactory) -> Server:
-    base = tmp_path_factory.mktemp("gateway")
-    config = base / "gateway.yaml"
-    config.write_text(
+def config(tmp_path_factory: pytest.TempPathFactory, upstream: RecordingUpstream) -> Path:
+    path = tmp_path_factory.mktemp("gateway") / "gateway.yaml"
+    path.write_text(
         "endpoints:\n"
         + openai_endpoint("chat", upstream.base("ok"))
         + openai_endpoint("traced", upstream.base("ok"))
@@ -56,7 +54,12 @@ def gateway(module_servers: Servers, upstream: RecordingUpstream, otlp_receiver:
         + openai_endpoint("limited", upstream.base("ok"), "    limit: {calls: 1, renewal_period: minute}\n")
         + "routes:\n  - name: resilient\n    task_type: llm/v1/chat\n    routing_strategy: FALLBACK\n"
           "    destinations: [{name: broken}, {name: chat}]\n")
-    env = server_env(f"sqlite:///{base / 'gateway.sqlite3'}", GATEWAY_METRICS_TOKEN=TOKEN,
+    return path
+
+
+@pytest.fixture(scope="module")
+def gateway(module_servers: Servers, config: Path, otlp_receiver: OTLPReceiver, metrics_dir: Path) -> Server:
+    env = server_env(f"sqlite:///{config.parent / 'gateway.sqlite3'}", GATEWAY_METRICS_TOKEN=TOKEN,
                      OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.url, OTEL_BSP_SCHEDULE_DELAY="100",
                      GATEWAY_LOG_FORMAT="json", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
                      NO_PROXY="127.0.0.1,localhost")
@@ -191,6 +194,17 @@ def test_the_access_log_is_one_json_object_a_line_without_secrets_or_prompts(gat
     assert line["latency_ms"] > 0 and line["retries"] == 0 and line["error"] == ""
     assert set(line) >= {"time", "consumer", "route", "stream", "ttfb_ms", "fallbacks", "error_code"}
     assert PROMPT not in log and PROVIDER_KEY not in log  # in no line of the server's whole log
+
+
+def test_a_config_file_that_cannot_be_applied_is_counted(gateway: Server, config: Path) -> None:
+    good = config.read_text()
+    start = len(gateway.log())
+    config.write_text("endpoints: [this is not: valid")
+    try:
+        gateway.wait_for_log("Invalid configuration:", start=start, timeout=60)
+        assert value(scrape(gateway), "gateway_config_reload_failures_total", source="file") == 1
+    finally:
+        config.write_text(good)  # the content last applied: skipped as unchanged
 
 
 def test_a_dead_workers_counts_stay_and_its_live_gauges_go(gateway: Server, metrics_dir: Path) -> None:
