@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from consumers.services import create_key
 from observability import metrics, tracing
 from providers.shapes import CHAT
-from tests.conftest import MakeConsumer, MakeEndpoint, post_json
+from tests.conftest import MakeConsumer, MakeEndpoint, post_json, sse_events
 from tests.observability.conftest import OTLPReceiver, RecordingUpstream
 
 pytestmark = pytest.mark.django_db
@@ -151,3 +151,21 @@ def test_no_access_line_is_built_when_the_logger_is_off(client: Any, settings: A
     finally:
         logging.getLogger("gateway.access").setLevel(logging.INFO)
     assert built == []
+
+
+def test_a_streams_span_ends_with_the_stream_and_has_its_usage(
+        client: Any, chat_endpoint: str, otlp_receiver: OTLPReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    trace_id = secrets.token_hex(16)
+    body = {**HI, "stream": True, "stream_options": {"include_usage": True}}
+    response = post_json(client, "/endpoints/chat/invocations", body,
+                         HTTP_TRACEPARENT=f"00-{trace_id}-{secrets.token_hex(8)}-01")
+    assert response.status_code == 200
+    assert sse_events(response)[-1] == "[DONE]"
+    tracing.shutdown()
+    attributes = otlp_receiver.wait_for(trace_id)["attributes"]
+    assert attributes["gateway.stream"] is True
+    assert attributes["gen_ai.usage.input_tokens"] == 9 and attributes["gen_ai.usage.output_tokens"] == 2
+    assert attributes["gen_ai.response.model"] == "gpt-4o-mini"
+    assert "gen_ai.input.messages" not in attributes
