@@ -279,11 +279,30 @@ GATEWAY_CONFIG_POLL_SECONDS = env_float("GATEWAY_CONFIG_POLL_SECONDS", 0.5)
 GATEWAY_RATE_LIMIT_TIMEOUT = env_float("GATEWAY_RATE_LIMIT_TIMEOUT", 1.0)
 GATEWAY_RATE_LIMIT_FAIL_OPEN = env_bool("GATEWAY_RATE_LIMIT_FAIL_OPEN", True)
 
+# Observability (observability/): Prometheus metrics at /metrics (GATEWAY_METRICS_TOKEN: a bearer token the
+# scraper must send), OpenTelemetry traces when OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_TRACES_EXPORTER is set
+# (prompts and completions only with GATEWAY_TRACE_CONTENT), one access line per request on the logger
+# `gateway.access` (text, or one JSON object a line with GATEWAY_LOG_FORMAT=json; GATEWAY_ACCESS_LOG=false: none).
+GATEWAY_METRICS = env_bool("GATEWAY_METRICS", True)
+GATEWAY_METRICS_TOKEN = os.environ.get("GATEWAY_METRICS_TOKEN", "")
+GATEWAY_TRACE_CONTENT = env_bool("GATEWAY_TRACE_CONTENT", False)
+GATEWAY_ACCESS_LOG = env_bool("GATEWAY_ACCESS_LOG", True)
+GATEWAY_LOG_FORMAT = os.environ.get("GATEWAY_LOG_FORMAT", "text").strip().lower() or "text"
+if GATEWAY_LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"GATEWAY_LOG_FORMAT={GATEWAY_LOG_FORMAT!r} is not one of text, json.")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+                   "bare": {"format": "%(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"},
+                 # An access line in JSON is a whole JSON object: no prefix in front of it.
+                 "access": {"class": "logging.StreamHandler", "formatter": "bare"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django.server": {"level": "WARNING"}},
+    "loggers": {
+        "django.server": {"level": "WARNING"},
+        "gateway.access": {"level": "INFO" if GATEWAY_ACCESS_LOG else "WARNING",
+                           **({"handlers": ["access"], "propagate": False} if GATEWAY_LOG_FORMAT == "json" else {})},
+    },
 }

@@ -1,7 +1,8 @@
 """The ASGI application: the one way every request is served.
 
 An invocation (`/endpoints/<name>/invocations`, `/gateway/<name>/invocations`, `/v1/chat/completions`,
-`/v1/completions`, `/v1/embeddings`) and `GET /health` (load balancers poll it) go straight to their
+`/v1/completions`, `/v1/embeddings`), `GET /health` (load balancers poll it) and `GET /metrics`
+(Prometheus scrapes it: observability.metrics) go straight to their
 view (serving.views), run in the async bridge (serving.bridge) on the worker's event loop. They skip
 URL resolution, the middleware stack (sessions, auth, messages, CSRF: none of which an invocation
 uses) and the request signals; measured, these were about half the CPU of a mock invocation (see
@@ -29,6 +30,7 @@ from django.http import HttpRequest, HttpResponseBase
 from django.middleware.security import SecurityMiddleware
 
 from endpoints_app.errors import json_response
+from observability import metrics, tracing
 from serving import counters, invoke, runtime
 from serving import views as invocations
 from serving.bridge import await_, run_sync
@@ -54,6 +56,8 @@ def find_view(path: str) -> View | None:
     or None for everything Django routes."""
     if path == "/health":
         return invocations.health
+    if path == "/metrics":
+        return metrics.view
     match = match_invocation(path)
     if match is None:
         return None
@@ -267,5 +271,6 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             # exits (SIGTERM).
             await counters.settle()
             await asyncio.to_thread(ledger.get().close)
+            await asyncio.to_thread(tracing.shutdown)  # the spans still in the batch
             await send({"type": "lifespan.shutdown.complete"})
             return

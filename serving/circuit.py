@@ -16,6 +16,7 @@ success is written without waiting.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,15 +97,17 @@ class Snapshot:
     seconds_open: int  # left of the cool-down (0 unless open)
 
 
-def snapshot(endpoints: list[str]) -> dict[str, Snapshot]:
-    """From a thread that may block (the admin, the metrics scrape)."""
+def snapshot(endpoints: list[str], run: Callable[[list[tuple[str, ...]]], list[Any]] | None = None
+             ) -> dict[str, Snapshot]:
+    """From a thread that may block (the admin); `run=counters.execute` in the async bridge (the metrics
+    scrape)."""
     commands: list[tuple[str, ...]] = []
     for name in endpoints:
         failures, opened, _ = _keys(name)
         commands += [("GET", failures), ("TTL", opened)]
     if not commands:
         return {}
-    replies = counters.execute_blocking(commands)
+    replies = (run or counters.execute_blocking)(commands)
     threshold = settings.GATEWAY_CIRCUIT_FAILURES
     out = {}
     for index, name in enumerate(endpoints):

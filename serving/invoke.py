@@ -10,8 +10,10 @@
                                          one HTTP client); a route's destination picked by weight
                                          (TRAFFIC_SPLIT) or tried in order while they fail (FALLBACK)
     finish(inv, status, usage, error)    after the answer (a stream: after its end): the tokens and the
-                                         cost are added to the windows and budgets without waiting, and one
-                                         usage record goes to the ledger's buffer (usage.ledger)
+                                         cost are added to the windows and budgets without waiting, one
+                                         usage record goes to the ledger's buffer (usage.ledger), and the
+                                         same data to the metrics, the access log and the span
+                                         (observability)
 
 The views (serving.views) parse and validate the request, call these in order and render the answer.
 Everything here reads the in-memory table: no database query.
@@ -30,6 +32,7 @@ from typing import Any
 
 from django.conf import settings
 
+from observability import accesslog, metrics, tracing
 from providers import shapes
 from providers.base import BaseProvider
 from providers.errors import (
@@ -43,7 +46,7 @@ from providers.errors import (
     WrongEndpointType,
 )
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
-from serving import auth, budgets, circuit, params, ratelimit, upstream
+from serving import auth, budgets, circuit, params, ratelimit, runtime, upstream
 from serving.auth import Caller
 from serving.ratelimit import Admitted, RateLimit, RateState, TokenLimit
 from serving.runtime import EndpointTable, LiveEndpoint, LiveRoute
@@ -90,6 +93,10 @@ class Invocation:
     ttfb: float | None = None
     retries: int = 0
     finished: bool = False
+    upstream_seconds: float | None = None  # in upstream calls (a stream: until its first chunk)
+    span: Any = None  # the OpenTelemetry span, when tracing is on
+    traceparent: str | None = None  # what the upstream calls carry
+    response_model: str | None = None  # the model the answer names (for the span)
 
     @property
     def rate(self) -> RateState | None:
@@ -97,8 +104,12 @@ class Invocation:
         return min(states, key=lambda s: s.remaining) if states else None
 
 
-def begin(given_request_id: str | None, family: str) -> Invocation:
-    return Invocation(request_id(given_request_id), family, time.perf_counter(), time.time())
+def begin(given_request_id: str | None, family: str, traceparent: str | None = None) -> Invocation:
+    """The invocation's id and clock; its span, the child of the client's `traceparent`, when tracing is on."""
+    inv = Invocation(request_id(given_request_id), family, time.perf_counter(), time.time())
+    if traceparent is not None or tracing.get() is not None:
+        inv.span, inv.traceparent = tracing.start(traceparent)
+    return inv
 
 
 def wrong_type(name: str, expected_type: str) -> WrongEndpointType:
@@ -177,6 +188,9 @@ def call(inv: Invocation, payload: dict[str, Any], *, stream: bool) -> Any:
     retries = [0]
     token = upstream.RETRIES.set(retries)
     deadline = upstream.DEADLINE.set([])
+    traced = upstream.TRACEPARENT.set(inv.traceparent)
+    if inv.span is not None:
+        tracing.record_input(inv.span, payload)
     try:
         for index, endpoint in enumerate(inv.candidates):
             last = index == len(inv.candidates) - 1
@@ -191,8 +205,12 @@ def call(inv: Invocation, payload: dict[str, Any], *, stream: bool) -> Any:
             try:
                 if route is not None:
                     _admit_destination(inv, endpoint)
-                result = _call_endpoint(endpoint, params.apply(payload, endpoint.params, endpoint.name)
-                                        if endpoint.params else payload, stream)
+                sent = params.apply(payload, endpoint.params, endpoint.name) if endpoint.params else payload
+                started = time.perf_counter()
+                try:
+                    result = _call_endpoint(endpoint, sent, stream)
+                finally:
+                    inv.upstream_seconds = (inv.upstream_seconds or 0.0) + time.perf_counter() - started
             except GatewayError as error:
                 if route is not None and circuit.enabled() and not _ours(error):
                     circuit.record(endpoint.name, failed=_is_failure(error))
@@ -211,6 +229,7 @@ def call(inv: Invocation, payload: dict[str, Any], *, stream: bool) -> Any:
         inv.retries = retries[0]
         upstream.RETRIES.reset(token)
         upstream.DEADLINE.reset(deadline)
+        upstream.TRACEPARENT.reset(traced)
 
 
 def _admit_destination(inv: Invocation, endpoint: LiveEndpoint) -> None:
@@ -272,10 +291,14 @@ def metered(inv: Invocation, chunks: Iterator[dict[str, Any]]) -> Iterator[dict[
     what was used until then)."""
     usage: Any = None
     error: GatewayError | None = None
+    name = inv.name
+    metrics.stream_opened(name)
     try:
         for chunk in chunks:
             if inv.ttfb is None:
                 inv.ttfb = time.perf_counter()
+                if inv.span is not None:
+                    inv.response_model = chunk.get("model")
             reported = chunk.get("usage")
             if reported:
                 usage = reported
@@ -289,12 +312,15 @@ def metered(inv: Invocation, chunks: Iterator[dict[str, Any]]) -> Iterator[dict[
         error = GatewayError("The stream failed inside the gateway.")
         raise
     finally:
+        metrics.stream_closed(name)
         finish(inv, 200, usage=usage, error=error)
 
 
-def finish(inv: Invocation, status: int, *, usage: Any = None, error: GatewayError | None = None) -> None:
+def finish(inv: Invocation, status: int, *, usage: Any = None, error: GatewayError | None = None,
+           response: dict[str, Any] | None = None) -> None:
     """Account for the call once: its tokens and cost to the caller's windows and budgets (not waited
-    for), and its record to the ledger's buffer."""
+    for), its record to the ledger's buffer, and the same data to the metrics, the access log and the
+    span. `response`: a non-streamed answer (the span reads its model, and its content if asked to)."""
     if inv.finished:
         return
     inv.finished = True
@@ -310,14 +336,24 @@ def finish(inv: Invocation, status: int, *, usage: Any = None, error: GatewayErr
             budgets.add_spend(admitted.budget_windows, cost)
     caller = inv.caller
     now = time.perf_counter()
-    ledger.record(ledger.Entry(
+    entry = ledger.Entry(
         inv.wall, inv.request_id, inv.family, caller.consumer.name if caller else "",
         caller.key_prefix if caller else "", inv.name, inv.route, endpoint.name if endpoint else "",
         endpoint.provider_name if endpoint else "", (endpoint.model_name or "") if endpoint else "", inv.stream,
         error.status if error is not None and status >= 400 else status,
         ERROR_KINDS.get(error.code, "invalid") if error is not None else "", error.code if error is not None else "",
         prompt, completion, total, (now - inv.started) * 1000,
-        (inv.ttfb - inv.started) * 1000 if inv.ttfb is not None else None, cost, inv.retries, inv.fallbacks))
+        (inv.ttfb - inv.started) * 1000 if inv.ttfb is not None else None, cost, inv.retries, inv.fallbacks)
+    ledger.record(entry)
+    name = metrics.endpoint_label(inv.name, endpoint is not None or inv.live_route is not None
+                                  or runtime.knows(inv.name))
+    metrics.record(entry, name, inv.upstream_seconds)
+    accesslog.log(entry, name)
+    if inv.span is not None:
+        if response is not None:
+            inv.response_model = response.get("model")
+            tracing.record_output(inv.span, response)
+        tracing.end(inv.span, entry, name, endpoint.endpoint_type if endpoint else None, inv.response_model)
 
 
 def _tokens(usage: Any) -> tuple[int | None, int | None, int | None]:

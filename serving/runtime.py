@@ -25,6 +25,7 @@ from django.db import close_old_connections, connection
 from consumers.models import Consumer, GatewayKey
 from endpoints_app.models import Budgeted, Endpoint, TrafficRoute
 from endpoints_app.validation import FALLBACK_DEFAULT
+from observability import metrics
 from providers import registry, secrets
 from providers.base import BaseProvider
 from providers.errors import EndpointNotFound, GatewayError
@@ -272,8 +273,10 @@ def _rebuild() -> EndpointTable:
             try:
                 secrets.KEY_FILES.refresh()
                 _table = build_table()
+                metrics.config_loaded(_table.version)
             except Exception:
                 _stale = True
+                metrics.reload_failed("table")
                 raise
             finally:
                 # Whichever thread rebuilds the table (a worker's helper thread, a management API thread) must not
@@ -283,6 +286,12 @@ def _rebuild() -> EndpointTable:
                     connection.close()
             _ensure_poller()
         return _table
+
+
+def knows(name: str) -> bool:
+    """Whether the table this process serves has an endpoint or a route of that name."""
+    table = _table
+    return table is not None and (name in table.endpoints or name in table.routes)
 
 
 def served_version() -> int | None:

@@ -67,6 +67,8 @@ RETRIES: ContextVar[list[int] | None] = ContextVar("gateway_upstream_retries", d
 # `timeouts.total`: a traffic route's later destinations share it, so that falling back never makes the
 # client wait longer than the first destination's total.
 DEADLINE: ContextVar[list[float] | None] = ContextVar("gateway_upstream_deadline", default=None)  # [at, seconds]
+# The W3C `traceparent` the invocation running in this greenlet sends upstream (observability.tracing), if any.
+TRACEPARENT: ContextVar[str | None] = ContextVar("gateway_upstream_traceparent", default=None)
 _MAX_RETRY_AFTER = 30.0
 
 
@@ -219,6 +221,9 @@ class Transport:
         headers = request.headers
         if body is not None and "content-type" not in {k.lower() for k in headers}:
             headers = {**headers, "Content-Type": "application/json"}
+        traceparent = TRACEPARENT.get()
+        if traceparent is not None:
+            headers = {**headers, "traceparent": traceparent}
         deadline, total = time.monotonic() + timeouts.total, timeouts.total
         shared = DEADLINE.get()
         if shared is not None:

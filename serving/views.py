@@ -137,7 +137,7 @@ def _invoke(table: EndpointTable, inv: Invocation, endpoint_type: str, payload: 
     if stream:
         response: HttpResponseBase = sse_response(invoke.metered(inv, result), inv.rate)
     else:
-        invoke.finish(inv, 200, usage=result.get("usage"))
+        invoke.finish(inv, 200, usage=result.get("usage"), response=result)
         response = json_response(result, headers=_rate_headers(inv.rate))
     if inv.route and inv.endpoint is not None:
         response["X-Gateway-Destination"] = inv.endpoint.name  # which of the route's endpoints answered
@@ -145,7 +145,7 @@ def _invoke(table: EndpointTable, inv: Invocation, endpoint_type: str, payload: 
 
 
 def _begin(request: HttpRequest, family: str) -> Invocation:
-    return invoke.begin(getattr(request, "request_id", None), family)
+    return invoke.begin(getattr(request, "request_id", None), family, request.META.get("HTTP_TRACEPARENT"))
 
 
 def _authenticated(request: HttpRequest, inv: Invocation) -> EndpointTable:
