@@ -64,7 +64,7 @@ def test_the_admin_index_links_to_the_console(staff_client: Client) -> None:
     ("7d", UsageHourTotal, UsageHour, 168), ("30d", UsageDayTotal, UsageDay, 30),
 ])
 def test_each_window_reads_rollups_only_its_charts_the_totals(staff_client: Client, traffic: None, key: str,
-                                                               series: type, narrowed: type, buckets: int) -> None:
+                                                               series: Any, narrowed: Any, buckets: int) -> None:
     for params, table in (({"window": key}, series), ({"window": key, "consumer": "search"}, narrowed)):
         with CaptureQueriesContext(connection) as queries:
             response = staff_client.get(DASHBOARD, params)
