@@ -98,8 +98,9 @@ def test_load_config_refuses_SECRET_KEY_naming_the_endpoint_and_field_without_it
 @pytest.mark.django_db
 def test_the_api_refuses_a_settings_reference_with_400() -> None:
     api = operator_api()
-    definition = {"name": "gpt", "endpoint_type": CHAT,
-                  "model": {"provider": "openai", "name": "gpt-4o", "config": {"openai_api_key": "$DATABASE_URL"}}}
+    definition: dict[str, Any] = {
+        "name": "gpt", "endpoint_type": CHAT,
+        "model": {"provider": "openai", "name": "gpt-4o", "config": {"openai_api_key": "$DATABASE_URL"}}}
     response = send(api, "post", "/api/manage/endpoints/", definition)
     assert response.status_code == 400
     assert "$DATABASE_URL is one of the gateway's own settings" in response.json()["model.config.openai_api_key"][0]
