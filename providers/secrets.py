@@ -42,6 +42,7 @@ SECRET_FILE_MAX_BYTES = 64 * 1024
 # Besides every variable gateway_project/settings.py reads (settings.GATEWAY_SETTINGS_ENV).
 RESERVED_ENV_PREFIXES = ("GATEWAY_", "DJANGO_")
 _SHOWN_CHARS = 80
+_SYSTEM_DIRS = ("/proc/", "/sys/", "/dev/")
 
 
 class SecretError(ValueError):
@@ -97,6 +98,8 @@ def store_secret(value: Any, field: str, existing: Any = None) -> dict[str, str]
         check_env_reference(name, field)
         return {"$env": name}
     if _is_existing_file(value):
+        if is_reference(existing) and existing.get("$file") == os.path.abspath(value):
+            return dict(existing)  # kept as stored (an admin edit of an endpoint a config file loaded)
         return {"$file": check_file_reference(value, field)}
     return {"$enc": _fernet().encrypt(value.encode()).decode()}
 
@@ -330,8 +333,11 @@ def _read_key_file(path: str) -> str:
     """A key file's text: a regular file under GATEWAY_SECRETS_DIR when it is set, opened without blocking,
     at most SECRET_FILE_MAX_BYTES read. Raises OSError or ValueError (with the reason, never the content)."""
     configured = _secrets_dir()
-    if configured and not _is_within(os.path.realpath(path), os.path.realpath(configured)):
+    real = os.path.realpath(path)
+    if configured and not _is_within(real, os.path.realpath(configured)):
         raise ValueError("it is not under GATEWAY_SECRETS_DIR")
+    if real.startswith(_SYSTEM_DIRS):  # e.g. /proc/self/environ in a row stored before these rules
+        raise ValueError("it is a file of the system, not a key file")
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         problem = _file_problem(os.fstat(fd))

@@ -18,7 +18,7 @@ from endpoints_app.models import Endpoint, Source
 from providers import secrets
 from providers.secrets import SecretError
 from providers.shapes import CHAT
-from tests.admin.test_admin import ENDPOINTS, endpoint_form, form_errors
+from tests.admin.test_admin import ENDPOINTS, change_form_data, endpoint_form, form_errors
 from tests.conftest import MakeEndpoint, post_json
 from tests.console.test_import_export import upload
 from tests.hardening.config_helpers import chat_entry, load_config, operator_api, send
@@ -264,3 +264,31 @@ def _validate_openai(config: dict[str, Any]) -> dict[str, Any]:
     from providers import registry
 
     return registry.get("openai").config_class.validate(config)
+
+
+@pytest.mark.django_db
+def test_an_endpoint_loaded_with_a_key_file_stays_editable_in_the_admin(tmp_path: Path, admin_client: Client) -> None:
+    """The admin may name no new key file, but saving an endpoint keeps the one its config file named."""
+    (tmp_path / "openai.key").write_text("sk-from-file\n")
+    config = tmp_path / "gateway.yaml"
+    config.write_text("endpoints:\n" + chat_entry("chat", f"openai_api_key: {tmp_path / 'openai.key'}"))
+    load_config(config)
+    endpoint = Endpoint.objects.get()
+    response = admin_client.post(f"{ENDPOINTS}{endpoint.pk}/change/",
+                                 change_form_data(admin_client, endpoint, model_name="gpt-4.1"))
+    assert response.status_code == 302, form_errors(response)
+    endpoint.refresh_from_db()
+    assert endpoint.model_name == "gpt-4.1"
+    assert endpoint.config["openai_api_key"] == {"$file": str(tmp_path / "openai.key")}
+
+
+@pytest.mark.django_db
+def test_a_proc_file_stored_before_the_rules_is_not_read(httpserver: HTTPServer, client: Client) -> None:
+    Endpoint.objects.create(name="old", endpoint_type=CHAT, provider="openai", model_name="gpt-4o",
+                            source=Source.ADMIN, config={"openai_api_key": {"$file": "/proc/self/environ"},
+                                                         "openai_api_base": httpserver.url_for("/v1")})
+    secrets.KEY_FILES.forget()
+    response = post_json(client, "/endpoints/old/invocations", CHAT_REQUEST)
+    assert response.status_code >= 500
+    assert "it is a file of the system, not a key file" in response.content.decode()
+    assert httpserver.log == []
