@@ -176,7 +176,7 @@ def test_the_admin_and_the_api_may_name_no_key_file_without_a_secrets_dir(admin_
                                                                     config_text=f"openai_api_key: {key}"))
     assert form_errors(response) == {"config_text": [
         f"model.config.openai_api_key: 'openai_api_key': key files are refused unless GATEWAY_SECRETS_DIR names the "
-        f"directory they are in ('{key}' was given)"]}
+        f"directory they are in ({secrets.shown(str(key))} was given)"]}  # a long path is cut at 80 characters
     definition = {"name": "gpt", "endpoint_type": CHAT,
                   "model": {"provider": "openai", "name": "gpt-4o", "config": {"openai_api_key": {"$file": str(key)}}}}
     assert send(operator_api(), "post", "/api/manage/endpoints/", definition).status_code == 400
