@@ -158,16 +158,35 @@ _shown = shown
 
 def check_env_reference(name: str, field: str) -> None:
     """Refuse a `$NAME` that names one of the gateway's own settings, or that the allow-list pattern
-    (GATEWAY_SECRET_ENV_PATTERN) does not match. Cheap: it also runs on every resolution."""
-    from django.conf import settings
+    (GATEWAY_SECRET_ENV_PATTERN) does not match. It also runs on every resolution, so a verdict is kept
+    per name (one dict lookup), until a setting changes (tests)."""
+    problem = _env_verdicts.get(name)
+    if problem is None:
+        problem = _env_problem(name)
+        if len(_env_verdicts) < 4096:
+            _env_verdicts[name] = problem
+    if problem:
+        raise SecretError(field, f"{field!r}: ${_clip(name)} {problem}")
 
+
+_env_verdicts: dict[str, str] = {}  # name -> "" when allowed, else why not
+
+
+def _env_problem(name: str) -> str:
+    from django.conf import settings
+    from django.core.signals import setting_changed
+
+    setting_changed.connect(_forget_env_verdicts, dispatch_uid="providers.secrets.env_verdicts")
     if name in getattr(settings, "GATEWAY_SETTINGS_ENV", ()) or name.startswith(RESERVED_ENV_PREFIXES):
-        raise SecretError(field, f"{field!r}: ${_clip(name)} is one of the gateway's own settings; a reference "
-                                 "may name only a variable set for a provider")
+        return "is one of the gateway's own settings; a reference may name only a variable set for a provider"
     pattern = getattr(settings, "GATEWAY_SECRET_ENV_PATTERN", "")
     if pattern and not re.fullmatch(pattern, name):
-        raise SecretError(field, f"{field!r}: ${_clip(name)} does not match GATEWAY_SECRET_ENV_PATTERN, "
-                                 "the names secret references may use")
+        return "does not match GATEWAY_SECRET_ENV_PATTERN, the names secret references may use"
+    return ""
+
+
+def _forget_env_verdicts(**kwargs: Any) -> None:
+    _env_verdicts.clear()
 
 
 _file_roots: ContextVar[tuple[str, ...]] = ContextVar("secret_file_roots", default=())
