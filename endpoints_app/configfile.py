@@ -5,11 +5,13 @@ what a hostile or broken file could do to the process.
   directory; the file is checked before it is opened, opened without blocking, and read up to its limit
   plus one byte, so a file that grows in between is refused too.
 - Aliases may add at most ALIAS_EXPANSION_BUDGET nodes to the document (a 528-byte "billion laughs"
-  would otherwise expand to 10^9), and a recursive alias is refused.
+  expands to 387 million strings), and a recursive alias is refused.
 - Collections nest at most MAX_DEPTH levels (20 KB of `[[[[` was a RecursionError).
 - A key appears once per mapping: a second `endpoints:` is refused with both lines, not last-wins.
 
-This module imports no Django: the supervisor (serving.supervisor) reads the watched file with it.
+This module imports no Django (providers.secrets imports it only when called): the supervisor
+(serving.supervisor), which runs without Django, reads the watched file with it. yaml.safe_load was the
+same pure-Python loader, so parsing costs what it did.
 """
 from __future__ import annotations
 

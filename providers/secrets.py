@@ -94,7 +94,7 @@ def store_secret(value: Any, field: str, existing: Any = None) -> dict[str, str]
     if value.startswith("$"):
         name = value[1:].strip("{}")
         if not _is_env_name(name):
-            raise SecretError(field, f"{field!r}: {_shown(value)} is not a valid environment variable reference")
+            raise SecretError(field, f"{field!r}: {shown(value)} is not a valid environment variable reference")
         check_env_reference(name, field)
         return {"$env": name}
     if _is_existing_file(value):
@@ -112,7 +112,7 @@ def _checked_reference(value: Mapping[str, Any], field: str) -> dict[str, str]:
     """A secret given in stored form must be usable: a valid variable name, a path, a token we can read."""
     kind, target = next(iter(value.items()))
     if kind == "$env" and not _is_env_name(target):
-        raise SecretError(field, f"{field!r}: {_shown(target)} is not a valid environment variable name")
+        raise SecretError(field, f"{field!r}: {shown(target)} is not a valid environment variable name")
     if not isinstance(target, str) or not target:
         raise SecretError(field, f"{field!r}: the {kind} reference must be a non-empty string")
     if kind == "$env":
@@ -152,8 +152,6 @@ def shown(value: Any) -> str:
     text = _short.repr(value)
     return text if len(text) <= _SHOWN_CHARS + 3 else text[:_SHOWN_CHARS] + "..."
 
-
-_shown = shown
 
 
 def check_env_reference(name: str, field: str) -> None:
@@ -216,20 +214,20 @@ def check_file_reference(path: str, field: str) -> str:
     roots = (configured,) if configured else _file_roots.get()
     if not roots:
         raise SecretError(field, f"{field!r}: key files are refused unless GATEWAY_SECRETS_DIR names the "
-                                 f"directory they are in ({_shown(path)} was given)")
+                                 f"directory they are in ({shown(path)} was given)")
     real = os.path.realpath(path)
     if not any(_is_within(real, os.path.realpath(root)) for root in roots):
         where = "GATEWAY_SECRETS_DIR" if configured else "the config file's directory (GATEWAY_SECRETS_DIR is unset)"
-        raise SecretError(field, f"{field!r}: the key file {_shown(path)} is not under {where}")
+        raise SecretError(field, f"{field!r}: the key file {shown(path)} is not under {where}")
     try:
         info = os.stat(real)
     except FileNotFoundError:
         return os.path.abspath(path)  # a key file to come: reported when a call needs it
     except OSError as exc:
-        raise SecretError(field, f"{field!r}: the key file {_shown(path)} cannot be read: {exc.strerror}") from None
+        raise SecretError(field, f"{field!r}: the key file {shown(path)} cannot be read: {exc.strerror}") from None
     problem = _file_problem(info)
     if problem:
-        raise SecretError(field, f"{field!r}: the key file {_shown(path)} is refused: {problem}")
+        raise SecretError(field, f"{field!r}: the key file {shown(path)} is refused: {problem}")
     return os.path.abspath(path)
 
 
