@@ -1,22 +1,15 @@
-"""Reading a config document safely: a bounded read of a regular file, and a YAML loader that refuses
-what a hostile or broken file could do to the process.
+"""Parsing a config document safely: a YAML loader that refuses what a hostile or broken file could do
+to the process (the file itself is read by serving.configread, bounded, regular files only).
 
-- Only regular files are read, never a FIFO (it would block), a device (`/dev/zero` never ends) or a
-  directory; the file is checked before it is opened, opened without blocking, and read up to its limit
-  plus one byte, so a file that grows in between is refused too.
 - Aliases may add at most ALIAS_EXPANSION_BUDGET nodes to the document (a 528-byte "billion laughs"
   expands to 387 million strings), and a recursive alias is refused.
 - Collections nest at most MAX_DEPTH levels (20 KB of `[[[[` was a RecursionError).
 - A key appears once per mapping: a second `endpoints:` is refused with both lines, not last-wins.
 
-This module imports no Django (providers.secrets imports it only when called): the supervisor
-(serving.supervisor), which runs without Django, reads the watched file with it. yaml.safe_load was the
-same pure-Python loader, so parsing costs what it did.
+yaml.safe_load was the same pure-Python loader, so parsing costs what it did.
 """
 from __future__ import annotations
 
-import os
-import stat
 from typing import Any
 
 import yaml
@@ -25,51 +18,8 @@ from yaml.constructor import ConstructorError
 
 from providers.secrets import shown
 
-DEFAULT_MAX_BYTES = 10 * 1024 * 1024  # GATEWAY_CONFIG_MAX_BYTES
 MAX_DEPTH = 64
 ALIAS_EXPANSION_BUDGET = 10_000
-
-
-class ConfigFileError(ValueError):
-    """The file cannot be read as a config document; the message says why, without its content."""
-
-
-def read_config_bytes(path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
-    """The content of the regular file at `path` (symlinks followed), at most `max_bytes` of it.
-    Raises FileNotFoundError if it does not exist, ConfigFileError if it is not a regular file or too
-    large, OSError if it cannot be read."""
-    info = os.stat(path)
-    _check_regular(info, max_bytes)
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    try:
-        _check_regular(os.fstat(fd), max_bytes)  # the path may have been swapped since the stat
-        chunks = []
-        remaining = max_bytes + 1
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, 1024 * 1024))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    if len(data) > max_bytes:
-        raise ConfigFileError(_too_large(max_bytes))
-    return data
-
-
-def _check_regular(info: os.stat_result, max_bytes: int) -> None:
-    if stat.S_ISDIR(info.st_mode):
-        raise ConfigFileError("this is a directory, not a YAML file")
-    if not stat.S_ISREG(info.st_mode):
-        raise ConfigFileError("not a regular file (a FIFO, a socket or a device): refused")
-    if info.st_size > max_bytes:
-        raise ConfigFileError(_too_large(max_bytes))
-
-
-def _too_large(max_bytes: int) -> str:
-    return f"larger than the {max_bytes} bytes allowed (GATEWAY_CONFIG_MAX_BYTES)"
 
 
 class GatewayLoader(yaml.SafeLoader):

@@ -15,7 +15,6 @@ from django.db.models import F
 from consumers.models import Consumer
 from consumers.services import apply_consumers, consumer_to_yaml
 from endpoints_app.columns import budget_columns, budget_to_yaml, params_to_yaml, plain_number
-from endpoints_app.configfile import ConfigFileError, read_config_bytes
 from endpoints_app.models import (
     SOURCE_PATH_MAX_LENGTH,
     ConfigState,
@@ -37,6 +36,7 @@ from endpoints_app.validation import (
 )
 from providers import config as provider_config
 from providers import registry, secrets
+from serving.configread import ConfigFileError, read_config_bytes
 
 
 # -- import ------------------------------------------------------------------------------------------

@@ -16,10 +16,10 @@ from django.core.management import call_command
 from django.db import connection, connections
 from django.db.migrations.executor import MigrationExecutor
 
-from endpoints_app.configfile import ConfigFileError
 from endpoints_app.models import Endpoint
 from endpoints_app.services import config_version, exclusive_config_lock, import_config
 from endpoints_app.validation import ConfigError, Issue
+from serving.configread import ConfigFileError
 from serving.supervisor import ServeOptions, file_digest
 
 

@@ -46,8 +46,8 @@ from types import FrameType
 import psutil
 import watchfiles
 
-from endpoints_app.configfile import DEFAULT_MAX_BYTES, ConfigFileError, read_config_bytes
 from serving import sharedstore
+from serving.configread import DEFAULT_MAX_BYTES, ConfigFileError, read_config_bytes
 
 logger = logging.getLogger("serving.supervisor")
 

@@ -18,8 +18,9 @@ import pytest
 from django.core.management.base import CommandError
 from django.test import Client
 
-from endpoints_app.configfile import ALIAS_EXPANSION_BUDGET, MAX_DEPTH, ConfigFileError, read_config_bytes
+from endpoints_app.configfile import ALIAS_EXPANSION_BUDGET, MAX_DEPTH
 from endpoints_app.models import Endpoint
+from serving.configread import ConfigFileError, read_config_bytes
 from serving.supervisor import ApplyResult, ConfigWatcher
 from tests.admin.test_admin import ENDPOINTS, endpoint_form, form_errors
 from tests.console.test_import_export import upload
