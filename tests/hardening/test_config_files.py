@@ -249,3 +249,11 @@ def test_messages_quote_at_most_80_characters_of_a_value(tmp_path: Path) -> None
     assert len(message) < 1000, len(message)
     assert "!" * 81 not in message
     assert "calls must be a whole number of 0 or more, got [0, 1, 2, 3, ...]" in message
+
+
+def test_a_period_that_is_a_long_list_is_quoted_short() -> None:
+    from endpoints_app.validation import EntryError, validate_limit
+
+    with pytest.raises(EntryError) as caught:
+        validate_limit({"calls": 1, "renewal_period": list(range(100_000))})
+    assert caught.value.message.startswith("renewal_period [0, 1, 2, 3, 4, 5, ...] is not a period")
