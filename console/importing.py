@@ -28,6 +28,7 @@ from django.utils.crypto import salted_hmac
 
 from consumers.models import Consumer
 from consumers.services import consumer_to_yaml, consumer_values
+from endpoints_app.configfile import compose_yaml
 from endpoints_app.models import Endpoint, Source, TrafficRoute
 from endpoints_app.services import (
     ImportReport,
@@ -85,7 +86,7 @@ class IssueGroup:
 def place_issues(text: str, error: ConfigError) -> list[IssueGroup]:
     """The validator's issues grouped by entry, in order, each with the line of its entry and field."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = compose_yaml(text)
     except yaml.YAMLError:
         root = None
     groups: dict[str, list[PlacedIssue]] = {}

@@ -10,23 +10,30 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from endpoints_app.models import Budgeted, Source, name_validator
+from endpoints_app.models import (
+    NAME_MAX_LENGTH,
+    RENEWAL_PERIOD_MAX_LENGTH,
+    SOURCE_PATH_MAX_LENGTH,
+    Budgeted,
+    Source,
+    name_validator,
+)
 
 
 class Consumer(Budgeted):
     """A team, an application or a person that calls the gateway with its keys."""
 
-    name = models.CharField(max_length=255, unique=True, validators=[name_validator])
+    name = models.CharField(max_length=NAME_MAX_LENGTH, unique=True, validators=[name_validator])
     description = models.TextField(blank=True, default="")
     enabled = models.BooleanField(default=True, help_text="A disabled consumer's keys are refused (403).")
     allow = models.JSONField(default=list, blank=True,
                              help_text='The endpoints and traffic routes it may call, or ["*"] for all of them.')
     limit_calls = models.PositiveIntegerField(null=True, blank=True)
-    limit_renewal_period = models.CharField(max_length=32, blank=True, default="")
+    limit_renewal_period = models.CharField(max_length=RENEWAL_PERIOD_MAX_LENGTH, blank=True, default="")
     token_limit_tokens = models.PositiveBigIntegerField(null=True, blank=True)
-    token_limit_renewal_period = models.CharField(max_length=32, blank=True, default="")
+    token_limit_renewal_period = models.CharField(max_length=RENEWAL_PERIOD_MAX_LENGTH, blank=True, default="")
     source = models.CharField(max_length=8, choices=Source.choices, default=Source.ADMIN)
-    source_path = models.CharField(max_length=1024, blank=True, default="")
+    source_path = models.CharField(max_length=SOURCE_PATH_MAX_LENGTH, blank=True, default="")
     position = models.PositiveIntegerField(default=0, help_text="Order in the exported YAML.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -7,6 +7,7 @@ import yaml
 from django import forms
 from django.core.exceptions import ValidationError
 
+from endpoints_app.configfile import load_yaml
 from endpoints_app.models import Endpoint, TrafficRoute
 from endpoints_app.services import endpoint_columns, endpoint_conflicts
 from endpoints_app.validation import (
@@ -139,7 +140,7 @@ _INVALID = object()
 def _yaml_field(form: forms.ModelForm, name: str) -> Any:
     """A YAML text field's value (None when empty), or _INVALID after adding the error to the form."""
     try:
-        return yaml.safe_load(form.cleaned_data.get(name) or "") or None
+        return load_yaml(form.cleaned_data.get(name) or "") or None
     except yaml.YAMLError as exc:
         # Not str(exc): it quotes the offending line, which may hold a key.
         mark = getattr(exc, "problem_mark", None)

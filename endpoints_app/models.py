@@ -13,6 +13,13 @@ name_validator = RegexValidator(
     NAME_PATTERN, "Names may contain only ASCII letters, digits, '_', '-' and '.' (they become part of a URL)."
 )
 ENDPOINT_TYPE_CHOICES = [(t, t) for t in ENDPOINT_TYPES]
+# Column sizes of the strings a config document sets: the models and the validator (endpoints_app.validation)
+# both read them, so an overlong value is a validation error on every database, never a DataError.
+NAME_MAX_LENGTH = 255  # endpoint, traffic route and consumer names
+MODEL_NAME_MAX_LENGTH = 255
+LIMIT_KEY_MAX_LENGTH = 255
+RENEWAL_PERIOD_MAX_LENGTH = 32
+SOURCE_PATH_MAX_LENGTH = 1024
 
 
 class BudgetPeriod(models.TextChoices):
@@ -49,16 +56,16 @@ class Source(models.TextChoices):
 
 
 class Endpoint(Budgeted):
-    name = models.CharField(max_length=255, unique=True, validators=[name_validator])
+    name = models.CharField(max_length=NAME_MAX_LENGTH, unique=True, validators=[name_validator])
     endpoint_type = models.CharField(max_length=32, choices=ENDPOINT_TYPE_CHOICES)
     # Validated against providers.registry (no choices here, so a new provider needs no migration).
     provider = models.CharField(max_length=64)
-    model_name = models.CharField("upstream model", max_length=255, blank=True, null=True)
+    model_name = models.CharField("upstream model", max_length=MODEL_NAME_MAX_LENGTH, blank=True, null=True)
     # The provider config in stored form: secrets as {"$env"|"$file"|"$enc": ...}, never in clear.
     config = models.JSONField(default=dict, blank=True)
     limit_calls = models.PositiveIntegerField(null=True, blank=True)
-    limit_renewal_period = models.CharField(max_length=32, blank=True, default="")
-    limit_key = models.CharField(max_length=255, blank=True, null=True)
+    limit_renewal_period = models.CharField(max_length=RENEWAL_PERIOD_MAX_LENGTH, blank=True, default="")
+    limit_key = models.CharField(max_length=LIMIT_KEY_MAX_LENGTH, blank=True, null=True)
     connect_timeout = models.FloatField(null=True, blank=True, help_text="Seconds; empty for the default.")
     read_timeout = models.FloatField(null=True, blank=True, help_text="Seconds (idle time for streams).")
     total_timeout = models.FloatField(null=True, blank=True,
@@ -74,7 +81,7 @@ class Endpoint(Budgeted):
                                                   null=True, blank=True)
     enabled = models.BooleanField(default=True)
     source = models.CharField(max_length=8, choices=Source.choices, default=Source.ADMIN)
-    source_path = models.CharField(max_length=1024, blank=True, default="")
+    source_path = models.CharField(max_length=SOURCE_PATH_MAX_LENGTH, blank=True, default="")
     position = models.PositiveIntegerField(default=0, help_text="Order in the exported YAML.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -97,7 +104,7 @@ class Endpoint(Budgeted):
 class TrafficRoute(models.Model):
     """MLflow 3.x's top-level `routes`: one name, traffic split between endpoints of one type."""
 
-    name = models.CharField(max_length=255, unique=True, validators=[name_validator])
+    name = models.CharField(max_length=NAME_MAX_LENGTH, unique=True, validators=[name_validator])
     task_type = models.CharField(max_length=32, choices=ENDPOINT_TYPE_CHOICES)
     routing_strategy = models.CharField(max_length=32, default="TRAFFIC_SPLIT",
                                         choices=[("TRAFFIC_SPLIT", "TRAFFIC_SPLIT: split by percentage"),
@@ -107,7 +114,7 @@ class TrafficRoute(models.Model):
                                              "429, ...). Empty: connect, timeout, 429 and 5xx.")
     enabled = models.BooleanField(default=True)
     source = models.CharField(max_length=8, choices=Source.choices, default=Source.ADMIN)
-    source_path = models.CharField(max_length=1024, blank=True, default="")
+    source_path = models.CharField(max_length=SOURCE_PATH_MAX_LENGTH, blank=True, default="")
     position = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

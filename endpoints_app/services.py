@@ -8,13 +8,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
 
 from consumers.models import Consumer
 from consumers.services import apply_consumers, consumer_to_yaml
 from endpoints_app.columns import budget_columns, budget_to_yaml, params_to_yaml, plain_number
-from endpoints_app.models import ConfigState, Endpoint, Source, TrafficDestination, TrafficRoute
+from endpoints_app.models import (
+    SOURCE_PATH_MAX_LENGTH,
+    ConfigState,
+    Endpoint,
+    Source,
+    TrafficDestination,
+    TrafficRoute,
+)
 from endpoints_app.validation import (
     FALLBACK_DEFAULT,
     ConfigDocument,
@@ -27,7 +35,8 @@ from endpoints_app.validation import (
     validate_document,
 )
 from providers import config as provider_config
-from providers import registry
+from providers import registry, secrets
+from serving.configread import ConfigFileError, read_config_bytes
 
 
 # -- import ------------------------------------------------------------------------------------------
@@ -55,16 +64,20 @@ def read_config_file(path: str, *, prune: bool = False) -> ConfigDocument:
     `prune` says whether this load will delete what the file no longer has (it changes which
     existing endpoints routes may name, and which names are still taken).
     """
-    if not os.path.exists(path):
-        raise ConfigError([Issue("", "", "the file does not exist")], path)
-    if os.path.isdir(path):
-        raise ConfigError([Issue("", "", "this is a directory, not a YAML file")], path)
+    if len(os.path.abspath(path)) > SOURCE_PATH_MAX_LENGTH:
+        raise ConfigError([Issue("", "", f"the path is longer than {SOURCE_PATH_MAX_LENGTH} characters")], path[:80])
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([Issue("", "", f"cannot be read: {exc}")], path) from None
-    return validate_text(text, path, prune=prune)
+        text = read_config_bytes(path, settings.GATEWAY_CONFIG_MAX_BYTES).decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError([Issue("", "", "the file does not exist")], path) from None
+    except ConfigFileError as exc:
+        raise ConfigError([Issue("", "", str(exc))], path) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([Issue("", "", f"not UTF-8 text (byte {exc.start})")], path) from None
+    except OSError as exc:
+        raise ConfigError([Issue("", "", f"cannot be read: {exc.strerror or exc}")], path) from None
+    with secrets.file_references_under(os.path.dirname(os.path.realpath(path))):
+        return validate_text(text, path, prune=prune)
 
 
 def validate_text(text: str, source: str, *, prune: bool = False) -> ConfigDocument:

@@ -16,10 +16,19 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import yaml
+from django.conf import settings
 
-from endpoints_app.models import NAME_PATTERN
+from endpoints_app.configfile import load_yaml
+from endpoints_app.models import (
+    LIMIT_KEY_MAX_LENGTH,
+    MODEL_NAME_MAX_LENGTH,
+    NAME_MAX_LENGTH,
+    NAME_PATTERN,
+    RENEWAL_PERIOD_MAX_LENGTH,
+)
 from providers import registry
 from providers.config import ConfigValidationError
+from providers.secrets import shown
 from providers.shapes import ENDPOINT_TYPES
 from serving.ratelimit import parse_period
 
@@ -33,7 +42,7 @@ class Issue:
     message: str
 
     def __str__(self) -> str:
-        where = " ".join(part for part in (self.location, self.field and f"field {self.field!r}") if part)
+        where = " ".join(part for part in (self.location, self.field and f"field {shown(self.field)}") if part)
         return f"{where}: {self.message}" if where else self.message
 
 
@@ -154,21 +163,29 @@ class EntryError(Exception):
         self.message = message
 
 
+def _first_key(keys: Any) -> str:
+    """The first of some unknown keys, for a field path: as text, at most 80 characters."""
+    first = min(str(key) for key in keys)
+    return first if len(first) <= 80 else first[:80] + "..."
+
+
 # -- single definitions (also used by the admin) ---------------------------------------------------
 def validate_name(name: Any) -> str:
     if name is None or name == "":
         raise EntryError("name", "a non-empty name is required")
     if not isinstance(name, str):
-        raise EntryError("name", f"the name must be a string, got {name!r}")
+        raise EntryError("name", f"the name must be a string, got {shown(name)}")
+    if len(name) > NAME_MAX_LENGTH:
+        raise EntryError("name", f"the name is {len(name)} characters long; at most {NAME_MAX_LENGTH} are allowed")
     if not _NAME.match(name):
-        raise EntryError("name", f"invalid name {name!r}: use only ASCII letters, digits, '_', '-' and '.'")
+        raise EntryError("name", f"invalid name {shown(name)}: use only ASCII letters, digits, '_', '-' and '.'")
     return name
 
 
 def validate_endpoint_type(value: Any, field_name: str = "endpoint_type") -> str:
     if value not in ENDPOINT_TYPES:
         raise EntryError(field_name,
-                          f"The endpoint_type {value!r} is not supported; use one of {', '.join(ENDPOINT_TYPES)}")
+                          f"The endpoint_type {shown(value)} is not supported; use one of {', '.join(ENDPOINT_TYPES)}")
     return str(value)
 
 
@@ -180,11 +197,13 @@ def validate_limit(raw: Any, *, with_key: bool = True) -> LimitSpec | None:
     allowed = ("calls", "renewal_period", "key") if with_key else ("calls", "renewal_period")
     unknown = set(raw) - set(allowed)
     if unknown:
-        raise EntryError(f"limit.{sorted(unknown)[0]}",
+        raise EntryError(f"limit.{_first_key(unknown)}",
                          f"unknown limit key; use {', '.join(allowed[:-1])} and {allowed[-1]}")
     calls = raw.get("calls")
     if isinstance(calls, bool) or not isinstance(calls, int) or calls < 0:
-        raise EntryError("limit.calls", f"calls must be a whole number of 0 or more, got {calls!r}")
+        raise EntryError("limit.calls", f"calls must be a whole number of 0 or more, got {shown(calls)}")
+    if isinstance(raw.get("renewal_period"), str):
+        _period_text("limit", raw["renewal_period"])  # its length first: parse_period quotes it
     try:
         parse_period(raw.get("renewal_period"))
     except ValueError as exc:
@@ -192,7 +211,8 @@ def validate_limit(raw: Any, *, with_key: bool = True) -> LimitSpec | None:
     key = raw.get("key")
     if key is not None and not isinstance(key, str):
         raise EntryError("limit.key", "key must be a string")
-    return LimitSpec(calls=calls, renewal_period=str(raw["renewal_period"]).strip(), key=key)
+    _check_length("limit.key", key, LIMIT_KEY_MAX_LENGTH)
+    return LimitSpec(calls=calls, renewal_period=_period_text("limit", raw["renewal_period"]), key=key)
 
 
 def validate_token_limit(raw: Any) -> TokenLimitSpec | None:
@@ -203,15 +223,29 @@ def validate_token_limit(raw: Any) -> TokenLimitSpec | None:
         raise EntryError("token_limit", "token_limit must be a mapping with tokens and renewal_period")
     unknown = set(raw) - {"tokens", "renewal_period"}
     if unknown:
-        raise EntryError(f"token_limit.{sorted(unknown)[0]}", "unknown token_limit key; use tokens and renewal_period")
+        raise EntryError(f"token_limit.{_first_key(unknown)}", "unknown token_limit key; use tokens and renewal_period")
     tokens = raw.get("tokens")
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-        raise EntryError("token_limit.tokens", f"tokens must be a whole number of 0 or more, got {tokens!r}")
+        raise EntryError("token_limit.tokens", f"tokens must be a whole number of 0 or more, got {shown(tokens)}")
+    if isinstance(raw.get("renewal_period"), str):
+        _period_text("token_limit", raw["renewal_period"])  # its length first: parse_period quotes it
     try:
         parse_period(raw.get("renewal_period"))
     except ValueError as exc:
         raise EntryError("token_limit.renewal_period", str(exc)) from None
-    return TokenLimitSpec(tokens=tokens, renewal_period=str(raw["renewal_period"]).strip())
+    return TokenLimitSpec(tokens=tokens, renewal_period=_period_text("token_limit", raw["renewal_period"]))
+
+
+def _period_text(prefix: str, value: Any) -> str:
+    text = str(value).strip()
+    _check_length(f"{prefix}.renewal_period", text, RENEWAL_PERIOD_MAX_LENGTH)
+    return text
+
+
+def _check_length(field_name: str, value: str | None, max_length: int) -> None:
+    """A string stored in a bounded column (endpoints_app.models' *_MAX_LENGTH)."""
+    if value is not None and len(value) > max_length:
+        raise EntryError(field_name, f"{field_name} is {len(value)} characters long; at most {max_length} are allowed")
 
 
 BUDGET_PERIODS = ("day", "week", "month")
@@ -222,15 +256,15 @@ _MAX_USD = Decimal("1000000000")
 def _usd(value: Any, field_name: str, what: str) -> Decimal:
     """A non-negative amount of dollars, exactly as written (0.15 stays 0.15), at most 6 decimals."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
-        raise EntryError(field_name, f"{what} must be a number of US dollars, got {value!r}")
+        raise EntryError(field_name, f"{what} must be a number of US dollars, got {shown(value)}")
     try:
         amount = Decimal(str(value).strip())
     except InvalidOperation:
-        raise EntryError(field_name, f"{what} must be a number of US dollars, got {value!r}") from None
+        raise EntryError(field_name, f"{what} must be a number of US dollars, got {shown(value)}") from None
     if not amount.is_finite() or amount < 0 or amount > _MAX_USD:
-        raise EntryError(field_name, f"{what} must be from 0 to {_MAX_USD}, got {value!r}")
+        raise EntryError(field_name, f"{what} must be from 0 to {_MAX_USD}, got {shown(value)}")
     if amount != amount.quantize(Decimal("0.000001")):
-        raise EntryError(field_name, f"{what} takes at most 6 decimals, got {value!r}")
+        raise EntryError(field_name, f"{what} takes at most 6 decimals, got {shown(value)}")
     return amount.normalize() if amount else Decimal(0)
 
 
@@ -243,7 +277,7 @@ def validate_cost(raw: Any) -> CostSpec | None:
     names = ("input_per_million_tokens", "output_per_million_tokens")
     unknown = set(raw) - set(names)
     if unknown:
-        raise EntryError(f"cost.{sorted(unknown)[0]}", f"unknown cost key; use {names[0]} and {names[1]}")
+        raise EntryError(f"cost.{_first_key(unknown)}", f"unknown cost key; use {names[0]} and {names[1]}")
     for name in names:
         if raw.get(name) is None:
             raise EntryError(f"cost.{name}", f"{name} is required (USD per million tokens; 0 for free)")
@@ -258,16 +292,16 @@ def validate_budget(raw: Any) -> BudgetSpec | None:
         raise EntryError("budget", "budget must be a mapping with usd, period and action")
     unknown = set(raw) - {"usd", "period", "action"}
     if unknown:
-        raise EntryError(f"budget.{sorted(unknown)[0]}", "unknown budget key; use usd, period and action")
+        raise EntryError(f"budget.{_first_key(unknown)}", "unknown budget key; use usd, period and action")
     if raw.get("usd") is None:
         raise EntryError("budget.usd", "usd is required: the ceiling in US dollars per period")
     usd = _usd(raw["usd"], "budget.usd", "usd")
     period = raw.get("period", "month")
     if period not in BUDGET_PERIODS:
-        raise EntryError("budget.period", f"period must be day, week or month, got {period!r}")
+        raise EntryError("budget.period", f"period must be day, week or month, got {shown(period)}")
     action = raw.get("action", "reject")
     if action not in BUDGET_ACTIONS:
-        raise EntryError("budget.action", f"action must be reject or alert, got {action!r}")
+        raise EntryError("budget.action", f"action must be reject or alert, got {shown(action)}")
     return BudgetSpec(usd=usd, period=period, action=action)
 
 
@@ -279,7 +313,7 @@ def validate_params(raw: Any) -> ParamsSpec | None:
         raise EntryError("params", "params must be a mapping with defaults, max, deny and on_max")
     unknown = set(raw) - {"defaults", "max", "deny", "on_max"}
     if unknown:
-        raise EntryError(f"params.{sorted(unknown)[0]}", "unknown params key; use defaults, max, deny and on_max")
+        raise EntryError(f"params.{_first_key(unknown)}", "unknown params key; use defaults, max, deny and on_max")
     defaults = raw.get("defaults") or {}
     if not isinstance(defaults, Mapping) or not all(isinstance(k, str) for k in defaults):
         raise EntryError("params.defaults", "defaults must map request fields to the values to fill in")
@@ -290,16 +324,16 @@ def validate_params(raw: Any) -> ParamsSpec | None:
         raise EntryError("params.max", "max must map numeric request fields to their largest allowed value")
     for name, value in maxima.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise EntryError(f"params.max.{name}", f"the maximum of {name} must be a number, got {value!r}")
+            raise EntryError(f"params.max.{name}", f"the maximum of {name} must be a number, got {shown(value)}")
     deny = raw.get("deny") or []
     if not isinstance(deny, list) or not all(isinstance(item, str) and item for item in deny):
         raise EntryError("params.deny", "deny must be a list of request field names")
     overlap = sorted(set(deny) & (set(defaults) | set(maxima)))
     if overlap:
-        raise EntryError("params.deny", f"{overlap[0]!r} cannot be both denied and given a default or a maximum")
+        raise EntryError("params.deny", f"{shown(overlap[0])} cannot be both denied and given a default or a maximum")
     on_max = raw.get("on_max", "clamp")
     if on_max not in ("clamp", "reject"):
-        raise EntryError("params.on_max", f"on_max must be clamp or reject, got {on_max!r}")
+        raise EntryError("params.on_max", f"on_max must be clamp or reject, got {shown(on_max)}")
     return ParamsSpec(defaults=dict(defaults), max=dict(maxima), deny=tuple(dict.fromkeys(deny)), on_max=on_max)
 
 
@@ -310,7 +344,7 @@ def validate_timeouts(raw: Any) -> TimeoutSpec:
         raise EntryError("timeouts", "timeouts must be a mapping with connect, read, total and retries")
     unknown = set(raw) - {"connect", "read", "total", "retries"}
     if unknown:
-        raise EntryError(f"timeouts.{sorted(unknown)[0]}",
+        raise EntryError(f"timeouts.{_first_key(unknown)}",
                          "unknown timeouts key; use connect, read, total and retries")
     values: dict[str, Any] = {}
     for key in ("connect", "read", "total"):
@@ -318,12 +352,12 @@ def validate_timeouts(raw: Any) -> TimeoutSpec:
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or value <= 0:
-                raise EntryError(f"timeouts.{key}", f"{key} must be a positive number of seconds, got {value!r}")
+                raise EntryError(f"timeouts.{key}", f"{key} must be a positive number of seconds, got {shown(value)}")
             values[key] = float(value)
     retries = raw.get("retries")
     if retries is not None:
         if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
-            raise EntryError("timeouts.retries", f"retries must be a whole number from 0 to 10, got {retries!r}")
+            raise EntryError("timeouts.retries", f"retries must be a whole number from 0 to 10, got {shown(retries)}")
         values["retries"] = retries
     return TimeoutSpec(**values)
 
@@ -338,8 +372,8 @@ def _unknown_key_notes(name: str, raw: Mapping[str, Any]) -> list[str]:
     for key in raw:
         if key not in ENDPOINT_KEYS:
             close = difflib.get_close_matches(str(key), ENDPOINT_KEYS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            notes.append(f"endpoint {name!r}: unknown key {key!r} is ignored{hint}")
+            hint = f"; did you mean {shown(close[0])}?" if close else ""
+            notes.append(f"endpoint {shown(name)}: unknown key {shown(key)} is ignored{hint}")
     return notes
 
 
@@ -353,7 +387,7 @@ def validate_endpoint(raw: Any, *, existing_config: Mapping[str, Any] | None = N
     notes.extend(_unknown_key_notes(name, raw))
     if "route_type" in raw and "endpoint_type" not in raw:
         if not legacy:
-            notes.append(f"endpoint {name!r}: 'route_type' is deprecated (MLflow 2.x); write 'endpoint_type'")
+            notes.append(f"endpoint {shown(name)}: 'route_type' is deprecated (MLflow 2.x); write 'endpoint_type'")
         endpoint_type = validate_endpoint_type(raw.get("route_type"), "route_type")
     else:
         endpoint_type = validate_endpoint_type(raw.get("endpoint_type"))
@@ -373,6 +407,7 @@ def validate_endpoint(raw: Any, *, existing_config: Mapping[str, Any] | None = N
     model_name = model.get("name")
     if model_name is not None and not isinstance(model_name, str):
         raise EntryError("model.name", "the model name must be a string")
+    _check_length("model.name", model_name, MODEL_NAME_MAX_LENGTH)
     if model.get("config") is None and any(f.required for f in provider_cls.config_class.fields):
         raise EntryError("model.config", f"A config must be supplied when setting a provider. "
                           f"The provider entry for {provider} is incorrect.")
@@ -418,7 +453,8 @@ def validate_fallback_on(raw: Any) -> tuple[str, ...]:
             out.append(text)
             continue
         if not text.isdigit() or not 400 <= int(text) <= 599:
-            raise EntryError(f"fallback_on[{index}]", f"{item!r} is not connect, timeout, 5xx or an HTTP error status")
+            raise EntryError(f"fallback_on[{index}]",
+                             f"{shown(item)} is not connect, timeout, 5xx or an HTTP error status")
         if int(text) in _REQUEST_CAUSED:
             raise EntryError(f"fallback_on[{index}]", f"{text} is caused by the request itself: another destination "
                              "would refuse it too, so a fallback never moves on for it")
@@ -435,7 +471,7 @@ def validate_route(raw: Any, endpoint_types: Mapping[str, str]) -> RouteSpec:
     strategy = raw.get("routing_strategy", "TRAFFIC_SPLIT") or "TRAFFIC_SPLIT"
     if strategy not in ROUTING_STRATEGIES:
         raise EntryError("routing_strategy",
-                         f"routing_strategy must be 'TRAFFIC_SPLIT' or 'FALLBACK', got {strategy!r}")
+                         f"routing_strategy must be 'TRAFFIC_SPLIT' or 'FALLBACK', got {shown(strategy)}")
     fallback = strategy == "FALLBACK"
     if "fallback_on" in raw and not fallback:
         raise EntryError("fallback_on", "fallback_on applies to routing_strategy FALLBACK only")
@@ -453,12 +489,12 @@ def validate_route(raw: Any, endpoint_types: Mapping[str, str]) -> RouteSpec:
         dest_name = dest.get("name")
         if not isinstance(dest_name, str) or dest_name not in endpoint_types:
             raise EntryError(f"{where}.name", f"The route destination name must be a endpoint name, but the route "
-                              f"'{name}' has an invalid destination name '{dest_name}'.")
+                              f"'{name}' has an invalid destination name '{_first_key([dest_name])}'.")
         if endpoint_types[dest_name] != task_type:
             raise EntryError(f"{where}.name", f"The route destination endpoint types in the route '{name}' must have "
                               f"endpoint type '{task_type}' but got endpoint type '{endpoint_types[dest_name]}'.")
         if any(d.name == dest_name for d in out):
-            raise EntryError(f"{where}.name", f"'{dest_name}' is already a destination of this route")
+            raise EntryError(f"{where}.name", f"{shown(dest_name)} is already a destination of this route")
         pct = dest.get("traffic_percentage")
         if fallback:
             if pct is not None:
@@ -490,8 +526,8 @@ def validate_consumer(raw: Any, callable_names: Mapping[str, str] | None = None)
     unknown = [key for key in raw if key not in CONSUMER_KEYS]
     if unknown:
         close = difflib.get_close_matches(str(unknown[0]), CONSUMER_KEYS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; use {', '.join(CONSUMER_KEYS)}"
-        raise EntryError(str(unknown[0]), f"unknown consumer key {unknown[0]!r}{hint}")
+        hint = f"; did you mean {shown(close[0])}?" if close else f"; use {', '.join(CONSUMER_KEYS)}"
+        raise EntryError(str(unknown[0]), f"unknown consumer key {shown(unknown[0])}{hint}")
     description = raw.get("description") or ""
     if not isinstance(description, str):
         raise EntryError("description", "description must be a string")
@@ -506,8 +542,8 @@ def validate_consumer(raw: Any, callable_names: Mapping[str, str] | None = None)
         for index, item in enumerate(allow):
             if item != "*" and item not in callable_names:
                 close = difflib.get_close_matches(item, list(callable_names), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise EntryError(f"allow[{index}]", f"there is no endpoint or route named {item!r}{hint}")
+                hint = f"; did you mean {shown(close[0])}?" if close else ""
+                raise EntryError(f"allow[{index}]", f"there is no endpoint or route named {shown(item)}{hint}")
     return ConsumerSpec(name=name, description=description.strip(), enabled=validate_enabled(raw),
                         allow=tuple(dict.fromkeys(allow)),
                         limit=validate_limit(raw.get("limit"), with_key=False),
@@ -524,13 +560,19 @@ def _is_route_shaped(entry: Any) -> bool:
     return isinstance(entry, Mapping) and ("destinations" in entry or "task_type" in entry)
 
 
-def parse_yaml(text: str, source: str = "") -> Any:
+def parse_yaml(text: str, source: str = "", max_bytes: int | None = None) -> Any:
+    """One YAML document, under the limits of endpoints_app.configfile (size, nesting, aliases, no
+    duplicate keys). Raises ConfigError naming the line; never quotes the text."""
+    limit = settings.GATEWAY_CONFIG_MAX_BYTES if max_bytes is None else max_bytes
+    if len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit:
+        raise ConfigError([Issue("", "", f"larger than the {limit} bytes allowed (GATEWAY_CONFIG_MAX_BYTES)")],
+                          source)
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = getattr(exc, "problem", None) or "syntax error"  # not str(exc): it quotes the text
         raise ConfigError([Issue("", "", f"not a valid YAML file{where}: {problem}")], source) from None
 
 
@@ -684,4 +726,4 @@ def _names_in(entries: Any) -> set[str]:
 
 def _label(kind: str, index: int, raw: Any) -> str:
     name = raw.get("name") if isinstance(raw, Mapping) else None
-    return f"{kind}[{index}]" + (f" {name!r}" if isinstance(name, str) else "")
+    return f"{kind}[{index}]" + (f" {shown(name)}" if isinstance(name, str) else "")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -16,9 +17,19 @@ from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
+# Every environment variable this file reads, recorded by the helpers below: the gateway's own settings,
+# which a provider's `$NAME` secret reference may never name (providers.secrets), so that a config file
+# or an operator cannot send SECRET_KEY or DATABASE_URL to an api_base of their choosing.
+SETTINGS_ENV_NAMES: set[str] = set()
+
+
+def env_str(name: str, default: str = "") -> str:
+    SETTINGS_ENV_NAMES.add(name)
+    return os.environ.get(name, default)
+
 
 def env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
+    raw = env_str(name) or None
     if raw is None or raw == "":
         return default
     value = raw.strip().lower()
@@ -30,7 +41,7 @@ def env_bool(name: str, default: bool) -> bool:
 
 
 def env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
+    raw = env_str(name) or None
     if raw is None or raw == "":
         return default
     try:
@@ -40,7 +51,7 @@ def env_int(name: str, default: int) -> int:
 
 
 def env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
+    raw = env_str(name) or None
     if raw is None or raw == "":
         return default
     try:
@@ -50,7 +61,7 @@ def env_float(name: str, default: float) -> float:
 
 
 def env_list(name: str, default: list[str]) -> list[str]:
-    raw = os.environ.get(name)
+    raw = env_str(name) or None
     if raw is None or raw.strip() == "":
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
@@ -58,7 +69,7 @@ def env_list(name: str, default: list[str]) -> list[str]:
 
 def env_file(name: str) -> str | None:
     """The path of an existing file, or None when the variable is unset."""
-    raw = os.environ.get(name, "").strip()
+    raw = env_str(name).strip()
     if not raw:
         return None
     if not os.path.isfile(raw):
@@ -70,9 +81,10 @@ DEBUG = env_bool("DEBUG", False)
 
 # A development key is only acceptable while DEBUG is on; production must bring its own.
 _DEV_SECRET_KEY = "django-insecure-development-only-key-do-not-use-in-production"
-SECRET_KEY = os.environ.get("SECRET_KEY", "")
+SECRET_KEY = env_str("SECRET_KEY")
+_ALLOW_DEV_SECRET_KEY = env_bool("GATEWAY_ALLOW_DEV_SECRET_KEY", False)
 if not SECRET_KEY:
-    if DEBUG or env_bool("GATEWAY_ALLOW_DEV_SECRET_KEY", False):
+    if DEBUG or _ALLOW_DEV_SECRET_KEY:
         SECRET_KEY = _DEV_SECRET_KEY
     else:
         raise ImproperlyConfigured(
@@ -133,7 +145,7 @@ TEMPLATES = [
 ]
 
 _default_sqlite = f"sqlite:///{BASE_DIR / 'var' / 'gateway.sqlite3'}"
-DATABASE_URL = os.environ.get("DATABASE_URL", _default_sqlite)
+DATABASE_URL = env_str("DATABASE_URL", _default_sqlite)
 try:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=600)}
 except Exception as exc:  # dj_database_url raises several types for a bad URL
@@ -146,12 +158,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # lock when it begins, so two workers' writers wait their turn instead of failing with "locked".
     DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE",
                                        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL"}
-if "TEST" not in DATABASES["default"] and os.environ.get("TEST_DATABASE_NAME"):
-    DATABASES["default"]["TEST"] = {"NAME": os.environ["TEST_DATABASE_NAME"]}
+_TEST_DATABASE_NAME = env_str("TEST_DATABASE_NAME")
+if "TEST" not in DATABASES["default"] and _TEST_DATABASE_NAME:
+    DATABASES["default"]["TEST"] = {"NAME": _TEST_DATABASE_NAME}
 
 # Shared counts (rate limits, budgets, circuit state): in Redis with REDIS_URL, across instances;
 # without it, start_server's supervisor shares them between its workers (serving.counters).
-REDIS_URL = os.environ.get("REDIS_URL", "")
+REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
     from serving.resp import RedisAddress
 
@@ -159,9 +172,10 @@ if REDIS_URL:
         RedisAddress.parse(REDIS_URL)
     except ValueError as exc:
         raise ImproperlyConfigured(f"REDIS_URL is not a usable Redis URL: {exc}.") from None
-GATEWAY_REDIS_PREFIX = os.environ.get("GATEWAY_REDIS_PREFIX") or os.environ.get("CACHE_KEY_PREFIX") or "gateway"
+_CACHE_KEY_PREFIX = env_str("CACHE_KEY_PREFIX")
+GATEWAY_REDIS_PREFIX = env_str("GATEWAY_REDIS_PREFIX") or _CACHE_KEY_PREFIX or "gateway"
 # Set by start_server's supervisor for its workers: the file, in shared memory, of the counts they share.
-GATEWAY_COUNTERS_FILE = os.environ.get("GATEWAY_COUNTERS_FILE", "")
+GATEWAY_COUNTERS_FILE = env_str("GATEWAY_COUNTERS_FILE")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -178,12 +192,13 @@ USE_TZ = True
 STATIC_URL = "static/"
 # `start_server` collects static files here and the ASGI application serves them (the admin, Swagger UI,
 # ReDoc; gateway_project/asgi.py).
-STATIC_ROOT = Path(os.environ.get("STATIC_ROOT") or BASE_DIR / "var" / "static")
+STATIC_ROOT = Path(env_str("STATIC_ROOT") or BASE_DIR / "var" / "static")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+_SECURE_COOKIES = env_bool("SECURE_COOKIES", False)
 if not DEBUG:
-    SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
-    CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
+    SESSION_COOKIE_SECURE = _SECURE_COOKIES
+    CSRF_COOKIE_SECURE = _SECURE_COOKIES
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -227,12 +242,12 @@ GATEWAY_ENCRYPTION_KEYS = env_list("GATEWAY_ENCRYPTION_KEY", [])
 
 # Who may call: `off` (MLflow's behaviour: anyone who can reach the gateway) or `keys` (every invocation and
 # listing route needs `Authorization: Bearer <gateway key>` of an enabled consumer allowed to call it).
-GATEWAY_AUTH = os.environ.get("GATEWAY_AUTH", "off").strip().lower() or "off"
+GATEWAY_AUTH = env_str("GATEWAY_AUTH", "off").strip().lower() or "off"
 if GATEWAY_AUTH not in ("off", "keys"):
     raise ImproperlyConfigured(f"GATEWAY_AUTH={GATEWAY_AUTH!r} is not a mode: use off or keys.")
 # Gateway keys and operator tokens are stored as HMAC-SHA256(pepper, key). Without a pepper of its own the
 # gateway derives one from SECRET_KEY, so changing SECRET_KEY would invalidate every key: set this in production.
-GATEWAY_KEY_PEPPER = os.environ.get("GATEWAY_KEY_PEPPER", "")
+GATEWAY_KEY_PEPPER = env_str("GATEWAY_KEY_PEPPER")
 
 # The usage ledger: a record per invocation, buffered per worker and written in batches off the request path.
 GATEWAY_USAGE_LEDGER = env_bool("GATEWAY_USAGE_LEDGER", True)
@@ -243,7 +258,7 @@ GATEWAY_USAGE_RETENTION_DAYS = env_int("GATEWAY_USAGE_RETENTION_DAYS", 30)
 # start_server runs prune_usage at start and then every this many hours (0: never, a cron job does it).
 GATEWAY_USAGE_PRUNE_HOURS = env_float("GATEWAY_USAGE_PRUNE_HOURS", 24.0)
 # Budget alerts: one POST per crossing of 50 %, 80 % and 100 % of a budget.
-GATEWAY_ALERT_WEBHOOK_URL = os.environ.get("GATEWAY_ALERT_WEBHOOK_URL", "")
+GATEWAY_ALERT_WEBHOOK_URL = env_str("GATEWAY_ALERT_WEBHOOK_URL")
 if GATEWAY_ALERT_WEBHOOK_URL and not GATEWAY_ALERT_WEBHOOK_URL.startswith(("http://", "https://")):
     raise ImproperlyConfigured("GATEWAY_ALERT_WEBHOOK_URL must be an http:// or https:// URL.")
 if not math.isfinite(GATEWAY_USAGE_PRUNE_HOURS):
@@ -284,10 +299,10 @@ GATEWAY_RATE_LIMIT_FAIL_OPEN = env_bool("GATEWAY_RATE_LIMIT_FAIL_OPEN", True)
 # (prompts and completions only with GATEWAY_TRACE_CONTENT), one access line per request on the logger
 # `gateway.access` (text, or one JSON object a line with GATEWAY_LOG_FORMAT=json; GATEWAY_ACCESS_LOG=false: none).
 GATEWAY_METRICS = env_bool("GATEWAY_METRICS", True)
-GATEWAY_METRICS_TOKEN = os.environ.get("GATEWAY_METRICS_TOKEN", "")
+GATEWAY_METRICS_TOKEN = env_str("GATEWAY_METRICS_TOKEN", "")
 GATEWAY_TRACE_CONTENT = env_bool("GATEWAY_TRACE_CONTENT", False)
 GATEWAY_ACCESS_LOG = env_bool("GATEWAY_ACCESS_LOG", True)
-GATEWAY_LOG_FORMAT = os.environ.get("GATEWAY_LOG_FORMAT", "text").strip().lower() or "text"
+GATEWAY_LOG_FORMAT = env_str("GATEWAY_LOG_FORMAT", "text").strip().lower() or "text"
 if GATEWAY_LOG_FORMAT not in ("text", "json"):
     raise ImproperlyConfigured(f"GATEWAY_LOG_FORMAT={GATEWAY_LOG_FORMAT!r} is not one of text, json.")
 
@@ -299,10 +314,33 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"},
                  # An access line in JSON is a whole JSON object: no prefix in front of it.
                  "access": {"class": "logging.StreamHandler", "formatter": "bare"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.server": {"level": "WARNING"},
         "gateway.access": {"level": "INFO" if GATEWAY_ACCESS_LOG else "WARNING",
                            **({"handlers": ["access"], "propagate": False} if GATEWAY_LOG_FORMAT == "json" else {})},
     },
 }
+
+# Config documents and secret references (README: Secret references, Config file limits).
+# The largest config file or upload read, in bytes; a larger one is refused before it is parsed.
+GATEWAY_CONFIG_MAX_BYTES = env_int("GATEWAY_CONFIG_MAX_BYTES", 10 * 1024 * 1024)
+if GATEWAY_CONFIG_MAX_BYTES < 1:
+    raise ImproperlyConfigured("GATEWAY_CONFIG_MAX_BYTES must be 1 or more.")
+# Where key files may be: a file reference must resolve (symlinks and `..` followed) to a regular file under it.
+# Unset: a config file may name key files under its own directory; the admin and the API may name none.
+GATEWAY_SECRETS_DIR = env_str("GATEWAY_SECRETS_DIR").strip()
+if GATEWAY_SECRETS_DIR and not os.path.isdir(GATEWAY_SECRETS_DIR):
+    raise ImproperlyConfigured(f"GATEWAY_SECRETS_DIR={GATEWAY_SECRETS_DIR!r} is not a directory.")
+# A regular expression the name of every `$NAME` reference must match in full (e.g. `[A-Z0-9_]*_API_KEY|AWS_.*`);
+# unset: any name that is not one of the gateway's own settings.
+GATEWAY_SECRET_ENV_PATTERN = env_str("GATEWAY_SECRET_ENV_PATTERN").strip()
+try:
+    re.compile(GATEWAY_SECRET_ENV_PATTERN)
+except re.error as exc:
+    raise ImproperlyConfigured(f"GATEWAY_SECRET_ENV_PATTERN is not a regular expression: {exc}.") from None
+# Link-local addresses (169.254.0.0/16, fe80::/10, the clouds' metadata services) as an upstream URL's host.
+GATEWAY_ALLOW_LINK_LOCAL_API_BASE = env_bool("GATEWAY_ALLOW_LINK_LOCAL_API_BASE", False)
+
+# Read last: every variable above is in it.
+GATEWAY_SETTINGS_ENV = frozenset(SETTINGS_ENV_NAMES)

@@ -92,11 +92,11 @@ def _walk(fields: tuple[ConfigField, ...], prefix: str = "") -> list[tuple[str, 
 def _validate_group(fields: tuple[ConfigField, ...], raw: Mapping[str, Any], prefix: str,
                     existing: Mapping[str, Any]) -> dict[str, Any]:
     known = {f.name: f for f in fields}
-    unknown = sorted(str(k) for k in raw if k not in known)
+    unknown = sorted(str(k)[:80] for k in raw if k not in known)
     if unknown:
         allowed = ", ".join(sorted(known)) or "none"
         raise ConfigValidationError(
-            f"{prefix}{unknown[0]}", f"unknown config key {unknown[0]!r}; allowed keys: {allowed}"
+            f"{prefix}{unknown[0]}", f"unknown config key {secrets.shown(unknown[0])}; allowed keys: {allowed}"
         )
     stored: dict[str, Any] = {}
     for f in fields:
@@ -123,7 +123,10 @@ def _validate_value(f: ConfigField, value: Any, path: str, existing: Any) -> Any
     if f.kind == "url":
         if not isinstance(value, str):
             raise ConfigValidationError(path, f"{path!r} must be a string URL or a $ENV reference")
-        return secrets.store_reference_or_plain(value)
+        try:
+            return secrets.store_reference_or_plain(value, path)
+        except secrets.SecretError as exc:
+            raise ConfigValidationError(path, exc.message) from None
     return _coerce(f, value, path)
 
 
@@ -132,13 +135,14 @@ def _coerce(f: ConfigField, value: Any, path: str) -> Any:
     try:
         out = converters[f.value_type](value)
     except (TypeError, ValueError):
-        raise ConfigValidationError(path, f"{path!r} must be {_TYPE_WORDS[f.value_type]}, got {value!r}") from None
+        raise ConfigValidationError(
+            path, f"{path!r} must be {_TYPE_WORDS[f.value_type]}, got {secrets.shown(value)}") from None
     if f.lower and isinstance(out, str):
         out = out.lower()
     if f.choices is not None and out not in f.choices:
-        raise ConfigValidationError(path, f"{path!r} must be one of {', '.join(f.choices)}; got {value!r}")
+        raise ConfigValidationError(path, f"{path!r} must be one of {', '.join(f.choices)}; got {secrets.shown(value)}")
     if f.minimum is not None and out < f.minimum:
-        raise ConfigValidationError(path, f"{path!r} must be at least {f.minimum:g}, got {value!r}")
+        raise ConfigValidationError(path, f"{path!r} must be at least {f.minimum:g}, got {secrets.shown(value)}")
     return out
 
 
@@ -186,6 +190,8 @@ def resolve(config_fields: tuple[ConfigField, ...], stored: Mapping[str, Any]) -
             out[f.name] = f.default
         elif f.kind in ("secret", "url"):
             out[f.name] = secrets.resolve(value, f.name)
+            if f.kind == "url" and isinstance(value, Mapping) and isinstance(out[f.name], str):
+                secrets.check_url_host(out[f.name], f.name)  # a URL from the environment, checked as written ones
         else:
             out[f.name] = value
     return out

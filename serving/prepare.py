@@ -19,6 +19,7 @@ from django.db.migrations.executor import MigrationExecutor
 from endpoints_app.models import Endpoint
 from endpoints_app.services import config_version, exclusive_config_lock, import_config
 from endpoints_app.validation import ConfigError, Issue
+from serving.configread import ConfigFileError
 from serving.supervisor import ServeOptions, file_digest
 
 
@@ -36,7 +37,7 @@ def prepare(options: ServeOptions, report: Callable[[str], None]) -> str | None:
     """Everything before serving. Returns the digest of the applied file (None without one).
 
     Raises ConfigError if the config file is missing or invalid (nothing is served then)."""
-    if options.config_path and not os.path.isfile(options.config_path):  # before the database is touched
+    if options.config_path and not os.path.exists(options.config_path):  # before the database is touched
         raise ConfigError([Issue("", "", f"{options.config_path} does not exist")], options.config_path)
     if prepare_database():
         report("Database migrated.")
@@ -44,7 +45,10 @@ def prepare(options: ServeOptions, report: Callable[[str], None]) -> str | None:
     call_command("collectstatic", interactive=False, verbosity=0)
     digest = None
     if options.config_path:
-        digest = file_digest(options.config_path)
+        try:
+            digest = file_digest(options.config_path, settings.GATEWAY_CONFIG_MAX_BYTES)
+        except ConfigFileError as exc:
+            raise ConfigError([Issue("", "", str(exc))], options.config_path) from None
         result = import_config(options.config_path, prune=True)
         report(f"Loaded {os.path.abspath(options.config_path)}: {len(result.created)} created, "
                f"{len(result.updated)} updated, {len(result.unchanged)} unchanged, {len(result.deleted)} deleted")
@@ -77,7 +81,8 @@ def exec_supervisor(options: ServeOptions, applied_digest: str | None) -> None:
     argv = [sys.executable, "-m", "serving.supervisor", "--host", options.host, "--port", str(options.port),
             "--workers", str(options.workers), "--static-root", str(settings.STATIC_ROOT)]
     if options.config_path:
-        argv += ["--config-path", os.path.abspath(options.config_path), "--applied-digest", applied_digest or ""]
+        argv += ["--config-path", os.path.abspath(options.config_path), "--applied-digest", applied_digest or "",
+                 "--config-max-bytes", str(settings.GATEWAY_CONFIG_MAX_BYTES)]
     os.chdir(settings.BASE_DIR)
     os.execv(sys.executable, argv)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import reprlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ def parse_period(text: object) -> tuple[int, str]:
     match = _PERIOD.match(text) if isinstance(text, str) else None
     if not match or (match.group(1) is not None and int(match.group(1)) < 1):
         raise ValueError(
-            f"renewal_period {text!r} is not a period: use second, minute, hour, day, month or year, "
+            f"renewal_period {reprlib.repr(text)} is not a period: use second, minute, hour, day, month or year, "
             "optionally plural and with a count, e.g. '5 minutes'"
         )
     return int(match.group(1) or 1), match.group(2).lower()

@@ -48,6 +48,7 @@ import psutil
 import watchfiles
 
 from serving import sharedstore
+from serving.configread import DEFAULT_MAX_BYTES, ConfigFileError, read_config_bytes
 
 logger = logging.getLogger("serving.supervisor")
 
@@ -69,6 +70,7 @@ class ServeOptions:
     workers: int
     config_path: str | None = None
     static_root: str | None = None  # collected static files, served under /static (gateway_project.asgi)
+    config_max_bytes: int = DEFAULT_MAX_BYTES  # GATEWAY_CONFIG_MAX_BYTES: a larger file is never read
 
 
 # -- the workers ---------------------------------------------------------------------------------------
@@ -330,8 +332,9 @@ class ConfigWatcher:
 
     def __init__(self, path: str, applied_digest: str | None = None,
                  apply: Callable[[str], ApplyResult] = load_config_subprocess,
-                 on_applied: Callable[[], None] = lambda: None) -> None:
+                 on_applied: Callable[[], None] = lambda: None, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.path = os.path.abspath(path)
+        self.max_bytes = max_bytes
         self._apply = apply
         self._on_applied = on_applied
         self._applied = applied_digest
@@ -366,13 +369,13 @@ class ConfigWatcher:
         raising; None if skipped."""
         with self._lock:
             try:
-                text = Path(self.path).read_bytes()
+                text = read_config_bytes(self.path, self.max_bytes)  # never blocks on a FIFO or reads /dev/zero
             except FileNotFoundError:
                 if not self._missing or force:
                     logger.warning("%s deleted; the current configuration keeps serving", self.path)
                 self._missing = True
                 return None
-            except OSError as exc:
+            except (OSError, ConfigFileError) as exc:
                 logger.error("Cannot read %s: %s; the current configuration keeps serving", self.path, exc)
                 return None
             self._missing = False
@@ -415,8 +418,9 @@ def symlinks_on_path(path: str) -> set[str]:
     return links
 
 
-def file_digest(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def file_digest(path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
+    """Raises ConfigFileError for a file that is not regular or too large."""
+    return hashlib.sha256(read_config_bytes(path, max_bytes)).hexdigest()
 
 
 # -- the whole run ----------------------------------------------------------------------------------
@@ -428,7 +432,8 @@ def supervise(options: ServeOptions, applied_digest: str | None = None) -> int:
     def tell_workers() -> None:
         check_config_now([slot.process for slot in slots])
 
-    watcher = ConfigWatcher(options.config_path, applied_digest, on_applied=tell_workers) \
+    watcher = ConfigWatcher(options.config_path, applied_digest, on_applied=tell_workers,
+                            max_bytes=options.config_max_bytes) \
         if options.config_path else None
     try:
         listener = listen(options.host, options.port)
@@ -603,11 +608,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-path")
     parser.add_argument("--applied-digest")
     parser.add_argument("--static-root")
+    parser.add_argument("--config-max-bytes", type=int, default=DEFAULT_MAX_BYTES)
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # a log file sees each line now
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     options = ServeOptions(host=args.host, port=args.port, workers=args.workers, config_path=args.config_path,
-                           static_root=args.static_root)
+                           static_root=args.static_root, config_max_bytes=args.config_max_bytes)
     return supervise(options, args.applied_digest)
 
 

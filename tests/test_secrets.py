@@ -22,6 +22,14 @@ from providers.shapes import CHAT, EMBEDDINGS
 from tests.conftest import MakeEndpoint, post_json
 from tests.fixtures import payload
 
+
+@pytest.fixture(autouse=True)
+def secrets_dir(settings: Any, tmp_path: Path) -> Path:
+    """Key files are allowed only under GATEWAY_SECRETS_DIR (or a loaded config file's directory): these
+    tests keep theirs in tmp_path."""
+    settings.GATEWAY_SECRETS_DIR = str(tmp_path)
+    return tmp_path
+
 ROOT = Path(__file__).resolve().parent.parent
 LITERAL_KEY = "sk-literal-do-not-leak-7f3a9c"
 EMBED_REQUEST = {"input": ["hello"]}
@@ -79,18 +87,18 @@ def test_the_export_placeholder_keeps_the_stored_encrypted_key() -> None:
 
 # -- resolving (at call time) ---------------------------------------------------------------------------------
 def test_an_env_reference_is_read_when_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
-    stored = secrets.store_secret("$GATEWAY_TEST_KEY", "k")
-    monkeypatch.setenv("GATEWAY_TEST_KEY", "first")
+    stored = secrets.store_secret("$TEST_PROVIDER_KEY", "k")
+    monkeypatch.setenv("TEST_PROVIDER_KEY", "first")
     assert secrets.resolve(stored, "k") == "first"
-    monkeypatch.setenv("GATEWAY_TEST_KEY", "second")
+    monkeypatch.setenv("TEST_PROVIDER_KEY", "second")
     assert secrets.resolve(stored, "k") == "second"
 
 
 def test_an_unset_env_variable_is_named_when_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("GATEWAY_TEST_KEY", raising=False)
+    monkeypatch.delenv("TEST_PROVIDER_KEY", raising=False)
     with pytest.raises(SecretError) as caught:
-        secrets.resolve({"$env": "GATEWAY_TEST_KEY"}, "openai_api_key")
-    assert caught.value.message == "Environment variable 'GATEWAY_TEST_KEY' is not set (needed by openai_api_key)"
+        secrets.resolve({"$env": "TEST_PROVIDER_KEY"}, "openai_api_key")
+    assert caught.value.message == "Environment variable 'TEST_PROVIDER_KEY' is not set (needed by openai_api_key)"
 
 
 @pytest.mark.parametrize(("content", "key"), [("sk-file\n", "sk-file"), ("sk-file\r\n", "sk-file"),
@@ -120,13 +128,13 @@ def test_a_key_file_is_read_once_then_served_from_memory_until_it_changes(tmp_pa
     stored = secrets.store_secret(str(path), "k")
     assert secrets.resolve(stored, "k") == "sk-one"
     opened: list[str] = []
-    real_open = open
+    real_open = os.open
 
     def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
         opened.append(str(file))
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr("builtins.open", counting_open)
+    monkeypatch.setattr("os.open", counting_open)
     for _ in range(3):
         assert secrets.resolve(stored, "k") == "sk-one"
     secrets.KEY_FILES.refresh()  # unchanged: not read again
@@ -174,12 +182,12 @@ def openai_embeddings(make_endpoint: MakeEndpoint, upstream: HTTPServer, key: st
 @pytest.mark.django_db
 def test_an_env_key_is_read_at_each_request_without_a_restart(make_endpoint: MakeEndpoint, upstream: HTTPServer,
                                                               client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GATEWAY_TEST_OPENAI_KEY", "sk-env-one")
-    endpoint = openai_embeddings(make_endpoint, upstream, "$GATEWAY_TEST_OPENAI_KEY")
-    assert endpoint.config["openai_api_key"] == {"$env": "GATEWAY_TEST_OPENAI_KEY"}
+    monkeypatch.setenv("TEST_OPENAI_KEY", "sk-env-one")
+    endpoint = openai_embeddings(make_endpoint, upstream, "$TEST_OPENAI_KEY")
+    assert endpoint.config["openai_api_key"] == {"$env": "TEST_OPENAI_KEY"}
     expect_key(upstream, "sk-env-one")
     assert post_json(client, "/endpoints/embed/invocations", EMBED_REQUEST).status_code == 200
-    monkeypatch.setenv("GATEWAY_TEST_OPENAI_KEY", "sk-env-two")
+    monkeypatch.setenv("TEST_OPENAI_KEY", "sk-env-two")
     expect_key(upstream, "sk-env-two")
     assert post_json(client, "/endpoints/embed/invocations", EMBED_REQUEST).status_code == 200
     upstream.check_assertions()
@@ -188,11 +196,11 @@ def test_an_env_key_is_read_at_each_request_without_a_restart(make_endpoint: Mak
 @pytest.mark.django_db
 def test_an_unset_env_key_fails_the_request_by_name_and_calls_no_upstream(
         make_endpoint: MakeEndpoint, upstream: HTTPServer, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("GATEWAY_TEST_OPENAI_KEY", raising=False)
-    openai_embeddings(make_endpoint, upstream, "$GATEWAY_TEST_OPENAI_KEY")
+    monkeypatch.delenv("TEST_OPENAI_KEY", raising=False)
+    openai_embeddings(make_endpoint, upstream, "$TEST_OPENAI_KEY")
     response = post_json(client, "/endpoints/embed/invocations", EMBED_REQUEST)
     assert response.status_code == 500
-    assert "Environment variable 'GATEWAY_TEST_OPENAI_KEY' is not set" in response.content.decode()
+    assert "Environment variable 'TEST_OPENAI_KEY' is not set" in response.content.decode()
     assert upstream.log == []
 
 
@@ -233,7 +241,7 @@ def test_no_api_response_shows_a_key(make_endpoint: MakeEndpoint, client: Any, t
     key_file.write_text("sk-from-a-file-1234\n")
     make_endpoint("literal", CHAT, "openai", "gpt-4o", config={"openai_api_key": LITERAL_KEY})
     make_endpoint("from-file", CHAT, "openai", "gpt-4o", config={"openai_api_key": str(key_file)})
-    make_endpoint("from-env", CHAT, "openai", "gpt-4o", config={"openai_api_key": "$GATEWAY_TEST_OPENAI_KEY"})
+    make_endpoint("from-env", CHAT, "openai", "gpt-4o", config={"openai_api_key": "$TEST_OPENAI_KEY"})
     pages = ["/api/2.0/endpoints/", "/api/2.0/endpoints/literal", "/api/2.0/endpoints/from-file",
              "/api/2.0/endpoints/from-env", "/api/2.0/gateway/routes/", "/api/2.0/gateway/routes/literal",
              "/api/3.0/gateway/endpoint/literal", "/v1/models"]
@@ -241,7 +249,7 @@ def test_no_api_response_shows_a_key(make_endpoint: MakeEndpoint, client: Any, t
         response = client.get(page)
         assert response.status_code == 200, page
         body = response.content.decode()
-        for secret in (LITERAL_KEY, "sk-from-a-file-1234", str(key_file), "GATEWAY_TEST_OPENAI_KEY", "$enc"):
+        for secret in (LITERAL_KEY, "sk-from-a-file-1234", str(key_file), "TEST_OPENAI_KEY", "$enc"):
             assert secret not in body, (page, secret)
     assert client.get("/api/2.0/endpoints/literal").json() == {
         "name": "literal", "endpoint_type": CHAT, "model": {"name": "gpt-4o", "provider": "openai"},

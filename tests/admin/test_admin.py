@@ -255,7 +255,8 @@ def test_removing_the_limit_in_the_form_clears_it(admin_client: Client, make_end
 
 # -- secrets: set/unset only -----------------------------------------------------------------------------------------
 @pytest.fixture
-def keyed_endpoints(make_endpoint: MakeEndpoint, tmp_path: Path) -> dict[str, Endpoint]:
+def keyed_endpoints(make_endpoint: MakeEndpoint, tmp_path: Path, settings: Any) -> dict[str, Endpoint]:
+    settings.GATEWAY_SECRETS_DIR = str(tmp_path)  # where key files may be
     key_file = tmp_path / "openai.key"
     key_file.write_text("sk-file-content-never-shown\n")
     return {

@@ -6,6 +6,7 @@ import stat
 import textwrap
 from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -151,7 +152,8 @@ def test_admin_made_endpoints_round_trip_with_their_limits_and_timeouts(tmp_path
     assert round_trip(tmp_path, first) == first
 
 
-def test_a_key_file_is_exported_as_its_path(tmp_path: Path, make_endpoint: MakeEndpoint) -> None:
+def test_a_key_file_is_exported_as_its_path(tmp_path: Path, make_endpoint: MakeEndpoint, settings: Any) -> None:
+    settings.GATEWAY_SECRETS_DIR = str(tmp_path)  # where key files may be
     key_file = tmp_path / "openai.key"
     key_file.write_text("sk-from-file\n")
     make_endpoint("gpt", CHAT, "openai", "gpt-4o", config={"openai_api_key": str(key_file)})
