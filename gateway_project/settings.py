@@ -266,6 +266,10 @@ GATEWAY_CA_BUNDLE = env_file("GATEWAY_CA_BUNDLE")
 # The largest invocation body accepted (413 beyond it). Django's 2.5 MB default is too small for chat
 # requests that carry images as base64 data URLs.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("GATEWAY_MAX_REQUEST_BYTES", 32 * 1024 * 1024)
+# The largest upstream answer read whole (a non-stream body, an error body) and the largest line or event
+# of an upstream stream: beyond them the call is a 502 bad_upstream_response, not a worker's memory.
+GATEWAY_MAX_UPSTREAM_BYTES = env_int("GATEWAY_MAX_UPSTREAM_BYTES", 64 * 1024 * 1024)
+GATEWAY_MAX_UPSTREAM_EVENT_BYTES = env_int("GATEWAY_MAX_UPSTREAM_EVENT_BYTES", 8 * 1024 * 1024)
 # How often each process checks whether the endpoint table changed elsewhere.
 GATEWAY_CONFIG_POLL_SECONDS = env_float("GATEWAY_CONFIG_POLL_SECONDS", 0.5)
 # Rate-limit counters in Redis: how long a count may take, and what happens when Redis cannot count

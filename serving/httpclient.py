@@ -74,6 +74,10 @@ class InvalidResponse(ConnectionBroken):
     a corrupt gzip stream)."""
 
 
+class ResponseTooLarge(InvalidResponse):
+    """The body is larger than the reader's limit; the connection is closed, never reused."""
+
+
 class _Proxy(NamedTuple):
     host: str
     port: int
@@ -449,13 +453,19 @@ class AsyncResponse:
         if conn.complete and not conn.chunks:
             self._release()  # no body (HEAD, 204, 304, empty): reusable right away, even if never read
 
-    async def read(self) -> bytes:
-        """The whole body; read_timeout bounds each wait for more bytes."""
+    async def read(self, max_bytes: int | None = None) -> bytes:
+        """The whole body; read_timeout bounds each wait for more bytes. Beyond `max_bytes` (decoded) the
+        response is closed and ResponseTooLarge raised."""
         parts: list[bytes] = []
+        size = 0
         while not self._finished:
             chunk = await self.next_chunk()
             if not chunk:
                 break
+            size += len(chunk)
+            if max_bytes is not None and size > max_bytes:
+                self.close()
+                raise ResponseTooLarge(f"the body is larger than {max_bytes} bytes")
             parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
