@@ -277,6 +277,9 @@ GATEWAY_CONFIG_POLL_SECONDS = env_float("GATEWAY_CONFIG_POLL_SECONDS", 0.5)
 # served unlimited and a warning is logged. Closed: it is refused with a 503.
 GATEWAY_RATE_LIMIT_TIMEOUT = env_float("GATEWAY_RATE_LIMIT_TIMEOUT", 1.0)
 GATEWAY_RATE_LIMIT_FAIL_OPEN = env_bool("GATEWAY_RATE_LIMIT_FAIL_OPEN", True)
+# After Redis times out or refuses a connection, a worker does not try it again for this long (0: always
+# try): a hung Redis then costs one GATEWAY_RATE_LIMIT_TIMEOUT per interval, not one per limited call.
+GATEWAY_REDIS_BREAKER_SECONDS = env_float("GATEWAY_REDIS_BREAKER_SECONDS", 5.0)
 
 LOGGING = {
     "version": 1,
