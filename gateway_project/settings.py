@@ -270,6 +270,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("GATEWAY_MAX_REQUEST_BYTES", 32 * 1024 * 1
 # of an upstream stream: beyond them the call is a 502 bad_upstream_response, not a worker's memory.
 GATEWAY_MAX_UPSTREAM_BYTES = env_int("GATEWAY_MAX_UPSTREAM_BYTES", 64 * 1024 * 1024)
 GATEWAY_MAX_UPSTREAM_EVENT_BYTES = env_int("GATEWAY_MAX_UPSTREAM_EVENT_BYTES", 8 * 1024 * 1024)
+# A file where each rebuilt endpoint table's rows are kept (secrets as stored: references, encrypted values),
+# for a worker that starts while the database is away (serving.snapshot). start_server sets one in its private
+# runtime folder unless this is set; empty: none.
+GATEWAY_TABLE_SNAPSHOT = os.environ.get("GATEWAY_TABLE_SNAPSHOT", "")
 # How often each process checks whether the endpoint table changed elsewhere.
 GATEWAY_CONFIG_POLL_SECONDS = env_float("GATEWAY_CONFIG_POLL_SECONDS", 0.5)
 # Rate-limit counters in Redis: how long a count may take, and what happens when Redis cannot count
