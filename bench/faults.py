@@ -15,7 +15,8 @@ endpoint, so that every call counts in Redis, and streams), and injects one faul
     config churn           the watched file rewritten every 0.25 s, every other version invalid
     SIGTERM during streams the supervisor stopped while streams are open (graceful: they finish)
 
-and prints, per fault: requests, errors (and their kinds), worst latency.
+and prints, per fault: requests, errors (and their kinds), the worst latency of a chat call and of a
+stream (each stream is spread over 1 s by the fake upstream).
 
     python bench/faults.py [--database hupstream_db] [--redis-db 4] [--seconds 6]
 
@@ -122,6 +123,7 @@ class Outcome:
     started: float
     seconds: float
     error: str  # "" when the answer was right
+    stream: bool
 
 
 @dataclass
@@ -136,7 +138,8 @@ class Load:
         try:
             async with asyncio.timeout(30):
                 reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.write(f"POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+                writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+                             "Content-Type: application/json\r\n"
                              f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
                 answer = await reader.read()
                 writer.close()
@@ -152,7 +155,7 @@ class Load:
             error = "timeout"
         except OSError as exc:
             error = type(exc).__name__
-        self.outcomes.append(Outcome(started, time.monotonic() - started, error))
+        self.outcomes.append(Outcome(started, time.monotonic() - started, error, stream))
 
     async def loop(self, path: str, body: bytes, stream: bool) -> None:
         while self.running:
@@ -242,8 +245,9 @@ class Bench:
         await asyncio.sleep(self.args.seconds)
 
     async def database_blocked(self) -> None:
-        admin(f'ALTER DATABASE "{self.args.database}" ALLOW_CONNECTIONS false')
-        admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{self.args.database}'")
+        await asyncio.to_thread(admin, f'ALTER DATABASE "{self.args.database}" ALLOW_CONNECTIONS false')
+        await asyncio.to_thread(
+            admin, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{self.args.database}'")
         try:
             assert self.server is not None
             self.server.send_signal(signal.SIGHUP)  # the file is applied again (it fails), and
@@ -253,7 +257,7 @@ class Bench:
             os.kill(self.workers()[0], signal.SIGKILL)  # a worker started during the outage
             await asyncio.sleep(self.args.seconds / 2)
         finally:
-            admin(f'ALTER DATABASE "{self.args.database}" ALLOW_CONNECTIONS true')
+            await asyncio.to_thread(admin, f'ALTER DATABASE "{self.args.database}" ALLOW_CONNECTIONS true')
         await asyncio.sleep(1)
 
     async def redis_killed(self) -> None:
@@ -271,7 +275,7 @@ class Bench:
         self.upstream.kill()
         self.upstream.wait()
         await asyncio.sleep(self.args.seconds)
-        self.start_upstream()
+        await asyncio.to_thread(self.start_upstream)  # off the loop: the Redis proxy runs on it
 
     async def config_churn(self) -> None:
         valid = self.config.read_text()
@@ -305,14 +309,18 @@ def wait_for_port(port: int, timeout: float = 30) -> None:
     raise SystemExit(f"nothing listens on {port} after {timeout} s")
 
 
-def summary(name: str, outcomes: list[Outcome]) -> tuple[str, int, int, str, float]:
+Row = tuple[str, int, int, str, float, float]
+
+
+def summary(name: str, outcomes: list[Outcome]) -> Row:
     errors = Counter(o.error for o in outcomes if o.error)
-    worst = max((o.seconds for o in outcomes), default=0.0)
+    worst_call = max((o.seconds for o in outcomes if not o.stream), default=0.0)
+    worst_stream = max((o.seconds for o in outcomes if o.stream), default=0.0)
     kinds = ", ".join(f"{kind} x{count}" for kind, count in errors.most_common()) or "-"
-    return name, len(outcomes), sum(errors.values()), kinds, worst * 1000
+    return name, len(outcomes), sum(errors.values()), kinds, worst_call * 1000, worst_stream * 1000
 
 
-async def run(args: argparse.Namespace) -> list[tuple[str, int, int, str, float]]:
+async def run(args: argparse.Namespace) -> list[Row]:
     bench = Bench(args)
     admin(f'ALTER DATABASE "{args.database}" ALLOW_CONNECTIONS true') if database_exists(args.database) \
         else admin(f'CREATE DATABASE "{args.database}"')
@@ -321,6 +329,9 @@ async def run(args: argparse.Namespace) -> list[tuple[str, int, int, str, float]
     rows = []
     try:
         await asyncio.to_thread(bench.start_server)
+        warm = Load(bench.port)
+        for _ in range(20):  # each worker builds its table and opens its connections
+            await warm.one("/endpoints/chat/invocations", CHAT, False)
         faults: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("baseline", lambda: asyncio.sleep(args.seconds)),
             ("worker kill (SIGKILL)", bench.worker_kill),
@@ -357,9 +368,9 @@ def database_exists(name: str) -> bool:
         return connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
 
 
-def format_row(row: tuple[str, int, int, str, float]) -> str:
-    name, requests, errors, kinds, worst = row
-    return f"| {name} | {requests} | {errors} | {kinds} | {worst:.0f} |"
+def format_row(row: Row) -> str:
+    name, requests, errors, kinds, worst_call, worst_stream = row
+    return f"| {name} | {requests} | {errors} | {kinds} | {worst_call:.0f} | {worst_stream:.0f} |"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -369,8 +380,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="how long each fault lasts")
     args = parser.parse_args(argv)
     rows = asyncio.run(run(args))
-    print("| fault | requests | errors | error kinds | worst latency (ms) |")
-    print("|---|---:|---:|---|---:|")
+    print("| fault | requests | errors | error kinds | worst chat call (ms) | worst 1 s stream (ms) |")
+    print("|---|---:|---:|---|---:|---:|")
     for row in rows:
         print(format_row(row))
 
