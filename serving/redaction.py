@@ -4,8 +4,10 @@ An upstream may quote what we sent it: OpenAI's 401 says "Incorrect API key prov
 a misbehaving proxy echoes our request headers in its error body. Every error a provider call raises
 passes through `scrub_error` (serving.invoke, the one place where a provider's errors leave it, for
 answers and streams alike) with the secrets that call resolved (`BaseProvider.call_secrets`): the
-error's detail and message come out with these, any piece of 8 characters or more of them, and the
-masked forms vendors print (a visible prefix or suffix around a run of `*`) replaced by `[redacted]`.
+error's detail and message come out with these, any piece of 12 characters or more of them (8 for
+secrets shorter than 16), and the masked forms vendors print (a visible prefix or suffix around a run
+of `*`) replaced by `[redacted]`. Shorter pieces are left: they would redact ordinary words that a
+key shares (a test key `mistral-test-key` and the model name `mistral-nope`).
 It runs only on the error path: the success path pays nothing.
 """
 
@@ -20,28 +22,30 @@ import orjson
 from providers.errors import GatewayError
 
 REDACTED = "[redacted]"
-_PIECE = 8  # a secret's pieces this long are redacted wherever they appear
+_PIECE = 12  # a secret's pieces this long are redacted wherever they appear (shorter for short secrets)
+_SHORTEST_PIECE = 8
 _SHORTEST = 4  # shorter "secrets" (a placeholder) would redact ordinary words: left alone
 _MASKED = re.compile(r"[A-Za-z0-9_\-]*\*{3,}[A-Za-z0-9_\-]*")
 
 
 def scrub_text(text: str, secrets: Sequence[str]) -> str:
-    """`text` without any of `secrets`, their pieces of 8 characters or more, or their masked forms."""
+    """`text` without any of `secrets`, their long pieces, or their masked forms."""
     secrets = [s for s in secrets if len(s) >= _SHORTEST]
     if not secrets or not text:
         return text
     if "*" in text:
         text = _MASKED.sub(lambda match: REDACTED if _masks(match.group(), secrets) else match.group(), text)
     for secret in secrets:
-        if len(secret) < _PIECE:
+        length = max(_SHORTEST_PIECE, min(_PIECE, len(secret) - 4))
+        if len(secret) <= length:
             text = text.replace(secret, REDACTED)
             continue
         spans: list[tuple[int, int]] = []
-        for index in range(len(secret) - _PIECE + 1):
-            piece = secret[index:index + _PIECE]
+        for index in range(len(secret) - length + 1):
+            piece = secret[index:index + length]
             found = text.find(piece)
             while found >= 0:
-                spans.append((found, found + _PIECE))
+                spans.append((found, found + length))
                 found = text.find(piece, found + 1)
         if spans:
             text = _replace_spans(text, spans)

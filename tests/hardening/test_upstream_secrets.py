@@ -124,8 +124,8 @@ def chat(make_endpoint: MakeEndpoint, upstream: EchoingUpstream, monkeypatch: py
 def assert_no_key(text: str) -> None:
     assert KEY not in text
     assert KEY[:8] + "*" not in text and KEY[-4:] not in text
-    for start in range(len(KEY) - 7):
-        assert KEY[start:start + 8] not in text, f"a piece of the key leaked: {text!r}"
+    for start in range(len(KEY) - 11):
+        assert KEY[start:start + 12] not in text, f"a piece of the key leaked: {text!r}"
 
 
 @pytest.mark.parametrize("answer,status", [(openai_401, 401), (whole_key_500, 500), (echo_headers_502, 502),
@@ -188,3 +188,9 @@ def test_scrubbing_removes_the_key_its_pieces_and_its_masked_forms(text: str, ex
 
 def test_secrets_shorter_than_four_characters_are_left_alone() -> None:
     assert scrub_text("abc and the rest", ["abc"]) == "abc and the rest"
+
+
+def test_a_word_a_short_key_shares_with_the_message_is_not_redacted() -> None:
+    assert scrub_text("Invalid model: mistral-nope", ["mistral-test-key"]) == "Invalid model: mistral-nope"
+    assert scrub_text("key mistral-test-key, piece istral-test-k", ["mistral-test-key"]) == \
+        f"key {REDACTED}, piece {REDACTED}"
