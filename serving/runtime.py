@@ -279,8 +279,10 @@ _last_warning = 0.0
 
 
 def invalidate() -> None:
-    global _stale
+    """The table changed: rebuild it on its next use (now, even if a rebuild failed a moment ago)."""
+    global _stale, _retry_at
     _stale = True
+    _retry_at = 0.0
 
 
 def current_table() -> EndpointTable:
