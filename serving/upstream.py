@@ -208,16 +208,12 @@ class Transport:
 
     async def _whole_answer(self, request: UpstreamRequest, body: bytes | None, headers: dict[str, str],
                             connect: float, read: float) -> tuple[httpclient.AsyncResponse, bytes]:
-        """The head and the whole body within `read` seconds from the request's start, however the upstream
+        """The head and the whole body within `read` seconds of the request's sending, however the upstream
         paces its bytes (a byte every second would otherwise renew a per-read timeout for ever)."""
-        pool = self._pool_for_loop()
-        try:
-            async with asyncio.timeout(read):
-                response = await pool.request(request.method, request.url, headers, body,
-                                              connect_timeout=connect, read_timeout=read)
-                return response, await response.read(self.max_body)
-        except TimeoutError:  # the cancelled wait abandoned the connection (never reused)
-            raise httpclient.ReadTimedOut(f"no whole answer within {read:g} s") from None
+        response = await self._pool_for_loop().request(request.method, request.url, headers, body,
+                                                       connect_timeout=connect, read_timeout=read,
+                                                       answer_timeout=read)
+        return response, await response.read(self.max_body)
 
     # -- non-streaming -------------------------------------------------------------------------
     def send_json(self, request: UpstreamRequest, timeouts: Timeouts,
