@@ -254,8 +254,12 @@ class Bench:
             for pid in self.workers():  # the workers are told to rebuild, as after any applied change
                 os.kill(pid, signal.SIGUSR1)
             await asyncio.sleep(self.args.seconds / 2)
-            os.kill(self.workers()[0], signal.SIGKILL)  # a worker started during the outage
-            await asyncio.sleep(self.args.seconds / 2)
+            victim = self.workers()[0]
+            os.kill(victim, signal.SIGKILL)  # its replacement starts during the outage: it serves from the snapshot
+            deadline = time.monotonic() + 30
+            while (len(self.workers()) < 2 or victim in self.workers()) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(max(3.0, self.args.seconds / 2))  # the new worker starts and serves
         finally:
             await asyncio.to_thread(admin, f'ALTER DATABASE "{self.args.database}" ALLOW_CONNECTIONS true')
         await asyncio.sleep(1)
