@@ -256,10 +256,16 @@ class Bench:
             await asyncio.sleep(self.args.seconds / 2)
             victim = self.workers()[0]
             os.kill(victim, signal.SIGKILL)  # its replacement starts during the outage: it serves from the snapshot
-            deadline = time.monotonic() + 30
-            while (len(self.workers()) < 2 or victim in self.workers()) and time.monotonic() < deadline:
+            before = set(self.workers())
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # until the replacement has started up (its table built)
+                log = (self.folder / "server.log").read_text(errors="replace")
+                new = set(self.workers()) - before
+                started = [log.find(f"Started server process [{pid}]") for pid in new]
+                if new and min(started) >= 0 and "Application startup complete." in log[max(started):]:
+                    break
                 await asyncio.sleep(0.1)
-            await asyncio.sleep(max(3.0, self.args.seconds / 2))  # the new worker starts and serves
+            await asyncio.sleep(self.args.seconds / 2)  # and serves, the database still away
         finally:
             await asyncio.to_thread(admin, f'ALTER DATABASE "{self.args.database}" ALLOW_CONNECTIONS true')
         await asyncio.sleep(1)
