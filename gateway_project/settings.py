@@ -286,6 +286,14 @@ GATEWAY_CA_BUNDLE = env_file("GATEWAY_CA_BUNDLE")
 # The largest invocation body accepted (413 beyond it). Django's 2.5 MB default is too small for chat
 # requests that carry images as base64 data URLs.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("GATEWAY_MAX_REQUEST_BYTES", 32 * 1024 * 1024)
+# The largest upstream answer read whole (a non-stream body, an error body) and the largest line or event
+# of an upstream stream: beyond them the call is a 502 bad_upstream_response, not a worker's memory.
+GATEWAY_MAX_UPSTREAM_BYTES = env_int("GATEWAY_MAX_UPSTREAM_BYTES", 64 * 1024 * 1024)
+GATEWAY_MAX_UPSTREAM_EVENT_BYTES = env_int("GATEWAY_MAX_UPSTREAM_EVENT_BYTES", 8 * 1024 * 1024)
+# A file where each rebuilt endpoint table's rows are kept (secrets as stored: references, encrypted values),
+# for a worker that starts while the database is away (serving.snapshot). start_server sets one in its private
+# runtime folder unless this is set; empty: none.
+GATEWAY_TABLE_SNAPSHOT = os.environ.get("GATEWAY_TABLE_SNAPSHOT", "")
 # How often each process checks whether the endpoint table changed elsewhere.
 GATEWAY_CONFIG_POLL_SECONDS = env_float("GATEWAY_CONFIG_POLL_SECONDS", 0.5)
 # Rate-limit counters in Redis: how long a count may take, and what happens when Redis cannot count
@@ -293,6 +301,9 @@ GATEWAY_CONFIG_POLL_SECONDS = env_float("GATEWAY_CONFIG_POLL_SECONDS", 0.5)
 # served unlimited and a warning is logged. Closed: it is refused with a 503.
 GATEWAY_RATE_LIMIT_TIMEOUT = env_float("GATEWAY_RATE_LIMIT_TIMEOUT", 1.0)
 GATEWAY_RATE_LIMIT_FAIL_OPEN = env_bool("GATEWAY_RATE_LIMIT_FAIL_OPEN", True)
+# After Redis times out or refuses a connection, a worker does not try it again for this long (0: always
+# try): a hung Redis then costs one GATEWAY_RATE_LIMIT_TIMEOUT per interval, not one per limited call.
+GATEWAY_REDIS_BREAKER_SECONDS = env_float("GATEWAY_REDIS_BREAKER_SECONDS", 5.0)
 
 # Observability (observability/): Prometheus metrics at /metrics (GATEWAY_METRICS_TOKEN: a bearer token the
 # scraper must send), OpenTelemetry traces when OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_TRACES_EXPORTER is set

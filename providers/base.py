@@ -17,8 +17,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 from providers import config as provider_config
-from providers.config import ConfigValidationError, ProviderConfig
-from providers.errors import ConfigurationError, NotSupported
+from providers.config import ConfigField, ConfigValidationError, ProviderConfig
+from providers.errors import ConfigurationError, GatewayError, NotSupported
 from providers.secrets import SecretError
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
 from serving.upstream import (
@@ -78,6 +78,16 @@ class BaseProvider:
         except SecretError as exc:
             raise ConfigurationError(exc.message) from None
 
+    def call_secrets(self) -> list[str]:
+        """Every secret value a call of this provider may carry: its config's secrets, resolved (and, in
+        providers that derive credentials, what they derived). Scrubbed from the upstream's errors
+        (serving.redaction); called only on the error path."""
+        try:
+            config = self.config
+        except GatewayError:
+            return []
+        return list(_secret_values(self.config_class.fields, config))
+
     # -- operations (override what the vendor offers) ----------------------------------------------
     def chat(self, payload: dict[str, Any]) -> dict[str, Any]:
         """A `wire.ChatResponse` dict. Raises a GatewayError (NotSupported, 501, unless overridden)."""
@@ -119,6 +129,15 @@ class BaseProvider:
     def post_ndjson(self, request: UpstreamRequest) -> Iterator[Any]:
         response = get_transport().open_stream(request, self.timeouts, self.error_message)
         return iter_ndjson(response)
+
+
+def _secret_values(fields: tuple[ConfigField, ...], config: Mapping[str, Any]) -> Iterator[str]:
+    for f in fields:
+        value = config.get(f.name)
+        if f.children and isinstance(value, Mapping):
+            yield from _secret_values(f.children, value)
+        elif f.is_secret and isinstance(value, str) and value:
+            yield value
 
 
 def drop_none(payload: Mapping[str, Any]) -> dict[str, Any]:

@@ -209,6 +209,12 @@ class AwsCredentialSource:
             self._chain = (frozen, refresh_at)
             return frozen
 
+    def cached_secrets(self) -> list[str]:
+        """The secret keys and session tokens held in the cache (no I/O)."""
+        held = [self._chain[0]] if self._chain is not None else []
+        held += [credentials for credentials, _ in list(self._roles.values())]
+        return [value for c in held for value in (c.secret_key, c.token) if value]
+
     def assumed_role(self, role_arn: str, seconds: int, region: str | None, timeouts: Timeouts) -> ReadOnlyCredentials:
         key = (role_arn, seconds, region)
         cached = self._roles.get(key)
@@ -706,6 +712,10 @@ class BedrockProvider(BaseProvider):
     endpoint_types = frozenset({CHAT, COMPLETIONS, EMBEDDINGS})
     streaming_types = frozenset({CHAT})
     supports_tools = True
+
+    def call_secrets(self) -> list[str]:
+        """The config's secrets and the AWS credentials cached in this process (a role's, the default chain's)."""
+        return super().call_secrets() + CREDENTIALS.cached_secrets()
 
     @classmethod
     def check_endpoint(cls, endpoint_type: str, model_name: str | None) -> None:

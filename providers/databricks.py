@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from providers.config import ConfigField, ConfigValidationError, ProviderConfig
-from providers.errors import UpstreamBadResponse
+from providers.errors import GatewayError, UpstreamBadResponse
 from providers.openai_compatible import OpenAICompatibleProvider
 from serving.upstream import UpstreamRequest
 
@@ -87,6 +87,20 @@ class DatabricksProvider(OpenAICompatibleProvider):
     def headers(self, config: dict[str, Any]) -> dict[str, str]:
         token = config.get("token") or self.oauth_token(config)
         return {"Authorization": f"Bearer {token}"}
+
+    def call_secrets(self) -> list[str]:
+        """The config's secrets, the Basic credentials and the OAuth token made of them (if cached)."""
+        found = super().call_secrets()
+        try:
+            config = self.config
+        except GatewayError:
+            return found
+        if config.get("client_id") and config.get("client_secret"):
+            found.append(base64.b64encode(f"{config['client_id']}:{config['client_secret']}".encode()).decode())
+            token = oauth_tokens.get((str(config.get("host") or "").rstrip("/"), str(config["client_id"])))
+            if token is not None:
+                found.append(token)
+        return found
 
     def oauth_token(self, config: dict[str, Any]) -> str:
         host = str(config["host"]).rstrip("/")

@@ -16,7 +16,7 @@ import orjson
 from providers import shapes
 from providers.base import BaseProvider, content_text
 from providers.config import ConfigField, ProviderConfig
-from providers.errors import UpstreamBadResponse
+from providers.errors import UpstreamBadResponse, UpstreamError
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS, NO_FINISH_REASONS
 from serving.upstream import SSEEvent, UpstreamRequest
 
@@ -202,7 +202,9 @@ def parse_embeddings(body: Any) -> dict[str, Any]:
 
 
 def sse_json(events: Iterator[SSEEvent]) -> Iterator[Any]:
-    """The JSON payloads of an OpenAI-style SSE stream, stopping at [DONE]."""
+    """The JSON payloads of an OpenAI-style SSE stream, stopping at [DONE]. An error event (OpenAI's and
+    Gemini's `{"error": ...}` without choices) raises UpstreamError: the stream ends with the gateway's
+    error event, never as if complete. Anthropic's typed `{"type": "error"}` events are left to its adapter."""
     for event in events:
         data = event.data.strip()
         if not data:
@@ -212,9 +214,29 @@ def sse_json(events: Iterator[SSEEvent]) -> Iterator[Any]:
                 pass
             return
         try:
-            yield orjson.loads(data)
+            payload = orjson.loads(data)
         except orjson.JSONDecodeError:
             raise UpstreamBadResponse("The upstream stream sent an event that is not valid JSON.") from None
+        if isinstance(payload, dict) and payload.get("error") and not payload.get("choices") \
+                and payload.get("type") != "error":
+            raise stream_error(payload["error"])
+        yield payload
+
+
+def stream_error(error: Any) -> UpstreamError:
+    """An upstream's mid-stream `error` → the error that ends our stream (the status its `code` names when
+    it is an HTTP status, as Gemini's is; else 502)."""
+    message = "The upstream stream reported an error."
+    status = 502
+    if isinstance(error, dict):
+        if isinstance(error.get("message"), str) and error["message"]:
+            message = error["message"]
+        code = error.get("code")
+        if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
+            status = code
+    elif isinstance(error, str):
+        message = error
+    return UpstreamError(message, status=status)
 
 
 # -- the provider --------------------------------------------------------------------------------------

@@ -61,7 +61,8 @@ class _Counters:
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
-            client = self._clients[loop] = AsyncRedis(self.address, timeout=settings.GATEWAY_RATE_LIMIT_TIMEOUT)
+            client = self._clients[loop] = AsyncRedis(self.address, timeout=settings.GATEWAY_RATE_LIMIT_TIMEOUT,
+                                                      cooldown=settings.GATEWAY_REDIS_BREAKER_SECONDS)
         return client
 
 

@@ -74,6 +74,10 @@ class InvalidResponse(ConnectionBroken):
     a corrupt gzip stream)."""
 
 
+class ResponseTooLarge(InvalidResponse):
+    """The body is larger than the reader's limit; the connection is closed, never reused."""
+
+
 class _Proxy(NamedTuple):
     host: str
     port: int
@@ -260,6 +264,7 @@ class _Connection(asyncio.Protocol):
         # The current exchange.
         self.head_only = False
         self.read_timeout = 0.0
+        self.deadline: float | None = None  # loop.time() by which the whole answer must be in (None: no bound)
         self.status = 0
         self.parsing_headers: dict[str, str] = {}
         self.headers: dict[str, str] = {}
@@ -351,18 +356,23 @@ class _Connection(asyncio.Protocol):
 
     # The consumer's side
 
-    def start(self, head_only: bool, read_timeout: float) -> None:
+    def start(self, head_only: bool, read_timeout: float, answer_timeout: float | None = None) -> None:
         self.active = True
         self.head_only = head_only
         self.read_timeout = read_timeout
+        self.deadline = None if answer_timeout is None else self.loop.time() + answer_timeout
         self.head_done = self.complete = self.keep_alive = False
         # Known dead before the request is written: the upstream cannot have seen it, as if never connected.
         self.error = ConnectFailed("the connection closed before the request was sent") if self.closed else None
 
     def wait(self) -> asyncio.Future[None]:
-        """A future resolved on the next event (head, body, end, error); the connection fails after read_timeout."""
+        """A future resolved on the next event (head, body, end, error); the connection fails after read_timeout,
+        or at the deadline for the whole answer if that comes first."""
         self.waiter = waiter = self.loop.create_future()
-        self.timer = self.loop.call_later(self.read_timeout, self._timed_out)
+        delay = self.read_timeout
+        if self.deadline is not None:
+            delay = min(delay, self.deadline - self.loop.time())
+        self.timer = self.loop.call_later(delay, self._timed_out)
         return waiter
 
     async def progress(self) -> None:
@@ -406,7 +416,10 @@ class _Connection(asyncio.Protocol):
         self._fail(ConnectionBroken("the response was abandoned"))
 
     def _timed_out(self) -> None:
-        self._fail(ReadTimedOut(f"no data from the server for {self.read_timeout:g} s"))
+        if self.deadline is not None and self.loop.time() >= self.deadline:
+            self._fail(ReadTimedOut("the whole answer did not arrive in time"))
+        else:
+            self._fail(ReadTimedOut(f"no data from the server for {self.read_timeout:g} s"))
 
     def _fail(self, error: Exception) -> None:
         if self.error is None and not self.complete:
@@ -449,13 +462,19 @@ class AsyncResponse:
         if conn.complete and not conn.chunks:
             self._release()  # no body (HEAD, 204, 304, empty): reusable right away, even if never read
 
-    async def read(self) -> bytes:
-        """The whole body; read_timeout bounds each wait for more bytes."""
+    async def read(self, max_bytes: int | None = None) -> bytes:
+        """The whole body; read_timeout bounds each wait for more bytes. Beyond `max_bytes` (decoded) the
+        response is closed and ResponseTooLarge raised."""
         parts: list[bytes] = []
+        size = 0
         while not self._finished:
             chunk = await self.next_chunk()
             if not chunk:
                 break
+            size += len(chunk)
+            if max_bytes is not None and size > max_bytes:
+                self.close()
+                raise ResponseTooLarge(f"the body is larger than {max_bytes} bytes")
             parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -569,9 +588,12 @@ class AsyncPool:
         *,
         connect_timeout: float,
         read_timeout: float,
+        answer_timeout: float | None = None,
     ) -> AsyncResponse:
         """Send the request and return once the response head has arrived.
 
+        `read_timeout` bounds each wait for more of the answer; `answer_timeout`, if given, the whole answer
+        (head and body) from the request's sending: a server dripping bytes cannot hold the reader longer.
         Raises ConnectFailed (not sent; TLSFailed for a failed TLS handshake), ReadTimedOut (no head within
         read_timeout) or ConnectionBroken (InvalidResponse for an answer that is not valid HTTP). Host,
         Content-Length (when body is not None) and, unless given, "Accept-Encoding: gzip, deflate" are
@@ -586,7 +608,7 @@ class AsyncPool:
         conn = self._take_idle(target.key)
         if conn is None:
             conn = await self._connect(target, connect_timeout)
-        conn.start(method == "HEAD", read_timeout)
+        conn.start(method == "HEAD", read_timeout, answer_timeout)
         response = await _exchange(conn, head, body)
         proxy = target.proxy
         if response.status == 407 and proxy is not None:  # only a proxy answers 407: the upstream never saw it

@@ -46,7 +46,7 @@ from providers.errors import (
     WrongEndpointType,
 )
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
-from serving import auth, budgets, circuit, params, ratelimit, runtime, upstream
+from serving import auth, budgets, circuit, params, ratelimit, redaction, runtime, upstream
 from serving.auth import Caller
 from serving.ratelimit import Admitted, RateLimit, RateState, TokenLimit
 from serving.runtime import EndpointTable, LiveEndpoint, LiveRoute
@@ -212,6 +212,7 @@ def call(inv: Invocation, payload: dict[str, Any], *, stream: bool) -> Any:
                 finally:
                     inv.upstream_seconds = (inv.upstream_seconds or 0.0) + time.perf_counter() - started
             except GatewayError as error:
+                redaction.scrub_error(error, endpoint.provider.call_secrets())
                 if route is not None and circuit.enabled() and not _ours(error):
                     circuit.record(endpoint.name, failed=_is_failure(error))
                 if route is None or not route.fallback or last or not _falls_back(error, route.fallback_on):
@@ -306,6 +307,8 @@ def metered(inv: Invocation, chunks: Iterator[dict[str, Any]]) -> Iterator[dict[
                     continue
             yield chunk
     except GatewayError as exc:
+        if inv.endpoint is not None:  # the secrets the upstream may quote, out of the final event and the logs
+            redaction.scrub_error(exc, inv.endpoint.provider.call_secrets())
         error = exc
         raise
     except Exception:

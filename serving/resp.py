@@ -15,12 +15,16 @@ database number, and to the supervisor's embedded store (serving.store) over its
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+logger = logging.getLogger(__name__)
 
 
 class RespError(Exception):
@@ -215,15 +219,24 @@ class AsyncRedis:
     `execute` sends commands and returns their answers in order (error replies as RespError values).
     It raises RespConnectionError if Redis cannot be reached or the connection breaks, and TimeoutError
     after `timeout` seconds; either way the connection is dropped and the next call opens another.
+
+    A breaker: after such a failure, calls for the next `cooldown` seconds raise RespConnectionError at
+    once instead of each waiting up to `timeout` for a Redis that is down or hung (the callers fail open
+    or closed as they would anyway); the first call after the cooldown tries Redis again.
     """
 
-    def __init__(self, address: RedisAddress, *, timeout: float) -> None:
+    def __init__(self, address: RedisAddress, *, timeout: float, cooldown: float = 0.0) -> None:
         self.address = address
         self.timeout = timeout
+        self.cooldown = cooldown
+        self._skip_until = 0.0  # time.monotonic() before which Redis is not tried (the breaker is open)
         self._connection: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
 
     async def execute(self, commands: Sequence[Sequence[str | bytes | int | float]]) -> list[Any]:
+        if self._skip_until and time.monotonic() < self._skip_until:
+            raise RespConnectionError(f"Redis at {self.address.describe()} is skipped for a few seconds after "
+                                      "failing (GATEWAY_REDIS_BREAKER_SECONDS)")
         payload = b"".join(encode_command(*command) for command in commands)
         try:
             async with asyncio.timeout(self.timeout):
@@ -232,10 +245,22 @@ class AsyncRedis:
                     connection = await self._connect()
                 future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
                 connection.send(payload, len(commands), future)
-                return await future
+                replies = await future
         except TimeoutError:
             self._drop(RespConnectionError("Redis did not answer in time"))
+            self._trip("did not answer in time")
             raise
+        except (RespConnectionError, OSError) as exc:
+            self._trip(str(exc) or type(exc).__name__)
+            raise
+        self._skip_until = 0.0
+        return replies
+
+    def _trip(self, reason: str) -> None:
+        if self.cooldown <= 0 or (self._skip_until and time.monotonic() < self._skip_until):
+            return
+        self._skip_until = time.monotonic() + self.cooldown
+        logger.warning("Redis at %s failed (%s): not tried for %g s", self.address.describe(), reason, self.cooldown)
 
     def close(self) -> None:
         self._drop(RespConnectionError("the client was closed"))

@@ -29,7 +29,7 @@ from observability import metrics
 from providers import registry, secrets
 from providers.base import BaseProvider
 from providers.errors import EndpointNotFound, GatewayError
-from serving import budgets
+from serving import budgets, snapshot
 from serving.auth import LiveConsumer, LiveKey
 from serving.bridge import to_thread
 from serving.budgets import Budget
@@ -95,6 +95,7 @@ class EndpointTable:
     order: list[str] = field(default_factory=list)  # endpoint names in config order
     consumers: dict[str, LiveConsumer] = field(default_factory=dict)
     keys: dict[str, LiveKey] = field(default_factory=dict)  # by prefix
+    restored: bool = False  # built from the snapshot (the database was away): rebuilt once it answers
 
     def resolve(self, name: str) -> LiveEndpoint | LiveRoute:
         endpoint = self.endpoints.get(name)
@@ -123,12 +124,43 @@ def _timeouts(endpoint: Endpoint) -> Timeouts:
     return Timeouts(connect=connect, read=read, total=total, retries=retries)
 
 
-def build_table() -> EndpointTable:
+@dataclass
+class TableRows:
+    """What the database holds for the table, as its queries return it: model rows whose secrets are still
+    references or encrypted values (resolved when the table is built). What a snapshot keeps."""
+
+    version: int
+    endpoints: list[Endpoint]
+    routes: list[tuple[str, str, str, list[str] | None, list[tuple[str, int | None]]]]  # name, type, strategy,
+    #                                                                     fallback_on, (destination, percentage)
+    consumers: list[Consumer]
+    keys: list[tuple[str, str, str, Any, Any]]  # prefix, digest, consumer, expires_at, revoked_at
+
+
+def fetch_rows() -> TableRows:
     from endpoints_app.services import config_version
 
     version = config_version()
-    table = EndpointTable(version=version)
-    for endpoint in Endpoint.objects.filter(enabled=True):
+    routes = [
+        (route.name, route.task_type, route.routing_strategy, route.fallback_on,
+         [(d.endpoint.name, d.traffic_percentage) for d in route.destinations.all()])
+        for route in TrafficRoute.objects.filter(enabled=True).prefetch_related("destinations__endpoint")
+    ]
+    return TableRows(
+        version=version,
+        endpoints=list(Endpoint.objects.filter(enabled=True)),
+        routes=routes,
+        consumers=list(Consumer.objects.all()),
+        keys=list(GatewayKey.objects.values_list("prefix", "digest", "consumer__name", "expires_at", "revoked_at")),
+    )
+
+
+def build_table(rows: TableRows | None = None, *, restored: bool = False) -> EndpointTable:
+    """The table from the database's rows (fetched now unless given: a snapshot's, `restored`)."""
+    if rows is None:
+        rows = fetch_rows()
+    table = EndpointTable(version=rows.version, restored=restored)
+    for endpoint in rows.endpoints:
         try:
             provider_cls = registry.get(endpoint.provider)
         except registry.UnknownProvider:
@@ -165,20 +197,20 @@ def build_table() -> EndpointTable:
             params=endpoint.params or {},
         )
         table.order.append(endpoint.name)
-    for route in TrafficRoute.objects.filter(enabled=True).prefetch_related("destinations__endpoint"):
-        fallback = route.routing_strategy == "FALLBACK"
+    for name, task_type, strategy, fallback_on, pairs in rows.routes:
+        fallback = strategy == "FALLBACK"
         destinations = [
-            (d.endpoint.name, 1 if fallback else d.traffic_percentage or 0)
-            for d in route.destinations.all()
-            if d.endpoint.name in table.endpoints and (fallback or (d.traffic_percentage or 0) > 0)
+            (endpoint_name, 1 if fallback else percentage or 0)
+            for endpoint_name, percentage in pairs
+            if endpoint_name in table.endpoints and (fallback or (percentage or 0) > 0)
         ]
         if not destinations:
             continue
-        table.routes[route.name] = LiveRoute(
-            route.name, route.task_type, tuple(n for n, _ in destinations), tuple(w for _, w in destinations),
-            route.routing_strategy, frozenset(route.fallback_on or FALLBACK_DEFAULT) if fallback else frozenset(),
+        table.routes[name] = LiveRoute(
+            name, task_type, tuple(n for n, _ in destinations), tuple(w for _, w in destinations),
+            strategy, frozenset(fallback_on or FALLBACK_DEFAULT) if fallback else frozenset(),
         )
-    for consumer in Consumer.objects.all():
+    for consumer in rows.consumers:
         table.consumers[consumer.name] = LiveConsumer(
             name=consumer.name, enabled=consumer.enabled, allow_all="*" in consumer.allow,
             allow=frozenset(consumer.allow),
@@ -188,12 +220,12 @@ def build_table() -> EndpointTable:
             if consumer.has_token_limit and consumer.token_limit_tokens is not None else None,
             budget=_budget(consumer),
         )
-    for prefix, digest, consumer_name, expires_at, revoked_at in GatewayKey.objects.values_list(
-            "prefix", "digest", "consumer__name", "expires_at", "revoked_at"):
+    for prefix, digest, consumer_name, expires_at, revoked_at in rows.keys:
         table.keys[prefix] = LiveKey(prefix=prefix, digest=digest, consumer=consumer_name,
                                      expires_at=expires_at.timestamp() if expires_at else None,
                                      revoked=revoked_at is not None)
-    _seed_budgets(table)
+    if not restored:  # the ledger is in the database, away when a snapshot is used
+        _seed_budgets(table)
     return table
 
 
@@ -240,18 +272,25 @@ _lock = threading.Lock()
 _table: EndpointTable | None = None
 _stale = True
 _poller_pid: int | None = None
+# After a rebuild failed with a table left to serve: when to try again (until then the table serves as is).
+_retry_at = 0.0
+_RETRY_SECONDS = 2.0
+_WARN_EVERY_SECONDS = 10.0
+_last_warning = 0.0
 
 
 def invalidate() -> None:
-    global _stale
+    """The table changed: rebuild it on its next use (now, even if a rebuild failed a moment ago)."""
+    global _stale, _retry_at
     _stale = True
+    _retry_at = 0.0
 
 
 def current_table() -> EndpointTable:
     """The live table, for code running in the async bridge (an invocation); rebuilt when stale, in a
     helper thread (Django refuses database calls on the event loop). Zero queries on the warm path."""
     table = _table
-    if table is not None and not _stale:
+    if table is not None and (not _stale or time.monotonic() < _retry_at):
         return table
     return to_thread(load_table)
 
@@ -259,25 +298,40 @@ def current_table() -> EndpointTable:
 def load_table() -> EndpointTable:
     """The live table, for code that may block (a thread: the management API, start-up, tests)."""
     table = _table
-    if table is not None and not _stale:
+    if table is not None and (not _stale or time.monotonic() < _retry_at):
         return table
     return _rebuild()
 
 
 def _rebuild() -> EndpointTable:
-    global _table, _stale
+    """Build the table from the database. When that fails, the table this process has keeps serving (or,
+    in a process that has none yet, the snapshot's: serving.snapshot), retried after _RETRY_SECONDS and
+    logged once per interval; only a process with neither raises."""
+    global _table, _stale, _retry_at
     with _lock:
-        if _table is None or _stale:
+        if _table is None or (_stale and time.monotonic() >= _retry_at):
             _stale = False
             opened_here = connection.connection is None
             try:
                 secrets.KEY_FILES.refresh()
-                _table = build_table()
-                metrics.config_loaded(_table.version)
-            except Exception:
+                rows = fetch_rows()
+                table = build_table(rows)
+            except Exception as exc:
                 _stale = True
                 metrics.reload_failed("table")
-                raise
+                fallback = _table if _table is not None else _restored()
+                if fallback is None:
+                    raise
+                _table = fallback
+                _retry_at = time.monotonic() + _RETRY_SECONDS
+                _warn(f"the endpoint table cannot be rebuilt ({type(exc).__name__}: {exc}); serving the table of "
+                      f"config version {fallback.version}{' from the snapshot' if fallback.restored else ''} until "
+                      "the database answers")
+            else:
+                _table = table
+                _retry_at = 0.0
+                metrics.config_loaded(table.version)
+                snapshot.save(rows)
             finally:
                 # Whichever thread rebuilds the table (a worker's helper thread, a management API thread) must not
                 # keep a database connection for it (Django's are per thread). Not inside a transaction: that one
@@ -292,6 +346,26 @@ def knows(name: str) -> bool:
     """Whether the table this process serves has an endpoint or a route of that name."""
     table = _table
     return table is not None and (name in table.endpoints or name in table.routes)
+
+
+def _restored() -> EndpointTable | None:
+    rows = snapshot.load()
+    if rows is None:
+        return None
+    try:
+        return build_table(rows, restored=True)
+    except Exception:
+        logger.warning("the endpoint table snapshot cannot be built", exc_info=True)
+        return None
+
+
+def _warn(message: str) -> None:
+    """One line per interval, not one per request (nor per poll)."""
+    global _last_warning
+    now = time.monotonic()
+    if now - _last_warning >= _WARN_EVERY_SECONDS:
+        _last_warning = now
+        logger.warning("%s", message)
 
 
 def served_version() -> int | None:
@@ -315,12 +389,12 @@ def _poll(interval: float) -> None:
         secrets.KEY_FILES.refresh()  # a key file rotated on disk is used from the next request on
         try:
             version = config_version()
-        except Exception:  # the database may be briefly away; keep serving the table we have
-            logger.warning("config version check failed", exc_info=True)
+        except Exception as exc:  # the database may be briefly away; keep serving the table we have
+            _warn(f"config version check failed ({type(exc).__name__}: {exc}); serving the table we have")
             close_old_connections()
             continue
         table = _table
-        if table is not None and version != table.version:
+        if table is not None and (version != table.version or table.restored):
             logger.info("config version %s → %s: reloading endpoint table", table.version, version)
             invalidate()
             try:

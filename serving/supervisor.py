@@ -86,8 +86,8 @@ def listen(host: str, port: int) -> socket.socket:
     return listener
 
 
-def start_worker(listener: socket.socket, options: ServeOptions, counters_file: str | None = None
-                 ) -> subprocess.Popen[bytes]:
+def start_worker(listener: socket.socket, options: ServeOptions, counters_file: str | None = None,
+                 snapshot_file: str | None = None) -> subprocess.Popen[bytes]:
     """One worker on the listening socket. Call it from the main thread: the worker asks for SIGTERM when
     the thread that started it ends (PR_SET_PDEATHSIG, serving.worker.stop_with_supervisor)."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "gateway_project.settings")}
@@ -95,6 +95,8 @@ def start_worker(listener: socket.socket, options: ServeOptions, counters_file: 
         env["STATIC_ROOT"] = options.static_root
     if counters_file:
         env["GATEWAY_COUNTERS_FILE"] = counters_file
+    if snapshot_file:
+        env["GATEWAY_TABLE_SNAPSHOT"] = snapshot_file
     fd = listener.fileno()
     command = [sys.executable, "-m", "serving.worker", "--fd", str(fd), "--supervisor-pid", str(os.getpid())]
     # SIGUSR1 (check_config_now) must stay blocked until the worker has its handler: its default action
@@ -447,6 +449,9 @@ def supervise(options: ServeOptions, applied_digest: str | None = None) -> int:
     store: CounterFile | None = None
     pruning: threading.Thread | None = None
     metrics_dir: MetricsDirectory | None = None
+    # The workers' endpoint table snapshot (serving.snapshot), in a private folder of ours unless one is set.
+    snapshot_dir = None if os.environ.get("GATEWAY_TABLE_SNAPSHOT") else tempfile.mkdtemp(prefix="gateway-table-")
+    snapshot_file = os.path.join(snapshot_dir, "endpoint-table") if snapshot_dir else None
     try:
         try:
             store = start_counter_store()
@@ -455,7 +460,8 @@ def supervise(options: ServeOptions, applied_digest: str | None = None) -> int:
             logger.error("cannot start the counter store or the metrics directory: %s", exc)
             return 1
         counters_file = store.path if store is not None else None
-        slots += [WorkerSlot(lambda: start_worker(listener, options, counters_file), on_exit=metrics_dir.process_dead)
+        slots += [WorkerSlot(lambda: start_worker(listener, options, counters_file, snapshot_file),
+                             on_exit=metrics_dir.process_dead)
                   for _ in range(options.workers)]
         if watcher is not None:
             threading.Thread(target=watcher.run, args=(stop,), name="config-watcher", daemon=True).start()
@@ -494,6 +500,8 @@ def supervise(options: ServeOptions, applied_digest: str | None = None) -> int:
             stop_counter_store(store)
         if metrics_dir is not None:
             metrics_dir.remove()
+        if snapshot_dir is not None:
+            shutil.rmtree(snapshot_dir, ignore_errors=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

@@ -14,11 +14,13 @@ the same way on every route family and for streams, with one retry decision each
       to its CONNECT) or unreachable
     TLS failure (certificate verification, a refused      502 upstream_tls_error       no: not transient
       handshake)
-    read timeout (no byte for the read timeout)           504 upstream_timeout         no: it may be working
+    read timeout (a whole answer not in within the read   504 upstream_timeout         no: it may be working
+      timeout; for a stream, no byte for it)
     connection reset or closed after the request was      502 upstream_unreachable     no: it may have acted
       written
     malformed HTTP, an undecodable body or an unknown     502 bad_upstream_response    no
-      Content-Encoding
+      Content-Encoding, an answer (or a stream's event)
+      over its size limit, a stream that is not UTF-8
     status 429 (with Retry-After), 502, 503               the upstream's status        yes, within bounds
     any other status                                      the upstream's status        no
 
@@ -74,8 +76,9 @@ _MAX_RETRY_AFTER = 30.0
 
 @dataclass(frozen=True)
 class Timeouts:
-    """connect: to open a connection; read: the longest wait for the next byte (idle for streams);
-    total: the whole call including retries (non-stream) or until the first byte (stream)."""
+    """connect: to open a connection; read: the longest wait for a whole answer (head and body; for a
+    stream, for its head and then between two pieces of it: the idle gap); total: the whole call including
+    retries (non-stream) or until the stream's head (stream)."""
 
     connect: float = 10.0
     read: float = 300.0
@@ -115,18 +118,20 @@ class UpstreamAnswer:
     synchronous code inside the async bridge. Body failures surface as the client's own exceptions;
     iter_raw and the seam map them."""
 
-    def __init__(self, response: httpclient.AsyncResponse, data: bytes | None = None) -> None:
+    def __init__(self, response: httpclient.AsyncResponse, data: bytes | None = None,
+                 max_event: int = 8 * 1024 * 1024) -> None:
         self._response = response
         self._data = data
         self.status = response.status
+        self.max_event = max_event  # the longest line, or event, a stream decoder accepts
 
     def header(self, name: str) -> str | None:
         """A response header by its lower-case name."""
         return self._response.headers.get(name)
 
-    def read(self) -> bytes:
-        """The whole body; the connection goes back to the pool."""
-        return self._data if self._data is not None else await_(self._response.read())
+    def read(self, max_bytes: int | None = None) -> bytes:
+        """The whole body (ResponseTooLarge beyond max_bytes); the connection goes back to the pool."""
+        return self._data if self._data is not None else await_(self._response.read(max_bytes))
 
     def chunks(self) -> Iterator[bytes]:
         """The body as it arrives; the connection goes back to the pool at the end (closed if abandoned)."""
@@ -137,6 +142,10 @@ class UpstreamAnswer:
         finally:
             response.close()  # a no-op once the body was read to its end and the connection pooled
 
+    def close(self) -> None:
+        """Abandon the body: the connection is closed, never reused."""
+        self._response.close()
+
     def discard(self) -> None:
         """Read and drop the rest of the body (before a retry), keeping the connection."""
         if self._data is None:
@@ -146,10 +155,13 @@ class UpstreamAnswer:
 class Transport:
     """Sends UpstreamRequests with pooling, timeouts and safe retries, through the asyncio client."""
 
-    def __init__(self, *, maxsize: int = 64, idle_seconds: float = 30.0, ca_bundle: str | None = None) -> None:
+    def __init__(self, *, maxsize: int = 64, idle_seconds: float = 30.0, ca_bundle: str | None = None,
+                 max_body: int = 64 * 1024 * 1024, max_event: int = 8 * 1024 * 1024) -> None:
         self._maxsize = maxsize
         self._idle_seconds = idle_seconds
         self._ca_bundle = ca_bundle
+        self.max_body = max_body  # the largest whole answer read (a non-stream body, an error body)
+        self.max_event = max_event  # the largest line or event of a stream
         self._pool: httpclient.AsyncPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -184,14 +196,26 @@ class Transport:
     def _attempt(self, request: UpstreamRequest, body: bytes | None, headers: dict[str, str],
                  connect: float, read: float, *, stream: bool) -> UpstreamAnswer:
         """One try, with no retry; failures raise the client's own exceptions (see _CONNECT_FAILED...)."""
-        response = await_(self._request_on_loop(request, body, headers, connect, read))
+        if stream:
+            return UpstreamAnswer(await_(self._request_on_loop(request, body, headers, connect, read)),
+                                  max_event=self.max_event)
         # A whole body is read here, so that its failures map as the connection's do.
-        return UpstreamAnswer(response, None if stream else await_(response.read()))
+        response, data = await_(self._whole_answer(request, body, headers, connect, read))
+        return UpstreamAnswer(response, data)
 
     async def _request_on_loop(self, request: UpstreamRequest, body: bytes | None, headers: dict[str, str],
                                connect: float, read: float) -> httpclient.AsyncResponse:
         return await self._pool_for_loop().request(request.method, request.url, headers, body,
                                                    connect_timeout=connect, read_timeout=read)
+
+    async def _whole_answer(self, request: UpstreamRequest, body: bytes | None, headers: dict[str, str],
+                            connect: float, read: float) -> tuple[httpclient.AsyncResponse, bytes]:
+        """The head and the whole body within `read` seconds of the request's sending, however the upstream
+        paces its bytes (a byte every second would otherwise renew a per-read timeout for ever)."""
+        response = await self._pool_for_loop().request(request.method, request.url, headers, body,
+                                                       connect_timeout=connect, read_timeout=read,
+                                                       answer_timeout=read)
+        return response, await response.read(self.max_body)
 
     # -- non-streaming -------------------------------------------------------------------------
     def send_json(self, request: UpstreamRequest, timeouts: Timeouts,
@@ -211,7 +235,7 @@ class Transport:
         answer = self._request(request, timeouts, stream=True)
         if answer.status >= 400:
             with _reading_body():
-                data = answer.read()
+                data = answer.read(self.max_body)
             raise error_from_response(answer.status, answer.header("content-type") or "", data,
                                       answer.header("retry-after"), extract_error)
         return answer
@@ -252,6 +276,11 @@ class Transport:
             except _READ_TIMED_OUT:
                 raise UpstreamTimeout(
                     f"The upstream at {_origin(request.url)} did not answer within {timeouts.read:g} s."
+                ) from None
+            except httpclient.ResponseTooLarge:
+                raise UpstreamBadResponse(
+                    f"The upstream at {_origin(request.url)} answered with more than {self.max_body} bytes "
+                    "(GATEWAY_MAX_UPSTREAM_BYTES)."
                 ) from None
             except _INVALID as exc:
                 raise UpstreamBadResponse(
@@ -372,6 +401,9 @@ def _reading_body() -> Iterator[None]:
         yield
     except _READ_TIMED_OUT:
         raise UpstreamTimeout("The upstream stream went idle for longer than the read timeout.") from None
+    except httpclient.ResponseTooLarge as exc:
+        raise UpstreamBadResponse(f"The upstream's error answer is too large: {exc.reason} "
+                                  "(GATEWAY_MAX_UPSTREAM_BYTES).") from None
     except _INVALID as exc:
         raise UpstreamBadResponse(f"The upstream stream is invalid: {exc.reason}") from None
     except _BROKEN as exc:
@@ -379,8 +411,10 @@ def _reading_body() -> Iterator[None]:
 
 
 def iter_lines(response: UpstreamAnswer) -> Iterator[bytes]:
-    """Lines as they arrive (without line endings), handling \\n, \\r\\n and lines split across chunks."""
+    """Lines as they arrive (without line endings), handling \\n, \\r\\n and lines split across chunks.
+    A line longer than the stream's event limit is an UpstreamBadResponse."""
     buffer = b""
+    limit = response.max_event
     for chunk in iter_raw(response):
         buffer += chunk
         while True:
@@ -389,8 +423,16 @@ def iter_lines(response: UpstreamAnswer) -> Iterator[bytes]:
                 break
             line, buffer = buffer[:index], buffer[index + 1 :]
             yield line.rstrip(b"\r")
+        if len(buffer) > limit:
+            response.close()
+            raise _event_too_large(limit)
     if buffer:
         yield buffer.rstrip(b"\r")
+
+
+def _event_too_large(limit: int) -> UpstreamBadResponse:
+    return UpstreamBadResponse(
+        f"The upstream stream sent an event larger than {limit} bytes (GATEWAY_MAX_UPSTREAM_EVENT_BYTES).")
 
 
 @dataclass
@@ -402,19 +444,28 @@ class SSEEvent:
 def iter_sse(response: UpstreamAnswer) -> Iterator[SSEEvent]:
     """Server-Sent Events: joins multi-line data, keeps the event name, skips comments."""
     data_lines: list[str] = []
+    size = 0
     event: str | None = None
     for raw in iter_lines(response):
-        line = raw.decode("utf-8")
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            response.close()
+            raise UpstreamBadResponse("The upstream stream sent bytes that are not UTF-8.") from None
         if not line:
             if data_lines:
                 yield SSEEvent("\n".join(data_lines), event)
-            data_lines, event = [], None
+            data_lines, event, size = [], None, 0
             continue
         if line.startswith(":"):
             continue
         name, _, value = line.partition(":")
         value = value[1:] if value.startswith(" ") else value
         if name == "data":
+            size += len(value)
+            if size > response.max_event:
+                response.close()
+                raise _event_too_large(response.max_event)
             data_lines.append(value)
         elif name == "event":
             event = value
@@ -441,7 +492,8 @@ def get_transport() -> Transport:
         from django.conf import settings
 
         _transport = Transport(maxsize=settings.GATEWAY_POOL_MAXSIZE, idle_seconds=settings.GATEWAY_POOL_IDLE_SECONDS,
-                               ca_bundle=settings.GATEWAY_CA_BUNDLE)
+                               ca_bundle=settings.GATEWAY_CA_BUNDLE, max_body=settings.GATEWAY_MAX_UPSTREAM_BYTES,
+                               max_event=settings.GATEWAY_MAX_UPSTREAM_EVENT_BYTES)
     return _transport
 
 

@@ -43,9 +43,9 @@ def test_on_the_event_loop_the_table_is_built_in_a_helper_thread(make_endpoint: 
     threads: list[str] = []
     real_build = runtime.build_table
 
-    def build() -> runtime.EndpointTable:
+    def build(*args: Any, **kwargs: Any) -> runtime.EndpointTable:
         threads.append(threading.current_thread().name)
-        return real_build()
+        return real_build(*args, **kwargs)
 
     async def on_the_loop() -> runtime.EndpointTable:
         return await run_sync(runtime.current_table)
