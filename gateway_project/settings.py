@@ -293,7 +293,7 @@ GATEWAY_MAX_UPSTREAM_EVENT_BYTES = env_int("GATEWAY_MAX_UPSTREAM_EVENT_BYTES", 8
 # A file where each rebuilt endpoint table's rows are kept (secrets as stored: references, encrypted values),
 # for a worker that starts while the database is away (serving.snapshot). start_server sets one in its private
 # runtime folder unless this is set; empty: none.
-GATEWAY_TABLE_SNAPSHOT = os.environ.get("GATEWAY_TABLE_SNAPSHOT", "")
+GATEWAY_TABLE_SNAPSHOT = env_str("GATEWAY_TABLE_SNAPSHOT", "")
 # How often each process checks whether the endpoint table changed elsewhere.
 GATEWAY_CONFIG_POLL_SECONDS = env_float("GATEWAY_CONFIG_POLL_SECONDS", 0.5)
 # Rate-limit counters in Redis: how long a count may take, and what happens when Redis cannot count
