@@ -32,6 +32,7 @@ from typing import Any
 
 from django.conf import settings
 
+from consumers import keys
 from observability import accesslog, metrics, tracing
 from providers import shapes
 from providers.base import BaseProvider
@@ -120,6 +121,13 @@ def authenticate(table: EndpointTable, inv: Invocation, authorization: str | Non
     """Set the caller, with GATEWAY_AUTH=keys (Unauthorized, 401, without a valid key)."""
     if auth.enabled():
         inv.caller = auth.authenticate(authorization, table.keys, table.consumers)
+
+
+def unknown_key(table: EndpointTable, authorization: str | None) -> bool:
+    """Whether the request carries a key whose prefix this table does not know."""
+    token = auth.bearer_token(authorization)
+    prefix = keys.prefix_of(token) if token is not None else None
+    return prefix is not None and prefix not in table.keys
 
 
 def authorize(inv: Invocation, name: str) -> None:

@@ -277,6 +277,9 @@ _retry_at = 0.0
 _RETRY_SECONDS = 2.0
 _WARN_EVERY_SECONDS = 10.0
 _last_warning = 0.0
+# A key the table does not know makes a process look at the config version at most this often (below).
+_UNKNOWN_KEY_CHECK_SECONDS = 0.25
+_last_unknown_key_check = 0.0
 
 
 def invalidate() -> None:
@@ -340,6 +343,37 @@ def _rebuild() -> EndpointTable:
                     connection.close()
             _ensure_poller()
         return _table
+
+
+def table_for_unknown_key() -> EndpointTable | None:
+    """A newer table, for code in the async bridge that met a key this one does not know: a key made a
+    moment ago (create_key, the admin, the API, another instance) works at once instead of after the
+    poller's next look (GATEWAY_CONFIG_POLL_SECONDS). The config version is read in a helper thread, at
+    most every _UNKNOWN_KEY_CHECK_SECONDS per process, so made-up keys cost the database next to nothing.
+    None when the version has not moved (or was looked at a moment ago)."""
+    global _last_unknown_key_check
+    now = time.monotonic()
+    if now - _last_unknown_key_check < _UNKNOWN_KEY_CHECK_SECONDS:
+        return None
+    _last_unknown_key_check = now
+    return to_thread(_newer_table)
+
+
+def _newer_table() -> EndpointTable | None:
+    from endpoints_app.services import config_version
+
+    table = _table
+    try:
+        version = config_version()
+    except Exception:  # the database is away: the poller reports it
+        return None
+    finally:
+        if not connection.in_atomic_block:
+            connection.close()  # a helper thread of the pool: keep no connection open for it
+    if table is not None and version == table.version and not table.restored:
+        return None
+    invalidate()
+    return load_table()
 
 
 def knows(name: str) -> bool:

@@ -450,7 +450,7 @@ def supervise(options: ServeOptions, applied_digest: str | None = None) -> int:
     pruning: threading.Thread | None = None
     metrics_dir: MetricsDirectory | None = None
     # The workers' endpoint table snapshot (serving.snapshot), in a private folder of ours unless one is set.
-    snapshot_dir = None if os.environ.get("GATEWAY_TABLE_SNAPSHOT") else tempfile.mkdtemp(prefix="gateway-table-")
+    snapshot_dir = None if os.environ.get("GATEWAY_TABLE_SNAPSHOT") else tempfile.mkdtemp(prefix="table-snapshot-")
     snapshot_file = os.path.join(snapshot_dir, "endpoint-table") if snapshot_dir else None
     try:
         try:

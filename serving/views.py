@@ -26,6 +26,7 @@ from providers.errors import (
     GatewayError,
     RequestTooLarge,
     RequestValidationError,
+    Unauthorized,
 )
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
 from serving import invoke, runtime
@@ -150,7 +151,17 @@ def _begin(request: HttpRequest, family: str) -> Invocation:
 
 def _authenticated(request: HttpRequest, inv: Invocation) -> EndpointTable:
     table = runtime.current_table()
-    invoke.authenticate(table, inv, request.META.get("HTTP_AUTHORIZATION"))
+    authorization = request.META.get("HTTP_AUTHORIZATION")
+    try:
+        invoke.authenticate(table, inv, authorization)
+    except Unauthorized:
+        if not invoke.unknown_key(table, authorization):
+            raise
+        newer = runtime.table_for_unknown_key()  # a key made a moment ago?
+        if newer is None:
+            raise
+        invoke.authenticate(newer, inv, authorization)
+        return newer
     return table
 
 

@@ -67,6 +67,26 @@ def test_a_revoked_key_is_refused_by_both_workers_within_a_second(servers: Serve
     assert seconds_until_refused_everywhere([server], key) < 1.0
 
 
+def test_a_new_key_works_on_every_worker_at_once(servers: Servers, tmp_path: Path) -> None:
+    """Not after the poller's next look (60 s here): a worker that meets a key it does not know reads the
+    config version then and there."""
+    env = server_env(f"sqlite:///{tmp_path / 'gateway.sqlite3'}", GATEWAY_AUTH="keys",
+                     GATEWAY_CONFIG_POLL_SECONDS="60")
+    config = tmp_path / "gateway.yaml"
+    config.write_text(config_text(mock_endpoint("chat")) + CONSUMERS)
+    server = servers.start(env, config, workers=2)
+    key = make_key(env)
+    served: dict[int, list[int]] = {}
+    for _ in range(40):  # fresh connections: the kernel spreads them over the two workers
+        with requests.Session() as session:
+            status = session.post(server.url("/endpoints/chat/invocations"), json=HI, timeout=10,
+                                  headers={"Authorization": f"Bearer {key}"}).status_code
+            served.setdefault(session.get(server.url("/health"), timeout=10).json()["pid"], []).append(status)
+    assert set(served) == server.worker_pids()
+    assert all(statuses == [200] * len(statuses) for statuses in served.values()), served
+    assert call(server, "gwk_unknown0_" + "x" * 43) == 401  # a made-up key is still refused
+
+
 @pytest.mark.services
 def test_a_revoked_key_is_refused_by_every_worker_of_two_instances_within_a_second(
         servers: Servers, services_env: dict[str, str], tmp_path: Path) -> None:
