@@ -266,6 +266,20 @@ GATEWAY_CA_BUNDLE = env_file("GATEWAY_CA_BUNDLE")
 # The largest invocation body accepted (413 beyond it). Django's 2.5 MB default is too small for chat
 # requests that carry images as base64 data URLs.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("GATEWAY_MAX_REQUEST_BYTES", 32 * 1024 * 1024)
+# The HTTP edge (serving.edge): what one client may cost a worker. A request's head (request line and
+# headers) is at most this many bytes (431) and must arrive within this many seconds (408); a body may pause
+# this long between two reads (408); a worker holds at most this many client connections (past it, the
+# oldest idle one is closed, or the new one answered 503), fewer if its open-file limit cannot hold them.
+GATEWAY_MAX_HEADER_BYTES = env_int("GATEWAY_MAX_HEADER_BYTES", 64 * 1024)
+GATEWAY_HEADER_TIMEOUT_SECONDS = env_float("GATEWAY_HEADER_TIMEOUT_SECONDS", 10.0)
+GATEWAY_BODY_TIMEOUT_SECONDS = env_float("GATEWAY_BODY_TIMEOUT_SECONDS", 30.0)
+GATEWAY_MAX_CONNECTIONS = env_int("GATEWAY_MAX_CONNECTIONS", 2048)
+for _name in ("GATEWAY_MAX_REQUEST_BYTES", "GATEWAY_MAX_HEADER_BYTES", "GATEWAY_MAX_CONNECTIONS"):
+    if env_int(_name, 1) < 1:
+        raise ImproperlyConfigured(f"{_name} must be 1 or more.")
+for _name in ("GATEWAY_HEADER_TIMEOUT_SECONDS", "GATEWAY_BODY_TIMEOUT_SECONDS"):
+    if env_float(_name, 1.0) <= 0:
+        raise ImproperlyConfigured(f"{_name} must be more than 0 seconds.")
 # How often each process checks whether the endpoint table changed elsewhere.
 GATEWAY_CONFIG_POLL_SECONDS = env_float("GATEWAY_CONFIG_POLL_SECONDS", 0.5)
 # Rate-limit counters in Redis: how long a count may take, and what happens when Redis cannot count
