@@ -8,6 +8,7 @@ rate limits), SECRET_KEY, ALLOWED_HOSTS and DEBUG=false.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -98,6 +99,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_filters",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -109,6 +111,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks
 ]
 
 ROOT_URLCONF = "gateway_project.urls"
@@ -180,9 +183,30 @@ STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT") or BASE_DIR / "var" / "static")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-if not DEBUG:
-    SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
-    CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
+# Session and CSRF cookies only over HTTPS, unless DEBUG (local development over http) or SECURE_COOKIES=false
+# (a deployment served over plain http on a private network).
+SECURE_COOKIES = env_bool("SECURE_COOKIES", not DEBUG)
+SESSION_COOKIE_SECURE = SECURE_COOKIES
+CSRF_COOKIE_SECURE = SECURE_COOKIES
+# Every error is JSON, a failed CSRF check (a form posted without its token) too.
+CSRF_FAILURE_VIEW = "endpoints_app.errors.csrf_failure"
+
+# Admin logins: after GATEWAY_LOGIN_FAILURE_LIMIT failed passwords from one client address, every login from
+# it is refused (429, JSON) for GATEWAY_LOGIN_COOLOFF_MINUTES (django-axes, its attempts in the database, so
+# every worker and instance counts them together). The address is the one uvicorn resolved: X-Forwarded-For
+# is believed only from the proxies in FORWARDED_ALLOW_IPS (uvicorn's setting, default 127.0.0.1).
+AUTHENTICATION_BACKENDS = [
+    "gateway_project.security.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ENABLED = env_bool("GATEWAY_LOGIN_THROTTLE", True)
+AXES_FAILURE_LIMIT = env_int("GATEWAY_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("GATEWAY_LOGIN_COOLOFF_MINUTES", 15.0))
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "gateway_project.security.client_address"
+AXES_LOCKOUT_CALLABLE = "gateway_project.security.locked_out"
+AXES_VERBOSE = False
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
