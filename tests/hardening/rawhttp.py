@@ -69,8 +69,8 @@ def exchange(port: int, request: bytes, timeout: float = 10) -> Answer:
 
 
 def start_gateway(servers: Servers, folder: Path, workers: int = 1, **env: str) -> Server:
-    """A start_server (one worker unless told) serving mock endpoints (`chat`, and `slow`: a stream of 1,000 events 0.1 s
-    apart), with `env` on top of a production environment (DEBUG off)."""
+    """A start_server (one worker unless told) serving mock endpoints (`chat`, and `slow`: a stream of 1,000
+    events 0.1 s apart), with `env` on top of a production environment (DEBUG off)."""
     config = folder / "config.yaml"
     slow = {"stream_chunks": 1000, "chunk_delay_ms": 100}
     config.write_text(config_text(mock_endpoint("chat"), mock_endpoint("slow", config=slow)))
