@@ -216,6 +216,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": [],
     "UNAUTHENTICATED_USER": None,
     "EXCEPTION_HANDLER": "endpoints_app.views.exception_handler",
+    # No OPTIONS description of the views (the schema is /openapi.json): DRF's describes serializer fields, which
+    # the management API's definition serializers do not have (a 500). OPTIONS answers 405.
+    "DEFAULT_METADATA_CLASS": None,
     # The management API's lists (/api/manage/...): ?limit=&offset= pages, django-filter's query filters.
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
