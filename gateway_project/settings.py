@@ -188,6 +188,15 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 SECURE_COOKIES = env_bool("SECURE_COOKIES", not DEBUG)
 SESSION_COOKIE_SECURE = SECURE_COOKIES
 CSRF_COOKIE_SECURE = SECURE_COOKIES
+# Behind a proxy that terminates TLS: the header that says the client used https (e.g. X-Forwarded-Proto, trusted
+# only if the proxy always sets it), then HTTPS redirects and HSTS (Django's SecurityMiddleware, which the
+# invocation views get too).
+_proxy_ssl_header = os.environ.get("SECURE_PROXY_SSL_HEADER", "").strip()
+if _proxy_ssl_header:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _proxy_ssl_header.upper().replace("-", "_"), "https")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^health$"]  # a load balancer's health check may come over http
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
 # Every error is JSON, a failed CSRF check (a form posted without its token) too.
 CSRF_FAILURE_VIEW = "endpoints_app.errors.csrf_failure"
 

@@ -20,10 +20,13 @@ room) are rendered here, in the route's shape as endpoints_app.errors renders th
 from __future__ import annotations
 
 import http
+import logging
 import resource
 from dataclasses import dataclass
 
 import orjson
+
+logger = logging.getLogger(__name__)
 
 # Descriptors a worker keeps for itself (the listening socket, the database, Redis, log files, libraries),
 # and per client connection one more may be open to its upstream.
@@ -71,7 +74,11 @@ def connection_cap(wanted: int) -> int:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return wanted
-    return max(1, min(wanted, (soft - RESERVED_DESCRIPTORS) // DESCRIPTORS_PER_CONNECTION))
+    room = max(1, (soft - RESERVED_DESCRIPTORS) // DESCRIPTORS_PER_CONNECTION)
+    if room < wanted:
+        logger.warning("GATEWAY_MAX_CONNECTIONS=%s lowered to %s: this worker may open %s files (ulimit -n)",
+                       wanted, room, soft)
+    return min(wanted, room)
 
 
 def declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:

@@ -140,7 +140,9 @@ def test_half_sent_requests_are_closed_and_other_clients_are_served_meanwhile(ga
         attack.close()
     # Past the worker's room (96 connections under its open-file limit), the oldest half-sent ones were
     # closed for the newcomers; the worker says so, once per interval.
-    assert "idle connections closed for room" in gateway.wait_for_log("HTTP edge:")
+    log = gateway.wait_for_log("HTTP edge:")
+    assert "idle connections closed for room" in log
+    assert "GATEWAY_MAX_CONNECTIONS=2048 lowered to 96: this worker may open 256 files" in log
 
 
 def test_a_body_that_stops_coming_is_timed_out(gateway: Server) -> None:
