@@ -86,6 +86,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         super().on_response_complete()
 
 
+# A connection's phases: its head is arriving, its body is, or it waits for the answer or the next request.
+_HEAD, _BODY, _ANSWERING = "head", "body", "answering"
+
 class GatewayHttpToolsProtocol(CoalescingHttpToolsProtocol):
     """The workers' protocol: uvicorn's httptools protocol, coalescing its writes, with the edge's limits
     (serving.edge) that uvicorn lacks: a head size limit (431) and deadline (408), a body idle timeout
@@ -105,9 +108,11 @@ class GatewayHttpToolsProtocol(CoalescingHttpToolsProtocol):
         self._limits = GatewayHttpToolsProtocol.limits
         # Bytes of a request head still accepted; None from the end of a head to the end of its body.
         self._head_left: int | None = self._limits.max_header_bytes
-        self._request_begun = False  # a byte of the current request has arrived (a 408 then, else a close)
+        # One timer per connection, checked lazily (re-armed only when it fires early), so that a request
+        # costs a few attribute writes and no timer: the phase, and since when it has waited.
+        self._phase = _HEAD
+        self._waiting_since = self.loop.time()
         self._deadline: asyncio.TimerHandle | None = None
-        self._body_read_at = 0.0
 
     # The connection cap.
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -116,7 +121,7 @@ class GatewayHttpToolsProtocol(CoalescingHttpToolsProtocol):
         if len(connections) >= self._limits.max_connections and not _close_an_idle_connection(connections):
             self.app = _answer_no_room  # every connection is busy with a request: this one is answered 503
         connections[self] = None
-        self._arm(self._limits.header_timeout, self._head_timed_out)
+        self._arm(self._limits.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         _open_connections(self.server_state).pop(self, None)
@@ -144,65 +149,75 @@ class GatewayHttpToolsProtocol(CoalescingHttpToolsProtocol):
                 return
         if self._head_left is not None:
             self._head_left -= len(data)
-        super().data_received(data)
+        HttpToolsProtocol.data_received(self, data)
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, "Bad Request: the request is not valid HTTP.", "bad_request")
 
     # The head's and the body's deadlines.
+    # (The parser's callbacks call the base class directly, not through super(): they run for every request.)
     def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._request_begun = True
-        if self._deadline is None:  # a kept-alive connection's next request (the first is timed from the connection)
-            self._arm(self._limits.header_timeout, self._head_timed_out)
+        HttpToolsProtocol.on_message_begin(self)
+        if self._phase != _HEAD:  # a kept-alive connection's next request (the first is timed from the connection)
+            self._wait(_HEAD, self._limits.header_timeout)
 
     def on_headers_complete(self) -> None:
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)
         self._head_left = None
-        self._body_read_at = self.loop.time()
-        self._arm(self._limits.body_timeout, self._body_timed_out)
+        self._wait(_BODY, self._limits.body_timeout)
 
     def on_body(self, body: bytes) -> None:
-        super().on_body(body)
-        self._body_read_at = self.loop.time()
+        HttpToolsProtocol.on_body(self, body)
+        self._waiting_since = self.loop.time()
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
-        self._disarm()
+        HttpToolsProtocol.on_message_complete(self)
+        self._phase = _ANSWERING  # the application's time, then uvicorn's keep-alive timeout
         self._head_left = self._limits.max_header_bytes
-        self._request_begun = False
 
-    def _arm(self, delay: float, callback: Any) -> None:
+    def _wait(self, phase: str, timeout: float) -> None:
+        """Enter a phase that must progress within `timeout`; the pending timer does unless it is due later."""
+        self._phase = phase
+        now = self._waiting_since = self.loop.time()
+        if self._deadline is None or self._deadline.when() > now + timeout:
+            self._arm(timeout)
+
+    def _arm(self, delay: float) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
-        self._deadline = self.loop.call_later(delay, callback)
+        self._deadline = self.loop.call_later(delay, self._check_deadline)
 
     def _disarm(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
 
-    def _head_timed_out(self) -> None:
+    def _check_deadline(self) -> None:
         self._deadline = None
-        if self.transport.is_closing():
-            return
-        if not self._request_begun:
+        if self.transport.is_closing() or self._phase == _ANSWERING:
+            return  # the next request's head arms it again
+        now = self.loop.time()
+        if self._phase == _HEAD:
+            left = self._limits.header_timeout - (now - self._waiting_since)
+            if left <= 0:
+                self._head_timed_out()
+                return
+        else:
+            if self.flow.read_paused:  # we stopped reading (the application has not taken what it has): not the client
+                self._waiting_since = now
+            left = self._limits.body_timeout - (now - self._waiting_since)
+            if left <= 0:
+                self._refuse(408, f"The request body paused for more than {self._limits.body_timeout:g} s "
+                                  "(GATEWAY_BODY_TIMEOUT_SECONDS).", "request_timeout")
+                return
+        self._arm(left)
+
+    def _head_timed_out(self) -> None:
+        if self._head_left == self._limits.max_header_bytes:
             self.transport.close()  # nothing was asked: a plain close, as for an idle kept-alive connection
             return
         self._refuse(408, f"The request head did not arrive within {self._limits.header_timeout:g} s "
                           "(GATEWAY_HEADER_TIMEOUT_SECONDS).", "request_timeout")
-
-    def _body_timed_out(self) -> None:
-        self._deadline = None
-        if self.transport.is_closing():
-            return
-        waited = self.loop.time() - self._body_read_at
-        if waited < self._limits.body_timeout or self.flow.read_paused:
-            # Data came since, or we stopped reading (the application has not taken what it has yet).
-            self._arm(max(0.0, self._limits.body_timeout - waited), self._body_timed_out)
-            return
-        self._refuse(408, f"The request body paused for more than {self._limits.body_timeout:g} s "
-                          "(GATEWAY_BODY_TIMEOUT_SECONDS).", "request_timeout")
 
     def _refuse(self, status: int, message: str, code: str) -> None:
         """Answer an error ourselves (unless an answer has begun) and close the connection; the
