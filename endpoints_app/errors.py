@@ -7,8 +7,10 @@ raises the matching exception. No request ever gets an HTML or text/plain error 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -90,3 +92,23 @@ def handler400(request: HttpRequest, exception: Exception | None = None) -> Http
 
 def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     return json_response({"detail": "Forbidden"}, 403)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """CSRF_FAILURE_VIEW: Django's page is HTML."""
+    return json_response({"detail": f"Forbidden: CSRF verification failed ({reason})."}, 403)
+
+
+def get_only(view: Callable[..., Any]) -> Callable[..., Any]:
+    """A view that only reads: another method is a JSON 405 (Django's and DRF's HTML views answer it with
+    an HTML or text/plain page)."""
+
+    @functools.wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        if request.method not in ("GET", "HEAD"):
+            response = json_response({"detail": "Method Not Allowed"}, 405)
+            response["Allow"] = "GET, HEAD"
+            return response
+        return view(request, *args, **kwargs)
+
+    return wrapped

@@ -233,6 +233,8 @@ class ModelListView(GatewayAPIView):
 
     def handle_exception(self, exc: Exception) -> Response:
         """OpenAI's error envelope, with the statuses the openai SDK maps to its exception classes."""
+        if isinstance(exc, drf_exceptions.APIException):  # DRF's own (405, 406, ...): the same envelope
+            exc = GatewayError(str(exc.detail), status=exc.status_code, code=str(exc.default_code))
         if isinstance(exc, GatewayError):
             log_error(exc)
             return Response(openai_body(exc), status=openai_status(exc), headers=error_headers(exc))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -111,6 +112,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_filters",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -122,6 +124,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks
 ]
 
 ROOT_URLCONF = "gateway_project.urls"
@@ -195,10 +198,39 @@ STATIC_URL = "static/"
 STATIC_ROOT = Path(env_str("STATIC_ROOT") or BASE_DIR / "var" / "static")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-_SECURE_COOKIES = env_bool("SECURE_COOKIES", False)
-if not DEBUG:
-    SESSION_COOKIE_SECURE = _SECURE_COOKIES
-    CSRF_COOKIE_SECURE = _SECURE_COOKIES
+# Session and CSRF cookies only over HTTPS, unless DEBUG (local development over http) or SECURE_COOKIES=false
+# (a deployment served over plain http on a private network).
+SECURE_COOKIES = env_bool("SECURE_COOKIES", not DEBUG)
+SESSION_COOKIE_SECURE = SECURE_COOKIES
+CSRF_COOKIE_SECURE = SECURE_COOKIES
+# Behind a proxy that terminates TLS: the header that says the client used https (e.g. X-Forwarded-Proto, trusted
+# only if the proxy always sets it), then HTTPS redirects and HSTS (Django's SecurityMiddleware, which the
+# invocation views get too).
+_proxy_ssl_header = env_str("SECURE_PROXY_SSL_HEADER", "").strip()
+if _proxy_ssl_header:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _proxy_ssl_header.upper().replace("-", "_"), "https")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^health$"]  # a load balancer's health check may come over http
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+# Every error is JSON, a failed CSRF check (a form posted without its token) too.
+CSRF_FAILURE_VIEW = "endpoints_app.errors.csrf_failure"
+
+# Admin logins: after GATEWAY_LOGIN_FAILURE_LIMIT failed passwords from one client address, every login from
+# it is refused (429, JSON) for GATEWAY_LOGIN_COOLOFF_MINUTES (django-axes, its attempts in the database, so
+# every worker and instance counts them together). The address is the one uvicorn resolved: X-Forwarded-For
+# is believed only from the proxies in FORWARDED_ALLOW_IPS (uvicorn's setting, default 127.0.0.1).
+AUTHENTICATION_BACKENDS = [
+    "gateway_project.security.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ENABLED = env_bool("GATEWAY_LOGIN_THROTTLE", True)
+AXES_FAILURE_LIMIT = env_int("GATEWAY_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("GATEWAY_LOGIN_COOLOFF_MINUTES", 15.0))
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "gateway_project.security.client_address"
+AXES_LOCKOUT_CALLABLE = "gateway_project.security.locked_out"
+AXES_VERBOSE = False
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -208,6 +240,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": [],
     "UNAUTHENTICATED_USER": None,
     "EXCEPTION_HANDLER": "endpoints_app.views.exception_handler",
+    # No OPTIONS description of the views (the schema is /openapi.json): DRF's describes serializer fields, which
+    # the management API's definition serializers do not have (a 500). OPTIONS answers 405.
+    "DEFAULT_METADATA_CLASS": None,
     # The management API's lists (/api/manage/...): ?limit=&offset= pages, django-filter's query filters.
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
@@ -294,6 +329,20 @@ GATEWAY_MAX_UPSTREAM_EVENT_BYTES = env_int("GATEWAY_MAX_UPSTREAM_EVENT_BYTES", 8
 # for a worker that starts while the database is away (serving.snapshot). start_server sets one in its private
 # runtime folder unless this is set; empty: none.
 GATEWAY_TABLE_SNAPSHOT = env_str("GATEWAY_TABLE_SNAPSHOT", "")
+# The HTTP edge (serving.edge): what one client may cost a worker. A request's head (request line and
+# headers) is at most this many bytes (431) and must arrive within this many seconds (408); a body may pause
+# this long between two reads (408); a worker holds at most this many client connections (past it, the
+# oldest idle one is closed, or the new one answered 503), fewer if its open-file limit cannot hold them.
+GATEWAY_MAX_HEADER_BYTES = env_int("GATEWAY_MAX_HEADER_BYTES", 64 * 1024)
+GATEWAY_HEADER_TIMEOUT_SECONDS = env_float("GATEWAY_HEADER_TIMEOUT_SECONDS", 10.0)
+GATEWAY_BODY_TIMEOUT_SECONDS = env_float("GATEWAY_BODY_TIMEOUT_SECONDS", 30.0)
+GATEWAY_MAX_CONNECTIONS = env_int("GATEWAY_MAX_CONNECTIONS", 2048)
+for _name in ("GATEWAY_MAX_REQUEST_BYTES", "GATEWAY_MAX_HEADER_BYTES", "GATEWAY_MAX_CONNECTIONS"):
+    if env_int(_name, 1) < 1:
+        raise ImproperlyConfigured(f"{_name} must be 1 or more.")
+for _name in ("GATEWAY_HEADER_TIMEOUT_SECONDS", "GATEWAY_BODY_TIMEOUT_SECONDS"):
+    if env_float(_name, 1.0) <= 0:
+        raise ImproperlyConfigured(f"{_name} must be more than 0 seconds.")
 # How often each process checks whether the endpoint table changed elsewhere.
 GATEWAY_CONFIG_POLL_SECONDS = env_float("GATEWAY_CONFIG_POLL_SECONDS", 0.5)
 # Rate-limit counters in Redis: how long a count may take, and what happens when Redis cannot count

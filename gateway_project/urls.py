@@ -14,6 +14,7 @@ from rest_framework.routers import DefaultRouter
 from consumers.api import ConsumerViewSet, KeyViewSet
 from endpoints_app import views
 from endpoints_app.api import EndpointViewSet, RouteViewSet
+from endpoints_app.errors import get_only
 from endpoints_app.models import NAME_CHARS
 from usage.api import UsageReportView
 
@@ -35,8 +36,8 @@ handler500 = "endpoints_app.errors.handler500"
 urlpatterns = [
     path("", views.root_redirect),
     path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi"),
-    path("docs", SpectacularSwaggerView.as_view(url_name="openapi"), name="docs"),
-    path("redoc", SpectacularRedocView.as_view(url_name="openapi"), name="redoc"),
+    path("docs", get_only(SpectacularSwaggerView.as_view(url_name="openapi")), name="docs"),
+    path("redoc", get_only(SpectacularRedocView.as_view(url_name="openapi")), name="redoc"),
     # MLflow deployments API
     path("api/2.0/endpoints", views.endpoint_list_redirect),
     path("api/2.0/endpoints/", views.EndpointListView.as_view(), name="endpoint-list"),

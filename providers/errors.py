@@ -20,6 +20,10 @@ class GatewayError(Exception):
         self.detail = detail
         if status is not None:
             self.status = status
+            if status < 500 and self.openai_type == GatewayError.openai_type:
+                # A client's error (400, 404, 405, 413, ...) raised without a class of its own: OpenAI's
+                # type for it, never server_error.
+                self.openai_type = "invalid_request_error"
         if code is not None:
             self.code = code
         self.retry_after = retry_after

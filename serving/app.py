@@ -31,9 +31,11 @@ from django.middleware.security import SecurityMiddleware
 
 from endpoints_app.errors import json_response
 from observability import metrics, tracing
+from providers.errors import GatewayError
 from serving import counters, invoke, runtime
 from serving import views as invocations
 from serving.bridge import await_, run_sync
+from serving.edge import declared_length, error_body, too_large_message
 from serving.routes import match_invocation
 from usage import ledger
 
@@ -123,24 +125,36 @@ class GatewayApplication:
             if view is not None:
                 await self._serve(view, scope, receive, send)
                 return
-        elif scope["type"] == "lifespan":
+            await _serve_django(self.django_app, scope, receive, send)
+            return
+        if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
         await self.django_app(scope, receive, send)
 
     async def _serve(self, view: View, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        try:
-            body = await _read_body(receive)
-        except _BodyTooLarge as exc:
-            # The view refuses it (413, in the route's error shape) from the length alone, as for any request.
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        size = declared_length(scope["headers"])
+        too_large = size is not None and size > limit
+        body: bytes | None = b""
+        if not too_large:
+            try:
+                body = await _read_body(receive, limit)
+            except _BodyTooLarge as exc:
+                too_large, size = True, exc.size
+        if too_large:
+            # The view refuses it (413, in the route's error shape) from the length alone, as for any request;
+            # the rest of the body is never read: the connection closes after the answer.
             headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
-            scope = {**scope, "headers": [*headers, (b"content-length", str(exc.size).encode())]}
+            scope = {**scope, "headers": [*headers, (b"content-length", str(size).encode())]}
             body = b""
         if body is None:
             return  # the client went away before sending its whole request
         response = await _run_view(view, ASGIRequest(scope, io.BytesIO(body)), receive)
         if response is None:
             return  # the client went away while the view waited on its upstream
+        if too_large:
+            response["Connection"] = "close"
         await send({
             "type": "http.response.start",
             "status": response.status_code,
@@ -151,6 +165,8 @@ class GatewayApplication:
             return
         await _pass_stream(response, receive, send)
 
+
+STOPPING_MESSAGE = "The server is shutting down; retry the request."
 
 # A view still running after this long starts listening for its client's disconnect. Most answers come
 # sooner, and pay nothing for it: a timer, not a task per request.
@@ -174,9 +190,14 @@ async def _run_view(view: View, request: HttpRequest, receive: Receive) -> HttpR
     try:
         return await run_sync(respond, view, request)
     except asyncio.CancelledError:
-        if watcher is None or not _client_left(watcher):
-            raise  # we were cancelled ourselves (the server is stopping)
         task.uncancel()
+        if watcher is None or not _client_left(watcher):
+            # The server is stopping and its grace period is over (uvicorn cancels what is still running).
+            logger.warning("the server stopped before the answer: %s cancelled (request %s)", request.path,
+                           getattr(request, "request_id", "-"))
+            response = json_response({"detail": STOPPING_MESSAGE}, 503)
+            response["Connection"] = "close"
+            return response
         logger.info("client went away before the answer: %s cancelled", request.path)
         return None
     finally:
@@ -194,8 +215,17 @@ async def _pass_stream(response: HttpResponseBase, receive: Receive, send: Send)
     try:
         await pump
     except asyncio.CancelledError:
-        if not _client_left(watcher):
-            raise  # we were cancelled ourselves (the server is stopping)
+        if _client_left(watcher):
+            return
+        # The server is stopping and its grace period is over: the stream is cut, and says so (a client must
+        # not take a cut stream for a complete one).
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        logger.warning("the server stopped during a stream: cut (request %s)", response.get("X-Request-Id", "-"))
+        error = GatewayError(STOPPING_MESSAGE, status=503, code="server_shutting_down")
+        await send({"type": "http.response.body", "body": invocations.error_event(error), "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
     finally:
         watcher.cancel()
 
@@ -234,26 +264,65 @@ class _BodyTooLarge(Exception):
         self.size = size
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body, or None if the client went away. Past the size limit the rest is read
-    and dropped (the connection stays usable) and _BodyTooLarge is raised."""
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None if the client went away; _BodyTooLarge as soon as it passes the
+    size limit (nothing more is read)."""
     parts: list[bytes] = []
     size = 0
-    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size <= limit:
-            parts.append(chunk)
-        else:
-            parts.clear()
+        if size > limit:
+            raise _BodyTooLarge(size)
+        parts.append(chunk)
         if not message.get("more_body"):
-            if size > limit:
-                raise _BodyTooLarge(size)
             return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class _LimitedReceive:
+    """A request's receive() that stops at the body size limit: past it, Django's handler (which spools the
+    whole body to a temporary file before routing) is told the client went away."""
+
+    __slots__ = ("exceeded", "left", "receive")
+
+    def __init__(self, receive: Receive, limit: int) -> None:
+        self.receive = receive
+        self.left = limit
+        self.exceeded = False
+
+    async def __call__(self) -> Mapping[str, Any]:
+        message = await self.receive()
+        if message["type"] == "http.request":
+            self.left -= len(message.get("body", b""))
+            if self.left < 0:
+                self.exceeded = True
+                return {"type": "http.disconnect"}
+        return message
+
+
+async def _serve_django(django_app: ASGIApp, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    """Django's handler, with the body size limit of every route: a declared Content-Length over it is
+    refused before any of the body is read, a chunked body as soon as it passes it (413, JSON)."""
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    size = declared_length(scope["headers"])
+    if size is not None and size > limit:
+        await _refuse_too_large(scope, send, limit)
+        return
+    limited = _LimitedReceive(receive, limit)
+    await django_app(scope, limited, send)
+    if limited.exceeded:  # Django stopped reading and answered nothing
+        await _refuse_too_large(scope, send, limit)
+
+
+async def _refuse_too_large(scope: dict[str, Any], send: Send, limit: int) -> None:
+    body = error_body(scope["path"], 413, too_large_message(limit), "request_too_large")
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -129,6 +129,17 @@ def wait_until_serving(workers: list[subprocess.Popen[bytes]], host: str, port: 
     return False
 
 
+def refuse_new_connections(listener: socket.socket) -> None:
+    """Stop listening now, in every process that shares the socket: a new client is refused at once
+    (and one still in the accept queue is reset) instead of waiting in the queue while the workers finish
+    their requests, so a load balancer or a client retries elsewhere at once. Closing our descriptor
+    would not do: the workers hold the same socket until they exit."""
+    try:
+        listener.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # not listening (already shut down)
+
+
 def stop_workers(workers: list[subprocess.Popen[bytes]], grace: float = STOP_GRACE_SECONDS) -> None:
     """SIGTERM every worker (each finishes its in-flight requests), then kill whatever is left of each
     one's process group."""
@@ -492,6 +503,7 @@ def supervise(options: ServeOptions, applied_digest: str | None = None) -> int:
         return 0
     finally:
         stop.set()
+        refuse_new_connections(listener)
         stop_workers([slot.process for slot in slots])
         listener.close()
         if pruning is not None:

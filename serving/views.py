@@ -92,7 +92,8 @@ def _rate_headers(rate: RateState | None) -> dict[str, str] | None:
     return rate.headers() if rate is not None else None
 
 
-def _error_event(error: GatewayError) -> bytes:
+def error_event(error: GatewayError) -> bytes:
+    """The final event of a stream that failed after its first byte."""
     return (
         b"data: "
         + dumps(
@@ -115,11 +116,11 @@ def sse_response(chunks: Iterator[dict[str, Any]], rate: RateState | None) -> St
                 yield b"data: " + dumps(chunk) + b"\n\n"
         except GatewayError as error:
             logger.warning("stream ended by %s: %s", error.code, error.message)
-            yield _error_event(error)
+            yield error_event(error)
             return
         except Exception:
             logger.exception("stream failed")
-            yield _error_event(GatewayError("The stream failed inside the gateway."))
+            yield error_event(GatewayError("The stream failed inside the gateway."))
             return
         yield b"data: [DONE]\n\n"
 

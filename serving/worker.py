@@ -12,14 +12,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import logging
 import os
 import signal
 import socket
 import sys
-from typing import Any
+import time
+import weakref
+from typing import Any, ClassVar
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from serving.edge import EdgeLimits, error_body, error_response, raise_descriptor_limit
 
 ASGI_APP = "gateway_project.asgi:application"
 # On SIGTERM a worker stops accepting, lets in-flight requests finish for this long, then closes them.
@@ -28,6 +34,8 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # For the supervisor's tests only: a worker started while this file exists exits at once with code 3
 # (a worker that cannot start, whose restarts the supervisor must space out).
 FAIL_AT_START_IF_EXISTS = "GATEWAY_TEST_WORKER_FAILS_IF_EXISTS"
+
+logger = logging.getLogger("serving.worker")  # not __main__: the worker runs as `python -m serving.worker`
 
 
 class CoalescingTransport:
@@ -78,6 +86,210 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         super().on_response_complete()
 
 
+# A connection's phases: its head is arriving, its body is, or it waits for the answer or the next request.
+_HEAD, _BODY, _ANSWERING = "head", "body", "answering"
+
+class GatewayHttpToolsProtocol(CoalescingHttpToolsProtocol):
+    """The workers' protocol: uvicorn's httptools protocol, coalescing its writes, with the edge's limits
+    (serving.edge) that uvicorn lacks: a head size limit (431) and deadline (408), a body idle timeout
+    (408), a per-worker connection cap, and JSON for every error it answers itself (uvicorn's are
+    text/plain).
+
+    Only as much of a head as the limit allows is given to the parser: httptools gathers a header's value
+    by concatenating every piece it is fed, so a 128 MiB header cost 23 s of CPU before the limit."""
+
+    limits: ClassVar[EdgeLimits | None] = None  # read from the settings at the first connection
+
+    def __init__(self, config: uvicorn.Config, server_state: ServerState, app_state: dict[str, Any],
+                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        if GatewayHttpToolsProtocol.limits is None:
+            GatewayHttpToolsProtocol.limits = EdgeLimits.from_settings()
+        self._limits = GatewayHttpToolsProtocol.limits
+        # Bytes of a request head still accepted; None from the end of a head to the end of its body.
+        self._head_left: int | None = self._limits.max_header_bytes
+        # One timer per connection, checked lazily (re-armed only when it fires early), so that a request
+        # costs a few attribute writes and no timer: the phase, and since when it has waited.
+        self._phase = _HEAD
+        self._waiting_since = self.loop.time()
+        self._deadline: asyncio.TimerHandle | None = None
+
+    # The connection cap.
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        connections = _open_connections(self.server_state)
+        if len(connections) >= self._limits.max_connections and not _close_an_idle_connection(connections):
+            self.app = _answer_no_room  # every connection is busy with a request: this one is answered 503
+        connections[self] = None
+        self._arm(self._limits.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        _open_connections(self.server_state).pop(self, None)
+        self._disarm()
+        super().connection_lost(exc)
+
+    def is_idle(self) -> bool:
+        """Waiting for a request's head (a fresh or kept-alive connection, or one still sending its head),
+        with no answer under way: closing it loses no work."""
+        return self._head_left is not None and (self.cycle is None or self.cycle.response_complete)
+
+    # The head's size.
+    def data_received(self, data: bytes) -> None:
+        while self._head_left is not None and len(data) > self._head_left:
+            # Give the parser only what the head may still take: the head must end within it.
+            head, data = data[:self._head_left], data[self._head_left:]
+            self._head_left = 0
+            if head:
+                super().data_received(head)
+            if self.transport.is_closing():
+                return
+            if self._head_left == 0:  # still in the same head
+                self._refuse(431, f"The request head is larger than {self._limits.max_header_bytes} bytes "
+                                  "(GATEWAY_MAX_HEADER_BYTES).", "request_header_fields_too_large")
+                return
+        if self._head_left is not None:
+            self._head_left -= len(data)
+        HttpToolsProtocol.data_received(self, data)
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(400, "Bad Request: the request is not valid HTTP.", "bad_request")
+
+    # The head's and the body's deadlines.
+    # (The parser's callbacks call the base class directly, not through super(): they run for every request.)
+    def on_message_begin(self) -> None:
+        HttpToolsProtocol.on_message_begin(self)
+        if self._phase != _HEAD:  # a kept-alive connection's next request (the first is timed from the connection)
+            self._wait(_HEAD, self._limits.header_timeout)
+
+    def on_headers_complete(self) -> None:
+        HttpToolsProtocol.on_headers_complete(self)
+        self._head_left = None
+        self._wait(_BODY, self._limits.body_timeout)
+
+    def on_body(self, body: bytes) -> None:
+        HttpToolsProtocol.on_body(self, body)
+        self._waiting_since = self.loop.time()
+
+    def on_message_complete(self) -> None:
+        HttpToolsProtocol.on_message_complete(self)
+        self._phase = _ANSWERING  # the application's time, then uvicorn's keep-alive timeout
+        self._head_left = self._limits.max_header_bytes
+
+    def _wait(self, phase: str, timeout: float) -> None:
+        """Enter a phase that must progress within `timeout`; the pending timer does unless it is due later."""
+        self._phase = phase
+        now = self._waiting_since = self.loop.time()
+        if self._deadline is None or self._deadline.when() > now + timeout:
+            self._arm(timeout)
+
+    def _arm(self, delay: float) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self.loop.call_later(delay, self._check_deadline)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _check_deadline(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing() or self._phase == _ANSWERING:
+            return  # the next request's head arms it again
+        now = self.loop.time()
+        if self._phase == _HEAD:
+            left = self._limits.header_timeout - (now - self._waiting_since)
+            if left <= 0:
+                self._head_timed_out()
+                return
+        else:
+            if self.flow.read_paused:  # we stopped reading (the application has not taken what it has): not the client
+                self._waiting_since = now
+            left = self._limits.body_timeout - (now - self._waiting_since)
+            if left <= 0:
+                self._refuse(408, f"The request body paused for more than {self._limits.body_timeout:g} s "
+                                  "(GATEWAY_BODY_TIMEOUT_SECONDS).", "request_timeout")
+                return
+        self._arm(left)
+
+    def _head_timed_out(self) -> None:
+        if self._head_left == self._limits.max_header_bytes:
+            self.transport.close()  # nothing was asked: a plain close, as for an idle kept-alive connection
+            return
+        self._refuse(408, f"The request head did not arrive within {self._limits.header_timeout:g} s "
+                          "(GATEWAY_HEADER_TIMEOUT_SECONDS).", "request_timeout")
+
+    def _refuse(self, status: int, message: str, code: str) -> None:
+        """Answer an error ourselves (unless an answer has begun) and close the connection; the
+        application, if it is waiting for the body, sees the client go."""
+        self._disarm()
+        cycle = self.cycle
+        if cycle is None or not (cycle.response_started or cycle.response_complete):
+            path = getattr(self, "url", b"").split(b"?", 1)[0].decode("latin-1")
+            self.transport.write(error_response(path, status, message, code))
+        _refusals.count(status)
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self.transport.close()
+
+
+_connections: weakref.WeakKeyDictionary[ServerState, dict[GatewayHttpToolsProtocol, None]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _open_connections(state: ServerState) -> dict[GatewayHttpToolsProtocol, None]:
+    """A server's connections, oldest first."""
+    connections = _connections.get(state)
+    if connections is None:
+        connections = _connections[state] = {}
+    return connections
+
+
+def _close_an_idle_connection(connections: dict[GatewayHttpToolsProtocol, None]) -> bool:
+    """Close the oldest idle connection to make room for a new one; False if every one is busy."""
+    for connection in connections:
+        if connection.is_idle():
+            del connections[connection]
+            connection.transport.close()
+            _refusals.count(0)
+            return True
+    return False
+
+
+async def _answer_no_room(scope: Any, receive: Any, send: Any) -> None:
+    body = error_body(scope["path"], 503, "The server is at its connection limit (GATEWAY_MAX_CONNECTIONS); "
+                                          "retry shortly.", "too_many_connections")
+    await send({"type": "http.response.start", "status": 503,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+                            (b"retry-after", b"1"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _Refusals:
+    """What the edge refused, logged at most once per interval (a client can make thousands a second)."""
+
+    INTERVAL_SECONDS = 10.0
+    NAMES = {0: "idle connections closed for room", 400: "malformed requests", 408: "slow requests",
+             431: "oversized heads"}
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.logged_at = 0.0
+
+    def count(self, status: int) -> None:
+        self.counts[status] = self.counts.get(status, 0) + 1
+        now = time.monotonic()
+        if now - self.logged_at >= self.INTERVAL_SECONDS:
+            self.logged_at = now
+            counts, self.counts = self.counts, {}
+            logger.warning("HTTP edge: %s", ", ".join(f"{n} {self.NAMES.get(s, str(s))}"
+                                                        for s, n in sorted(counts.items())))
+
+
+_refusals = _Refusals()
+
+
 def _check_config_now(signum: int, frame: object) -> None:
     """SIGUSR1 from the supervisor: the config file was just applied. The next request rebuilds the
     endpoint table (in a helper thread) instead of waiting for the poller."""
@@ -117,7 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     listener = socket.socket(fileno=args.fd)  # family and type read from the descriptor
     signal.signal(signal.SIGUSR1, _check_config_now)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})  # blocked since the supervisor's fork
-    config = uvicorn.Config(ASGI_APP, loop="uvloop", http=CoalescingHttpToolsProtocol, ws="none", lifespan="on",
+    raise_descriptor_limit()
+    config = uvicorn.Config(ASGI_APP, loop="uvloop", http=GatewayHttpToolsProtocol, ws="none", lifespan="on",
                             access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     uvicorn.Server(config).run(sockets=[listener])
 

@@ -10,7 +10,7 @@ import uvicorn
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.test.utils import modify_settings
 
-from serving.worker import CoalescingHttpToolsProtocol
+from serving.worker import GatewayHttpToolsProtocol
 
 
 class LiveGateway:
@@ -24,7 +24,7 @@ class LiveGateway:
         listener.listen(128)
         self.port = int(listener.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(ASGIStaticFilesHandler(application), loop="uvloop", http=CoalescingHttpToolsProtocol,
+        config = uvicorn.Config(ASGIStaticFilesHandler(application), loop="uvloop", http=GatewayHttpToolsProtocol,
                                 ws="none", lifespan="on", access_log=False, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [listener]},
