@@ -140,13 +140,21 @@ def _alert(win: Window, percent: int, total: int) -> None:
                    win.budget.action)
     url = settings.GATEWAY_ALERT_WEBHOOK_URL
     if url:
-        future = asyncio.ensure_future(_post(url, body))
+        global _last_delivery
+        previous = _last_delivery
+        future = asyncio.ensure_future(_post(url, body, previous))
+        _last_delivery = future
         counters.track(future)
 
 
-async def _post(url: str, body: dict[str, Any]) -> None:
+_last_delivery: asyncio.Future[None] | None = None  # a process's alerts leave one after the other, in order
+
+
+async def _post(url: str, body: dict[str, Any], previous: asyncio.Future[None] | None = None) -> None:
     from serving.upstream import post_notification
 
+    if previous is not None and not previous.done() and previous.get_loop() is asyncio.get_running_loop():
+        await asyncio.wait([previous])  # never raises: the 80 % alert is not sent before the 50 % one
     try:
         status = await post_notification(url, orjson.dumps(body))
     except Exception as exc:
