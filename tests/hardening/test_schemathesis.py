@@ -40,7 +40,9 @@ def test_no_generated_request_gets_a_server_error(tmp_path: Path) -> None:
         run = subprocess.run(
             [sys.executable, "-m", "schemathesis.cli", "run", server.url("/openapi.json"),
              "--checks", "not_a_server_error", "--phases", "coverage,fuzzing", "--max-examples", EXAMPLES,
-             "--seed", SEED, "--workers", "2", "--request-timeout", "20",
+             # One worker: with two threads, hypothesis' parsing of lambdas' source met CPython 3.11's "AST
+             # constructor recursion depth mismatch" (a schemathesis crash, not a finding) in one CI pass of ten.
+             "--seed", SEED, "--workers", "1", "--request-timeout", "20",
              "--header", f"Authorization: Bearer {token}"],
             cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, f"{run.stdout[-20000:]}\n{run.stderr[-5000:]}"
