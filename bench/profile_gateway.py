@@ -94,6 +94,8 @@ def main() -> int:
     parser.add_argument("--kind", choices=tuple(bench.KINDS), default="chat")
     parser.add_argument("--delay50", action="store_true",
                         help="chat through the 50 ms upstream (the held phase of bench/run.py; use -c 32)")
+    parser.add_argument("--features", choices=("all", "none"), default="all",
+                        help="as bench/run.py's: every request-path feature on (default), or none")
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(bench.ROOT / ".venv" / "bin" / "py-spy")
     if not Path(py_spy).exists():
@@ -107,8 +109,10 @@ def main() -> int:
     upstream = ours = None
     try:
         upstream = bench.start_upstream(workdir)
-        config = bench.write_config(workdir, int(upstream.base_url.rsplit(":", 1)[1]), bench.FULL)
-        ours = bench.start_ours(workdir, config)
+        features = args.features == "all"
+        config = bench.write_config(workdir, int(upstream.base_url.rsplit(":", 1)[1]), bench.FULL, features=features,
+                                    name="ours.yaml")
+        ours = bench.start_ours(workdir, config, features=features)
         if ours.error:
             print(ours.error, file=sys.stderr)
             return 1
@@ -116,7 +120,7 @@ def main() -> int:
         if args.delay50:
             args.kind = "chat"
             url, body = bench.target_url(ours, upstream, "chat", "chat-delay50"), bench.request_body(ours, "chat")
-        bench.loadgen(url, body, args.kind, args.concurrency, requests=500)  # warm-up
+        bench.loadgen(url, body, args.kind, args.concurrency, requests=500, headers=ours.headers)  # warm-up
         assert ours.process is not None
         spy = subprocess.Popen([py_spy, "record", "--pid", str(ours.process.pid), "--subprocesses", "--gil",
                                 "--nolineno", "--nonblocking", "--rate", "200", "--format", "raw",

@@ -88,9 +88,20 @@ def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime]:
 
 
 def window(scope: str, budget: Budget, now: float) -> Window:
+    """The budget's current period; the same object for every call of the period (worked out once)."""
+    cached = _windows.get((scope, budget))
+    if cached is not None and cached[1] <= now < cached[2] and cached[3] == settings.GATEWAY_REDIS_PREFIX:
+        return cached[0]
     start, end = period_bounds(budget.period, datetime.fromtimestamp(now, UTC))
     period_id = start.strftime("%Y-%m-%d")
-    return Window(scope, budget, counters.key("spend", scope, budget.period, period_id), start, end)
+    win = Window(scope, budget, counters.key("spend", scope, budget.period, period_id), start, end)
+    if len(_windows) > 10_000:  # consumers and endpoints come and go with the config
+        _windows.clear()
+    _windows[scope, budget] = (win, start.timestamp(), end.timestamp(), settings.GATEWAY_REDIS_PREFIX)
+    return win
+
+
+_windows: dict[tuple[str, Budget], tuple[Window, float, float, str]] = {}
 
 
 def exceeded(win: Window, spent: int, now: float) -> RateLimited:
