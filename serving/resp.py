@@ -273,12 +273,16 @@ class AsyncRedis:
     async def _connect(self) -> _Connection:
         if self._connecting is None:  # concurrent callers wait for the same connection
             self._connecting = asyncio.ensure_future(self._open())
-        connecting = self._connecting
-        try:
-            return await asyncio.shield(connecting)
-        finally:
-            if connecting.done():
-                self._connecting = None
+            self._connecting.add_done_callback(self._opened)
+        return await asyncio.shield(self._connecting)
+
+    def _opened(self, connecting: asyncio.Future[_Connection]) -> None:
+        """The attempt is over, whether or not anyone still waits for it (its callers may have timed
+        out): the next caller starts a new one, and a failure nobody awaited is not left unretrieved."""
+        if self._connecting is connecting:
+            self._connecting = None
+        if not connecting.cancelled():
+            connecting.exception()
 
     async def _open(self) -> _Connection:
         address = self.address

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -68,9 +69,22 @@ def test_redis_is_tried_again_once_the_interval_is_over(client: Any, make_endpoi
 
 
 def test_a_working_redis_is_used_on_every_call(client: Any, make_endpoint: Any, settings: Any) -> None:
-    from tests.conftest import require
+    """The breaker stays closed while Redis answers: every call is counted there (on the SQLite run too,
+    where the suite has no REDIS_URL, this test points the gateway at the machine's Redis)."""
+    import redis
 
-    require(bool(settings.REDIS_URL), "needs Redis (REDIS_URL)")
+    from tests.conftest import require
+    from tests.serving.conftest import _reachable
+
+    require(_reachable(6379), "Redis is not reachable on 127.0.0.1:6379")
+    settings.REDIS_URL = settings.REDIS_URL or "redis://127.0.0.1:6379/5"
+    settings.GATEWAY_REDIS_PREFIX = f"breaker-test-{uuid.uuid4().hex[:8]}"
+    counters.reset()
     make_endpoint("limited", CHAT, "mock", "m", limit={"calls": 2, "renewal_period": "minute"})
     statuses = [post_json(client, "/endpoints/limited/invocations", HI).status_code for _ in range(3)]
     assert statuses == [200, 200, 429]
+    with redis.Redis.from_url(settings.REDIS_URL) as direct:
+        keys = direct.keys(f"{settings.GATEWAY_REDIS_PREFIX}:*")
+        assert keys, "the calls were not counted in Redis"
+        direct.delete(*keys)
+    counters.reset()
