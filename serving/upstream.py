@@ -256,10 +256,11 @@ class Transport:
             elif shared[0] < deadline:
                 deadline, total = shared
         attempt = 0
+        previous: Exception | None = None  # what the last attempt ended with, when it is retried
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise UpstreamTimeout(
+                raise previous or UpstreamTimeout(
                     f"No upstream answered within the request's deadline ({total:g} s, timeouts.total).")
             try:
                 answer = self._attempt(request, body, headers, min(timeouts.connect, remaining),
@@ -274,6 +275,8 @@ class Transport:
                 )
                 delay = _backoff(attempt, None)
             except _READ_TIMED_OUT:
+                if previous is not None and remaining < timeouts.read:
+                    raise previous from None  # a retry cut short by the deadline: the upstream's last answer
                 raise UpstreamTimeout(
                     f"The upstream at {_origin(request.url)} did not answer within {timeouts.read:g} s."
                 ) from None
@@ -304,6 +307,7 @@ class Transport:
                 raise error
             if time.monotonic() + delay >= deadline:
                 raise error
+            previous = error
             logger.info("retrying upstream %s after %.2fs (attempt %d): %s", _origin(request.url), delay,
                         attempt + 1, error)
             sleep(delay)

@@ -231,6 +231,18 @@ def test_timeouts_total_bounds_retries_and_their_backoff_whatever_the_read_timeo
     assert 2 <= upstream.calls <= 5  # every 0.3 s within the second, then the upstream's own answer
 
 
+def test_a_retry_cut_short_by_the_deadline_passes_on_the_upstream_s_last_answer(
+        client: Any, endpoint: Callable[..., str], upstream: ScriptedUpstream) -> None:
+    """The retry's own timeout is what is left of `timeouts.total`: when that runs out, the client gets the
+    answer the upstream did give (503 here), not a 504 about the retry nobody asked for."""
+    upstream.play(respond(503, {"error": {"message": "overloaded"}}, {"Retry-After": "0.2"}),
+                  stall(upstream.release))
+    response, seconds = timed(client, endpoint(read=30, total=1.0, retries=3))
+    assert response.status_code == 503, response.content
+    assert 0.9 < seconds < 1.5
+    assert upstream.calls == 2
+
+
 def test_retries_are_counted_in_the_usage_record(client: Any, endpoint: Callable[..., str],
                                                  upstream: ScriptedUpstream) -> None:
     from usage import ledger
