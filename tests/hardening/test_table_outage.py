@@ -50,8 +50,7 @@ def unblock_database() -> None:
 @pytest.fixture
 def pg_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     require(_reachable(5432), "PostgreSQL is not reachable on 127.0.0.1:5432")
-    unblock_database()
-    _admin(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+    _admin(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')  # also one a failed run left blocked
     _admin(f'CREATE DATABASE "{DATABASE}"')
     env = server_env(f"{POSTGRES}/{DATABASE}", GATEWAY_CONFIG_POLL_SECONDS="0.5")
     config = tmp_path / "gateway.yaml"
