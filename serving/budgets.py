@@ -114,26 +114,30 @@ def exceeded(win: Window, spent: int, now: float) -> RateLimited:
     return error
 
 
-def add_spend(windows: tuple[Window, ...], cost: int) -> None:
-    """After a call: add its cost to each of its budget windows, without waiting; report any crossing."""
-    if cost <= 0 or not windows:
-        return
+def spend_commands(windows: tuple[Window, ...], cost: int) -> list[tuple[str | int, ...]]:
+    """After a call: the commands that add its cost to each of its budget windows (their replies go to
+    spent())."""
     commands: list[tuple[str | int, ...]] = []
-    for win in windows:
-        commands += [("SET", win.key, 0, "EX", win.ttl, "NX"), ("INCRBY", win.key, cost)]
-    future = asyncio.ensure_future(counters.execute_async(commands))
-    counters.track(future)
-    future.add_done_callback(lambda done: _after_spend(done, windows, cost))
+    if cost > 0:
+        for win in windows:
+            commands += [("SET", win.key, 0, "EX", win.ttl, "NX"), ("INCRBY", win.key, cost)]
+    return commands
 
 
-def _after_spend(done: asyncio.Future[list[Any]], windows: tuple[Window, ...], cost: int) -> None:
-    if done.cancelled() or done.exception() is not None:
-        return  # counters.track logs it
-    replies = done.result()
+def spent(replies: list[Any], windows: tuple[Window, ...], cost: int) -> None:
+    """Report the thresholds that a call's cost made its budget windows cross (the replies of its
+    spend_commands)."""
     for index, win in enumerate(windows):
         total = int(replies[2 * index + 1])
         for percent in crossed(total - cost, total, win.budget.picousd):
             _alert(win, percent, total)
+
+
+def add_spend(windows: tuple[Window, ...], cost: int) -> None:
+    """After a call: add its cost to each of its budget windows, without waiting; report any crossing."""
+    commands = spend_commands(windows, cost)
+    if commands:
+        counters.submit(commands, lambda replies: spent(replies, windows, cost))
 
 
 def crossed(before: int, after: int, budget: int) -> list[int]:

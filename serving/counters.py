@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from django.conf import settings
@@ -122,10 +122,26 @@ def execute(commands: Sequence[Sequence[str | bytes | int | float]]) -> list[Any
 _pending: set[asyncio.Future[Any]] = set()
 
 
-def submit(commands: Sequence[Sequence[str | bytes | int | float]]) -> None:
+def submit(commands: Sequence[Sequence[str | bytes | int | float]],
+           then: Callable[[list[Any]], None] | None = None) -> None:
     """Send commands without waiting for them (counts added after an answer: the client is not kept
-    waiting for them). A failure is logged, at most once per interval."""
-    track(asyncio.ensure_future(execute_async(commands)))
+    waiting for them), then pass their replies to `then`, if given. A failure is logged, at most once per
+    interval. A store in this process or in shared memory does no I/O: it runs them at once, with no task."""
+    local = _get().local
+    if local is None:
+        future = asyncio.ensure_future(execute_async(commands))
+        track(future)
+        if then is not None:
+            future.add_done_callback(lambda done: None if done.cancelled() or done.exception() is not None
+                                     else then(done.result()))
+        return
+    try:
+        replies = _answered(local.run(commands))
+    except (OSError, CounterUnavailable) as exc:
+        _warn(f"a count could not be added: {exc}")
+        return
+    if then is not None:
+        then(replies)
 
 
 def track(future: asyncio.Future[Any]) -> None:

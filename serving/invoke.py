@@ -47,7 +47,7 @@ from providers.errors import (
     WrongEndpointType,
 )
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
-from serving import auth, budgets, circuit, params, ratelimit, redaction, runtime, upstream
+from serving import auth, budgets, circuit, counters, params, ratelimit, redaction, runtime, upstream
 from serving.auth import Caller
 from serving.ratelimit import Admitted, RateLimit, RateState, TokenLimit
 from serving.runtime import EndpointTable, LiveEndpoint, LiveRoute
@@ -340,11 +340,7 @@ def finish(inv: Invocation, status: int, *, usage: Any = None, error: GatewayErr
     cost = 0
     if endpoint is not None and endpoint.prices is not None:
         cost = (prompt or 0) * endpoint.prices[0] + (completion or 0) * endpoint.prices[1]
-    for admitted in (inv.admitted, inv.destination_admitted):
-        if admitted.token_keys and total:
-            ratelimit.add_tokens(admitted, total)
-        if admitted.budget_windows and cost:
-            budgets.add_spend(admitted.budget_windows, cost)
+    _count(inv, total or 0, cost)
     caller = inv.caller
     now = time.perf_counter()
     entry = ledger.Entry(
@@ -365,6 +361,27 @@ def finish(inv: Invocation, status: int, *, usage: Any = None, error: GatewayErr
             inv.response_model = response.get("model")
             tracing.record_output(inv.span, response)
         tracing.end(inv.span, entry, name, endpoint.endpoint_type if endpoint else None, inv.response_model)
+
+
+def _count(inv: Invocation, tokens: int, cost: int) -> None:
+    """Add a call's tokens to its token windows and its cost to its budgets, in one trip to the counters,
+    without waiting for it."""
+    commands: list[tuple[str | int, ...]] = []
+    spends: list[tuple[int, tuple[budgets.Window, ...]]] = []
+    for admitted in (inv.admitted, inv.destination_admitted):
+        if admitted.token_keys and tokens:
+            commands += ratelimit.token_commands(admitted, tokens)
+        if admitted.budget_windows and cost:
+            spends.append((len(commands), admitted.budget_windows))
+            commands += budgets.spend_commands(admitted.budget_windows, cost)
+    if not commands:
+        return
+
+    def spent(replies: list[Any]) -> None:
+        for offset, windows in spends:
+            budgets.spent(replies[offset:], windows, cost)
+
+    counters.submit(commands, spent if spends else None)
 
 
 def _tokens(usage: Any) -> tuple[int | None, int | None, int | None]:

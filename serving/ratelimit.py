@@ -176,14 +176,20 @@ def admit(calls: list[tuple[str, RateLimit]], tokens: list[tuple[str, TokenLimit
                     tuple(budget_windows), replies[offset + len(budget_windows):])
 
 
+def token_commands(admitted: Admitted, count: int) -> list[tuple[str | int, ...]]:
+    """After an answer: the commands that add its tokens to the caller's token windows."""
+    commands: list[tuple[str | int, ...]] = []
+    if count > 0:
+        for key, ttl in admitted.token_keys:
+            commands += [("SET", key, 0, "EX", ttl, "NX"), ("INCRBY", key, count)]
+    return commands
+
+
 def add_tokens(admitted: Admitted, count: int) -> None:
     """After an answer: add its tokens to the caller's token windows, without waiting (from the bridge)."""
-    if count <= 0 or not admitted.token_keys:
-        return
-    commands: list[tuple[str | int, ...]] = []
-    for key, ttl in admitted.token_keys:
-        commands += [("SET", key, 0, "EX", ttl, "NX"), ("INCRBY", key, count)]
-    counters.submit(commands)
+    commands = token_commands(admitted, count)
+    if commands:
+        counters.submit(commands)
 
 
 def hit(endpoint_name: str, limit: RateLimit) -> RateState | None:
