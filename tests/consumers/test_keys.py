@@ -53,3 +53,22 @@ def test_durations(text: str, expected: timedelta) -> None:
 def test_other_durations_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="is not a duration"):
         keys.parse_duration(text)
+
+
+def test_a_key_checked_once_is_remembered_but_a_lookalike_with_its_prefix_is_still_refused() -> None:
+    from providers.errors import Unauthorized
+    from serving import auth
+
+    key, prefix = keys.new_key()
+    consumer = auth.LiveConsumer("team", True, True, frozenset(), None, None)
+    table = {prefix: auth.LiveKey(prefix, keys.digest(key), "team", None, False)}
+    consumers = {"team": consumer}
+    assert auth.authenticate(f"Bearer {key}", table, consumers).key_prefix == prefix
+    assert auth._checked[keys.digest(key)] == key.encode()  # the second call compares instead of hashing
+    assert auth.authenticate(f"Bearer {key}", table, consumers).consumer is consumer
+    lookalike = key[:-1] + ("a" if key[-1] != "a" else "b")
+    with pytest.raises(Unauthorized):
+        auth.authenticate(f"Bearer {lookalike}", table, consumers)
+    revoked = {prefix: auth.LiveKey(prefix, keys.digest(key), "team", None, True)}
+    with pytest.raises(Unauthorized, match="revoked"):
+        auth.authenticate(f"Bearer {key}", revoked, consumers)
