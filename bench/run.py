@@ -309,7 +309,11 @@ def write_config(workdir: Path, upstream_port: int, profile: Profile, *, feature
                        f"{base}/spread/{profile.held_stream_seconds:g}/v1"))
     if features:
         text += FEATURE_CONSUMER
-    path = workdir / name
+    # In a folder of its own, as a deployment keeps it: start_server watches the config file's folder, and
+    # the logs and the SQLite database beside it would wake its watcher on every write.
+    folder = workdir / "config"
+    folder.mkdir(exist_ok=True)
+    path = folder / name
     path.write_text(text)
     return path
 
