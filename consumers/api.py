@@ -21,16 +21,10 @@ from rest_framework.response import Response
 from consumers import keys
 from consumers.authentication import ManagementAPIMixin
 from consumers.models import Consumer, GatewayKey
-from consumers.services import KeyError_, consumer_to_yaml, consumer_values, create_key, revoke_key
+from consumers.services import KeyError_, callable_names, consumer_to_yaml, consumer_values, create_key, revoke_key
 from endpoints_app.definitions import DefinitionSerializer
-from endpoints_app.models import NAME_CHARS, Endpoint, TrafficRoute
+from endpoints_app.models import NAME_CHARS
 from endpoints_app.validation import ConsumerSpec, validate_consumer
-
-
-def callable_names() -> dict[str, str]:
-    """Every endpoint and traffic route a consumer may be allowed to call."""
-    return {**dict.fromkeys(Endpoint.objects.values_list("name", flat=True), "endpoint"),
-            **dict.fromkeys(TrafficRoute.objects.values_list("name", flat=True), "route")}
 
 
 class ConsumerDefinitionSerializer(DefinitionSerializer[Consumer, ConsumerSpec]):

@@ -7,9 +7,8 @@ from typing import Any
 from django import forms
 
 from consumers import keys
-from consumers.api import callable_names
 from consumers.models import Consumer, GatewayKey
-from consumers.services import consumer_values
+from consumers.services import callable_names, consumer_values
 from endpoints_app.validation import ConsumerSpec, EntryError, validate_consumer
 
 _FIELD_FOR = (("allow", "allow_text"), ("limit.calls", "limit_calls"), ("limit.renewal_period", "limit_renewal_period"),

@@ -12,7 +12,7 @@ from django.utils import timezone
 from consumers import keys
 from consumers.models import Consumer, GatewayKey, OperatorToken
 from endpoints_app.columns import budget_columns, budget_to_yaml
-from endpoints_app.models import Source
+from endpoints_app.models import Endpoint, Source, TrafficRoute
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -157,3 +157,9 @@ def consumer_to_yaml(consumer: Consumer) -> dict[str, Any]:
     if not consumer.enabled:
         entry["enabled"] = False
     return entry
+
+
+def callable_names() -> dict[str, str]:
+    """Every endpoint and traffic route a consumer may be allowed to call."""
+    return {**dict.fromkeys(Endpoint.objects.values_list("name", flat=True), "endpoint"),
+            **dict.fromkeys(TrafficRoute.objects.values_list("name", flat=True), "route")}

@@ -326,3 +326,18 @@ def test_a_worker_that_keeps_dying_is_replaced_at_growing_intervals(servers: Ser
         assert after - before >= delay - 0.1, (delays, times)  # spaced out, not every 0.2 s
     assert survivor in server.worker_pids()
     assert statuses and set(statuses) == {200}  # the other worker served all along
+
+
+def test_a_worker_that_serves_invocations_imports_no_drf() -> None:
+    """Django's setup (the admin's autodiscovery included) and the ASGI application leave the management API
+    unloaded (only the installed apps' own small modules of DRF and django-filter): about 20 MiB of each worker
+    that only serves invocations."""
+    script = ("import json, sys, django; django.setup(); import gateway_project.asgi, serving.views; "
+              "print(json.dumps([*sys.modules]))")
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "gateway_project.settings", "DEBUG": "false",
+           "SECRET_KEY": "worker-imports-test-" + "x" * 40}
+    loaded = subprocess.run([sys.executable, "-c", script], cwd=BASE_DIR, capture_output=True, text=True, timeout=60,
+                            check=True, env=env).stdout
+    heavy = {"drf_spectacular.openapi", "pygments", "rest_framework.serializers", "rest_framework.viewsets",
+             "rest_framework.views", "consumers.api", "endpoints_app.api"}
+    assert sorted(set(json.loads(loaded)) & heavy) == []
