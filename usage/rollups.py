@@ -60,7 +60,7 @@ def _time_adapter() -> Any:
     return lambda epoch: adapt(_when(epoch))
 
 
-_ROWS_PER_INSERT = 500  # 11,000 parameters: SQLite (3.32 and later) takes up to 32,766
+_ROWS_PER_INSERT = 128  # 2,816 parameters (SQLite 3.32 and later take up to 32,766)
 
 
 def insert_records(entries: Sequence[Entry]) -> None:
@@ -76,15 +76,20 @@ def insert_records(entries: Sequence[Entry]) -> None:
         # Many rows to a statement: executemany() steps SQLite once per row, and lets go of the GIL around
         # each step; taking it back from a busy event loop costs a thread switch each time (measured: the
         # writer thread used five times the CPU when its worker was saturated).
+        # The chunks have a few fixed sizes (128, then the powers of two of the rest), so that SQLite's cache of
+        # prepared statements (128 per connection) holds a few of them, not one per batch size: each one of
+        # thousands of parameters weighs hundreds of kilobytes.
         adapt = _time_adapter()
         row = "(" + ", ".join(["%s"] * len(RECORD_COLUMNS)) + ")"
-        for start in range(0, len(entries), _ROWS_PER_INSERT):
-            chunk = entries[start:start + _ROWS_PER_INSERT]
+        start = 0
+        while start < len(entries):
+            size = min(_ROWS_PER_INSERT, 1 << ((len(entries) - start).bit_length() - 1))
             values: list[Any] = []
-            for entry in chunk:
+            for entry in entries[start:start + size]:
                 values.append(adapt(entry[0]))
                 values.extend(entry[1:])
-            cursor.execute(f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * len(chunk))}", values)
+            cursor.execute(f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * size)}", values)
+            start += size
 
 
 def aggregate(entries: Sequence[Entry], seconds: int = 60) -> dict[tuple[float, str, str, str], list[float]]:

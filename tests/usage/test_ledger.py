@@ -220,3 +220,29 @@ def test_a_record_the_database_refuses_is_dropped_alone_and_logged(caplog: pytes
     assert batch.dropped == 1 and len(batch) == 0
     assert "usage record bad refused by the database and dropped" in caplog.text
     assert sorted(UsageRecord.objects.values_list("request_id", flat=True)) == ["good", "good-2"]
+
+
+def test_a_batch_of_any_size_lands_whole_in_statements_of_a_few_fixed_sizes() -> None:
+    """SQLite caches a prepared statement per shape: a batch is cut into 128-row chunks and powers of two, so
+    however the batches fall, a connection prepares at most eight shapes of the records' INSERT."""
+    from usage import rollups
+
+    base = ledger.Entry(1.7e9, "r", "v1", "", "", "chat", "", "chat", "mock", "m", False, 200, "", "", 1, 1, 2,
+                        1.0, None, 0, 0, 0)
+    seen: set[int] = set()
+    written = 0
+
+    def watch(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if sql.startswith("INSERT INTO") and "usage_usagerecord" in sql:
+            seen.add(len(params) // len(rollups.RECORD_COLUMNS))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(watch):
+        for size in (1, 2, 3, 127, 128, 129, 300, 2000):
+            ledger.write([base._replace(request_id=f"b{size}-{i}", time=1.7e9 + i) for i in range(size)])
+            written += size
+    assert UsageRecord.objects.count() == written
+    assert set(UsageRecord.objects.filter(request_id__startswith="b300-").values_list("request_id", flat=True)) == \
+        {f"b300-{i}" for i in range(300)}
+    if connection.vendor == "sqlite":
+        assert seen <= {1, 2, 4, 8, 16, 32, 64, 128} and 128 in seen
