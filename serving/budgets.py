@@ -120,7 +120,7 @@ def spend_commands(windows: tuple[Window, ...], cost: int) -> list[tuple[str | i
     commands: list[tuple[str | int, ...]] = []
     if cost > 0:
         for win in windows:
-            commands += [("SET", win.key, 0, "EX", win.ttl, "NX"), ("INCRBY", win.key, cost)]
+            commands += counters.add_to_window(win.key, win.ttl, cost)
     return commands
 
 
@@ -131,13 +131,6 @@ def spent(replies: list[Any], windows: tuple[Window, ...], cost: int) -> None:
         total = int(replies[2 * index + 1])
         for percent in crossed(total - cost, total, win.budget.picousd):
             _alert(win, percent, total)
-
-
-def add_spend(windows: tuple[Window, ...], cost: int) -> None:
-    """After a call: add its cost to each of its budget windows, without waiting; report any crossing."""
-    commands = spend_commands(windows, cost)
-    if commands:
-        counters.submit(commands, lambda replies: spent(replies, windows, cost))
 
 
 def crossed(before: int, after: int, budget: int) -> list[int]:

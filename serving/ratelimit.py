@@ -136,7 +136,7 @@ def admit(calls: list[tuple[str, RateLimit]], tokens: list[tuple[str, TokenLimit
         if limit.calls == 0:
             raise _limited(limit.calls, limit.description, reset)
         key = counters.key("ratelimit", scope, limit.period_seconds, window)
-        commands += [("SET", key, 0, "EX", limit.period_seconds + 1, "NX"), ("INCRBY", key, 1)]
+        commands += counters.add_to_window(key, limit.period_seconds + 1, 1)
         call_windows.append((limit, reset))
     token_windows = []
     for scope, token_limit_ in tokens:
@@ -181,15 +181,8 @@ def token_commands(admitted: Admitted, count: int) -> list[tuple[str | int, ...]
     commands: list[tuple[str | int, ...]] = []
     if count > 0:
         for key, ttl in admitted.token_keys:
-            commands += [("SET", key, 0, "EX", ttl, "NX"), ("INCRBY", key, count)]
+            commands += counters.add_to_window(key, ttl, count)
     return commands
-
-
-def add_tokens(admitted: Admitted, count: int) -> None:
-    """After an answer: add its tokens to the caller's token windows, without waiting (from the bridge)."""
-    commands = token_commands(admitted, count)
-    if commands:
-        counters.submit(commands)
 
 
 def hit(endpoint_name: str, limit: RateLimit) -> RateState | None:
