@@ -3,10 +3,11 @@
     python bench/observability_cost.py                 # about 2 minutes
     python bench/observability_cost.py --requests 500  # a quick check
 
-First the hook alone: N calls of what invoke.finish adds per request (observability.metrics.record and
-observability.accesslog.log on one usage record), in a fresh process per mode, in microseconds per
-call (the best of 5 slices, beside a yardstick: an empty function call through a lambda, to read the
-numbers by on a loaded machine). Then whole requests: the fake upstream (bench/fake_upstream.py) and
+First the hook alone: what invoke.finish adds per request (observability.reports hands the usage records
+to observability.metrics.record_batch and observability.accesslog.log_batch, a batch at a time: here
+batches of 1 and of 50), in a fresh process per mode, in microseconds per record (the best of 5 slices,
+beside a yardstick: an empty function call through a lambda, to read the numbers by on a loaded machine).
+Then whole requests: the fake upstream (bench/fake_upstream.py) and
 four `start_server --workers 2` side by side on the same YAML (bench/run.py's helpers), driven with
 non-stream chat at concurrency 8 by bench/loadgen.py, system after system in alternating rounds so
 that machine noise hits each of them:
@@ -75,10 +76,12 @@ from usage.ledger import Entry
 entry = Entry(time.time(), "0123456789abcdef01234567", "endpoints", "team-a", "", "chat", "", "chat", "openai",
               "gpt-4o-mini", False, 200, "", "", 12, 28, 40, 3.2, None, 11000000, 0, 0)
 access = logging.getLogger("gateway.access")
-access.handlers[:] = [logging.StreamHandler(open(os.devnull, "w"))]
+access.handlers[:] = [accesslog.HoldingStreamHandler(open(os.devnull, "w"))]
 access.propagate = False
 n = int(sys.argv[2])
-def run(label, call):
+one = [(entry, "chat", 0.0021)]
+batch = one * 50
+def run(label, call, per=1):
     for _ in range(1000):
         call()
     best = float("inf")
@@ -86,19 +89,21 @@ def run(label, call):
         start = time.perf_counter()
         for _ in range(n // 5):
             call()
-        best = min(best, (time.perf_counter() - start) / (n // 5))
+        best = min(best, (time.perf_counter() - start) / (n // 5) / per)
     print(f"{label}\\t{best * 1e6:.2f}")
 def nothing():
     pass
 run("(yardstick: an empty function call)", lambda: nothing())
-run("metrics.record", lambda: metrics.record(entry, "chat", 0.0021))
+run("metrics.record_batch (batch of 1)", lambda: metrics.record_batch(one))
+run("metrics.record_batch (per record, batch of 50)", lambda: metrics.record_batch(batch), 50)
 access.setLevel(logging.WARNING)
-run("accesslog.log (logger off)", lambda: accesslog.log(entry, "chat"))
+run("accesslog.log_batch (logger off)", lambda: accesslog.log_batch(one))
 access.setLevel(logging.INFO)
-run("accesslog.log (text)", lambda: accesslog.log(entry, "chat"))
+run("accesslog.log_batch (text, batch of 1)", lambda: accesslog.log_batch(one))
+run("accesslog.log_batch (text, per record, batch of 50)", lambda: accesslog.log_batch(batch), 50)
 from django.conf import settings
 settings.GATEWAY_LOG_FORMAT = "json"
-run("accesslog.log (json)", lambda: accesslog.log(entry, "chat"))
+run("accesslog.log_batch (json, per record, batch of 50)", lambda: accesslog.log_batch(batch), 50)
 """
 
 

@@ -369,11 +369,13 @@ if GATEWAY_LOG_FORMAT not in ("text", "json"):
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    "formatters": {"plain": {"()": "observability.accesslog.Formatter",
+                             "format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
                    "bare": {"format": "%(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"},
+    # StreamHandlers that write a batch of access lines at once (observability.reports), any other line at once.
+    "handlers": {"console": {"class": "observability.accesslog.HoldingStreamHandler", "formatter": "plain"},
                  # An access line in JSON is a whole JSON object: no prefix in front of it.
-                 "access": {"class": "logging.StreamHandler", "formatter": "bare"}},
+                 "access": {"class": "observability.accesslog.HoldingStreamHandler", "formatter": "bare"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.server": {"level": "WARNING"},

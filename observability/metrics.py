@@ -35,7 +35,7 @@ import hmac
 import logging
 import os
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -110,34 +110,66 @@ class Metrics:
         return found
 
     def record(self, entry: Entry, endpoint: str, upstream_seconds: float | None) -> None:
-        """One finished invocation (the hot path: a few microseconds, measured by bench/observability_cost.py).
+        """One finished invocation."""
+        self.record_batch([(entry, endpoint, upstream_seconds)])
 
-        The values of a label combination's children are looked up once (one dict look-up per request)
-        and added to directly: prometheus_client's own inc() and observe() check each call again."""
-        consumer = entry.consumer
-        destination = entry.endpoint
-        key = (endpoint, destination, entry.family, consumer, entry.status)
-        row = self._rows.get(key)
-        if row is None:
-            row = self._rows[key] = _Row(self, endpoint, destination, entry.family, consumer, str(entry.status))
-        row.requests.inc(1)
-        _observe(row.duration, entry.latency_ms / 1000)
+    def record_batch(self, batch: Sequence[tuple[Entry, str, float | None]]) -> None:
+        """Finished invocations (observability.reports hands them over in batches): added up per label
+        combination first, then each sum added once to its value (in multiprocess mode each addition is a
+        lock, a process-id check and a write to the memory-mapped file)."""
+        sums: dict[tuple[str, str, str, str, int], _Sums] = {}
+        for entry, endpoint, upstream_seconds in batch:
+            key = (endpoint, entry.endpoint, entry.family, entry.consumer, entry.status)
+            found = sums.get(key)
+            if found is None:
+                found = sums[key] = _Sums()
+            found.add(entry, upstream_seconds)
+            if entry.error_code in _REFUSALS:
+                self.child(self.refusals, endpoint, entry.consumer, _REFUSALS[entry.error_code]).inc()
+            if entry.retries:
+                self.child(self.retries, entry.endpoint or endpoint).inc(entry.retries)
+            if entry.fallbacks:
+                self.child(self.fallbacks, endpoint).inc(entry.fallbacks)
+        for key, found in sums.items():
+            row = self._rows.get(key)
+            if row is None:
+                endpoint, destination, family, consumer, status = key
+                row = self._rows[key] = _Row(self, endpoint, destination, family, consumer, str(status))
+            row.add(found)
+
+
+class _Sums:
+    """What a batch adds to one label combination: counts, sums and histogram buckets (by bucket index)."""
+
+    __slots__ = ("cost", "duration", "input_tokens", "output_tokens", "requests", "ttfb", "upstream")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.input_tokens = self.output_tokens = self.cost = 0
+        self.duration: list[Any] = [0.0, {}]  # [sum, {bucket index: count}]
+        self.ttfb: list[Any] = [0.0, {}]
+        self.upstream: list[Any] = [0.0, {}]
+
+    def add(self, entry: Entry, upstream_seconds: float | None) -> None:
+        self.requests += 1
+        _add(self.duration, entry.latency_ms / 1000)
         if entry.ttfb_ms is not None:
-            _observe(row.ttfb, entry.ttfb_ms / 1000)
-        if upstream_seconds is not None and row.upstream is not None:
-            _observe(row.upstream, upstream_seconds)
+            _add(self.ttfb, entry.ttfb_ms / 1000)
+        if upstream_seconds is not None:
+            _add(self.upstream, upstream_seconds)
         if entry.prompt_tokens:
-            row.input_tokens.inc(entry.prompt_tokens)
+            self.input_tokens += entry.prompt_tokens
         if entry.completion_tokens:
-            row.output_tokens.inc(entry.completion_tokens)
+            self.output_tokens += entry.completion_tokens
         if entry.cost_picousd > 0:
-            row.cost.inc(entry.cost_picousd / PICOUSD_PER_USD)
-        if entry.error_code in _REFUSALS:
-            self.child(self.refusals, endpoint, consumer, _REFUSALS[entry.error_code]).inc()
-        if entry.retries:
-            self.child(self.retries, destination or endpoint).inc(entry.retries)
-        if entry.fallbacks:
-            self.child(self.fallbacks, endpoint).inc(entry.fallbacks)
+            self.cost += entry.cost_picousd
+
+
+def _add(histogram: list[Any], amount: float) -> None:
+    histogram[0] += amount
+    index = bisect_left(LATENCY_BUCKETS, amount)
+    counts = histogram[1]
+    counts[index] = counts.get(index, 0) + 1
 
 
 class _Row:
@@ -157,11 +189,29 @@ class _Row:
         self.output_tokens = child(metrics.tokens, endpoint, consumer, "output")._value
         self.cost = child(metrics.cost, endpoint, consumer)._value
 
+    def add(self, sums: _Sums) -> None:
+        self.requests.inc(sums.requests)
+        _observe(self.duration, sums.duration)
+        _observe(self.ttfb, sums.ttfb)
+        if self.upstream is not None:
+            _observe(self.upstream, sums.upstream)
+        if sums.input_tokens:
+            self.input_tokens.inc(sums.input_tokens)
+        if sums.output_tokens:
+            self.output_tokens.inc(sums.output_tokens)
+        if sums.cost:
+            self.cost.inc(sums.cost / PICOUSD_PER_USD)
 
-def _observe(histogram: Any, amount: float) -> None:
-    """Histogram.observe without its checks: the sum, and the first bucket whose bound holds `amount`."""
-    histogram._sum.inc(amount)
-    histogram._buckets[bisect_left(histogram._upper_bounds, amount)].inc(1)
+
+def _observe(histogram: Any, sums: list[Any]) -> None:
+    """Histogram.observe without its checks, for a batch: its sum, and the counts of the buckets it fell in."""
+    total, counts = sums
+    if not counts:
+        return
+    histogram._sum.inc(total)
+    buckets = histogram._buckets
+    for index, count in counts.items():
+        buckets[index].inc(count)
 
 
 _metrics: Metrics | None = None
@@ -190,11 +240,11 @@ def endpoint_label(name: str, known: bool) -> str:
     return name if known or not name else UNKNOWN
 
 
-def record(entry: Entry, endpoint: str, upstream_seconds: float | None) -> None:
-    """A finished invocation; `endpoint` is its endpoint_label."""
+def record_batch(batch: Sequence[tuple[Entry, str, float | None]]) -> None:
+    """Finished invocations: (usage record, its endpoint_label, its upstream seconds)."""
     metrics = _metrics if _metrics is not None else get()
     if metrics is not None:
-        metrics.record(entry, endpoint, upstream_seconds)
+        metrics.record_batch(batch)
 
 
 def stream_opened(endpoint: str) -> None:
@@ -268,6 +318,8 @@ def scrape_registry(metrics: Metrics) -> CollectorRegistry:
 def view(request: HttpRequest) -> HttpResponse:
     """GET /metrics, in Prometheus' text format; with GATEWAY_METRICS_TOKEN, for `Authorization: Bearer
     <token>` only."""
+    from observability import reports
+
     metrics = get()
     if metrics is None:
         return json_response({"detail": "Not Found: metrics are off (GATEWAY_METRICS=false)."}, 404)
@@ -285,4 +337,5 @@ def view(request: HttpRequest) -> HttpResponse:
             return response
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+    reports.flush()  # this worker's invocations of the last moment (the others' come within reports.FLUSH_SECONDS)
     return HttpResponse(generate_latest(scrape_registry(metrics)), content_type=CONTENT_TYPE_LATEST)

@@ -30,7 +30,7 @@ from django.http import HttpRequest, HttpResponseBase
 from django.middleware.security import SecurityMiddleware
 
 from endpoints_app.errors import json_response
-from observability import metrics, tracing
+from observability import metrics, reports, tracing
 from providers.errors import GatewayError
 from serving import counters, invoke, runtime
 from serving import views as invocations
@@ -339,6 +339,7 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             # The counts being sent and the usage records still buffered are written before the worker
             # exits (SIGTERM).
             await counters.settle()
+            reports.flush()  # the metrics and access lines of the last invocations
             await asyncio.to_thread(ledger.get().close)
             await asyncio.to_thread(tracing.shutdown)  # the spans still in the batch
             await send({"type": "lifespan.shutdown.complete"})

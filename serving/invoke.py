@@ -33,7 +33,7 @@ from typing import Any
 from django.conf import settings
 
 from consumers import keys
-from observability import accesslog, metrics, tracing
+from observability import metrics, reports, tracing
 from providers import shapes
 from providers.base import BaseProvider
 from providers.errors import (
@@ -354,8 +354,7 @@ def finish(inv: Invocation, status: int, *, usage: Any = None, error: GatewayErr
     ledger.record(entry)
     name = metrics.endpoint_label(inv.name, endpoint is not None or inv.live_route is not None
                                   or runtime.knows(inv.name))
-    metrics.record(entry, name, inv.upstream_seconds)
-    accesslog.log(entry, name)
+    reports.report(entry, name, inv.upstream_seconds)  # the metrics and the access line, in a moment
     if inv.span is not None:
         if response is not None:
             inv.response_model = response.get("model")

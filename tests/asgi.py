@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import orjson
 from django.utils.datastructures import CaseInsensitiveMapping
 
+from observability import reports
 from serving import runtime
 from serving.app import find_view
 
@@ -183,9 +184,14 @@ class ASGIClient:
             return {"type": "http.disconnect"}
 
         async def send(message: Mapping[str, Any]) -> None:
-            messages.put(message)
             if message["type"] == "http.response.body" and not message.get("more_body"):
+                # The invocation's metrics and access line, which a worker writes a moment later
+                # (observability.reports; tests/observability/test_reports.py), are in before the test reads on.
+                reports.flush()
+                messages.put(message)
                 finished.set()
+                return
+            messages.put(message)
 
         try:
             await self.application(scope, receive, send)

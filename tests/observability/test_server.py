@@ -19,6 +19,7 @@ import requests
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
+from observability import reports
 from tests.fixtures import payload
 from tests.observability.conftest import OTLPReceiver, RecordingUpstream
 from tests.serving.conftest import Server, Servers, chat, server_env, wait_for_a_fresh_window
@@ -117,6 +118,9 @@ def test_metrics_count_exactly_the_calls_made_on_two_workers(gateway: Server, me
     assert answer.status_code == 200 and answer.headers["X-Gateway-Destination"] == "chat"
     assert chat(gateway.url("/endpoints/no-such-name-b7/invocations")).status_code == 404
 
+    # A worker adds an invocation to its metrics within reports.FLUSH_SECONDS of the answer (the worker that
+    # answers the scrape at once; the other may not have yet).
+    time.sleep(reports.FLUSH_SECONDS + 0.2)
     samples = scrape(gateway)
     requests_total = "gateway_requests_total"
     assert value(samples, requests_total, endpoint="chat", destination="chat", family="endpoints",
