@@ -47,10 +47,24 @@ def _when(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
+_SECONDS: dict[int, str] = {}  # "YYYY-MM-DD HH:MM:SS" of recent epoch seconds
+
+
 def _sqlite_when(epoch: float) -> str:
     """What Django's SQLite backend stores for _when(epoch) (its adapt_datetimefield_value: the UTC time,
-    naive, as str() prints it), without its checks: about a tenth of the cost, on every record."""
-    return datetime.fromtimestamp(epoch, UTC).isoformat(" ")[:-6]  # without its "+00:00"
+    naive, as str() prints it), without its checks, and with the date and time of day formatted once a
+    second: a fifth of the cost of formatting each, on every record."""
+    moment = datetime.fromtimestamp(epoch, UTC)
+    micro = moment.microsecond
+    if not micro:  # str() prints no fraction then (and the rounding may have carried into the next second)
+        return moment.isoformat(" ")[:-6]  # without its "+00:00"
+    second = int(epoch)  # moment's own second: a carry leaves no microseconds
+    prefix = _SECONDS.get(second)
+    if prefix is None:
+        if len(_SECONDS) >= 4096:
+            _SECONDS.clear()
+        prefix = _SECONDS[second] = datetime.fromtimestamp(second, UTC).isoformat(" ")[:-6]
+    return f"{prefix}.{micro:06d}"
 
 
 def _time_adapter() -> Any:
@@ -80,7 +94,7 @@ def insert_records(entries: Sequence[Entry]) -> None:
         # prepared statements (128 per connection) holds a few of them, not one per batch size: each one of
         # thousands of parameters weighs hundreds of kilobytes.
         adapt = _time_adapter()
-        row = "(" + ", ".join(["%s"] * len(RECORD_COLUMNS)) + ")"
+        row = "(" + ", ".join(["?"] * len(RECORD_COLUMNS)) + ")"
         start = 0
         while start < len(entries):
             size = min(_ROWS_PER_INSERT, 1 << ((len(entries) - start).bit_length() - 1))
@@ -88,8 +102,24 @@ def insert_records(entries: Sequence[Entry]) -> None:
             for entry in entries[start:start + size]:
                 values.append(adapt(entry[0]))
                 values.extend(entry[1:])
-            cursor.execute(f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * size)}", values)
+            _sqlite_execute(f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * size)}", values)
             start += size
+
+
+def _sqlite_execute(sql: str, params: Sequence[Any], many: bool = False) -> None:
+    """A statement with `?` placeholders on the sqlite3 connection itself, under Django's error mapping:
+    Django's cursor rewrites every `%s` of the SQL text with a regular expression on each call (a fifth of
+    the ledger's CPU with 2,816 placeholders a statement)."""
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        cursor = connection.connection.cursor()
+        try:
+            if many:
+                cursor.executemany(sql, params)
+            else:
+                cursor.execute(sql, params)
+        finally:
+            cursor.close()
 
 
 def aggregate(entries: Sequence[Entry], seconds: int = 60) -> dict[tuple[float, str, str, str], list[float]]:
@@ -147,9 +177,14 @@ def _add(db_table: str, groups: dict[tuple[float, str, str, str], list[float]], 
     table = connection.ops.quote_name(db_table)
     names = [connection.ops.quote_name(c) for c in (*KEY_COLUMNS, *SUM_COLUMNS)]
     updates = ", ".join(f"{name} = {table}.{name} + excluded.{name}" for name in names[len(KEY_COLUMNS):])
-    sql = (f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))}) "
+    sqlite = connection.vendor == "sqlite"
+    placeholders = ", ".join(["?" if sqlite else "%s"] * len(names))
+    sql = (f"INSERT INTO {table} ({', '.join(names)}) VALUES ({placeholders}) "
            f"ON CONFLICT ({', '.join(names[:len(KEY_COLUMNS)])}) DO UPDATE SET {updates}")
     rows: list[tuple[Any, ...]] = [(adapt(bucket), consumer, endpoint, model_name, *sums)
                                    for (bucket, consumer, endpoint, model_name), sums in groups.items()]
+    if sqlite:
+        _sqlite_execute(sql, rows, many=True)
+        return
     with connection.cursor() as cursor:
         cursor.executemany(sql, rows)

@@ -222,7 +222,7 @@ def test_a_record_the_database_refuses_is_dropped_alone_and_logged(caplog: pytes
     assert sorted(UsageRecord.objects.values_list("request_id", flat=True)) == ["good", "good-2"]
 
 
-def test_a_batch_of_any_size_lands_whole_in_statements_of_a_few_fixed_sizes() -> None:
+def test_a_batch_of_any_size_lands_whole_in_statements_of_a_few_fixed_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
     """SQLite caches a prepared statement per shape: a batch is cut into 128-row chunks and powers of two, so
     however the batches fall, a connection prepares at most eight shapes of the records' INSERT."""
     from usage import rollups
@@ -232,17 +232,30 @@ def test_a_batch_of_any_size_lands_whole_in_statements_of_a_few_fixed_sizes() ->
     seen: set[int] = set()
     written = 0
 
-    def watch(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+    execute = rollups._sqlite_execute  # SQLite's statements, on the sqlite3 connection itself
+
+    def watch(sql: str, params: Any, many: bool = False) -> None:
         if sql.startswith("INSERT INTO") and "usage_usagerecord" in sql:
             seen.add(len(params) // len(rollups.RECORD_COLUMNS))
-        return execute(sql, params, many, context)
+        execute(sql, params, many)
 
-    with connection.execute_wrapper(watch):
-        for size in (1, 2, 3, 127, 128, 129, 300, 2000):
-            ledger.write([base._replace(request_id=f"b{size}-{i}", time=1.7e9 + i) for i in range(size)])
-            written += size
+    monkeypatch.setattr(rollups, "_sqlite_execute", watch)
+    for size in (1, 2, 3, 127, 128, 129, 300, 2000):
+        ledger.write([base._replace(request_id=f"b{size}-{i}", time=1.7e9 + i) for i in range(size)])
+        written += size
     assert UsageRecord.objects.count() == written
     assert set(UsageRecord.objects.filter(request_id__startswith="b300-").values_list("request_id", flat=True)) == \
         {f"b300-{i}" for i in range(300)}
     if connection.vendor == "sqlite":
         assert seen <= {1, 2, 4, 8, 16, 32, 64, 128} and 128 in seen
+
+
+def test_a_records_time_is_stored_as_djangos_sqlite_backend_stores_it() -> None:
+    from usage.rollups import _sqlite_when, _when
+
+    for epoch in (1.7e9, 1.7e9 + 0.5, 1.7e9 + 0.000001, 1.7e9 + 0.9999996, 1.7e9 + 59.9999999, 1_764_720_000.123456,
+                  1_764_720_000.1234565, 0.25, 1e9 + 0.999999):
+        expected = (connection.ops.adapt_datetimefield_value(_when(epoch)) if connection.vendor == "sqlite"
+                    else str(_when(epoch).replace(tzinfo=None)))  # what the SQLite backend does, with UTC
+        assert _sqlite_when(epoch) == expected, epoch
+        assert _sqlite_when(epoch) == expected, epoch  # the second time from the cache
