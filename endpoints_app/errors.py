@@ -47,11 +47,6 @@ def mlflow_body(error: GatewayError) -> dict[str, Any]:
     return {"detail": error.detail}
 
 
-def mlflow_error(error: GatewayError) -> HttpResponse:
-    log_error(error)
-    return json_response(mlflow_body(error), error.status, error_headers(error))
-
-
 def openai_status(error: GatewayError) -> int:
     """OpenAI answers an invalid request with 400 (the SDK's BadRequestError), never 422."""
     if isinstance(error, (RequestValidationError, InvalidParameter)):
@@ -65,11 +60,6 @@ def openai_body(error: GatewayError) -> dict[str, Any]:
         loc = [str(p) for p in error.detail[0].get("loc", []) if p != "body"]
         param = ".".join(loc) or None
     return {"error": {"message": error.message, "type": error.openai_type, "param": param, "code": error.code}}
-
-
-def openai_error(error: GatewayError) -> HttpResponse:
-    log_error(error)
-    return json_response(openai_body(error), openai_status(error), error_headers(error))
 
 
 def log_error(error: GatewayError) -> None:

@@ -137,4 +137,5 @@ class Formatter(logging.Formatter):
         if second != self._second:
             self._text = time.strftime(self.default_time_format, self.converter(second))
             self._second = second
-        return self.default_msec_format % (self._text, record.msecs)
+        msec_format = self.default_msec_format
+        return self._text if msec_format is None else msec_format % (self._text, record.msecs)

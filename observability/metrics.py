@@ -39,9 +39,8 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
 
-from endpoints_app.errors import json_response
+from serving.http import Request, Response, json_response
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -315,7 +314,7 @@ def scrape_registry(metrics: Metrics) -> CollectorRegistry:
     return registry
 
 
-def view(request: HttpRequest) -> HttpResponse:
+def view(request: Request) -> Response:
     """GET /metrics, in Prometheus' text format; with GATEWAY_METRICS_TOKEN, for `Authorization: Bearer
     <token>` only."""
     from observability import reports
@@ -329,7 +328,7 @@ def view(request: HttpRequest) -> HttpResponse:
         return response
     token = settings.GATEWAY_METRICS_TOKEN
     if token:
-        given = request.META.get("HTTP_AUTHORIZATION", "")
+        given = request.header("authorization") or ""
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             response = json_response({"detail": "Unauthorized: /metrics needs `Authorization: Bearer <token>` "
                                                  "(GATEWAY_METRICS_TOKEN)."}, 401)
@@ -338,4 +337,4 @@ def view(request: HttpRequest) -> HttpResponse:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     reports.flush()  # this worker's invocations of the last moment (the others' come within reports.FLUSH_SECONDS)
-    return HttpResponse(generate_latest(scrape_registry(metrics)), content_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(scrape_registry(metrics)), content_type=CONTENT_TYPE_LATEST)

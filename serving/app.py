@@ -5,10 +5,11 @@ An invocation (`/endpoints/<name>/invocations`, `/gateway/<name>/invocations`, `
 (Prometheus scrapes it: observability.metrics) go straight to their
 view (serving.views), run in the async bridge (serving.bridge) on the worker's event loop. They skip
 URL resolution, the middleware stack (sessions, auth, messages, CSRF: none of which an invocation
-uses) and the request signals; measured, these were about half the CPU of a mock invocation (see
-bench/README.md). What the middleware would do for them is done here: the host check
-(ALLOWED_HOSTS) and Django's SecurityMiddleware (the SECURE_* settings: HTTPS redirect, HSTS,
-nosniff, referrer and cross-origin-opener policies). Every other request (the admin, the management
+uses), the request signals and Django's request and response objects (serving.http); measured, these
+were about half the CPU of a mock invocation (see bench/README.md). What the middleware would do for
+them is done here (serving.http.Security): the host check (ALLOWED_HOSTS) and Django's
+SecurityMiddleware (the SECURE_* settings: HTTPS redirect, HSTS, nosniff, referrer and
+cross-origin-opener policies). Every other request (the admin, the management
 API, the docs) goes to Django's ASGI handler unchanged; a worker that serves only invocations never
 imports DRF (about 50 MB of memory per worker).
 
@@ -18,24 +19,19 @@ The same application runs under start_server's workers, `manage.py runserver` an
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import DisallowedHost
-from django.core.handlers.asgi import ASGIRequest
-from django.http import HttpRequest, HttpResponseBase
-from django.middleware.security import SecurityMiddleware
 
-from endpoints_app.errors import json_response
 from observability import metrics, reports, tracing
 from providers.errors import GatewayError
 from serving import counters, invoke, runtime
 from serving import views as invocations
 from serving.bridge import await_, run_sync
 from serving.edge import declared_length, error_body, too_large_message
+from serving.http import Request, Response, Security, json_response
 from serving.routes import match_invocation
 from usage import ledger
 
@@ -44,7 +40,7 @@ logger = logging.getLogger(__name__)
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
-View = Callable[[HttpRequest], HttpResponseBase]
+View = Callable[[Request], Response]
 
 _V1_VIEWS: dict[str, View] = {
     "chat/completions": invocations.openai_chat,
@@ -69,41 +65,28 @@ def find_view(path: str) -> View | None:
     return _V1_VIEWS[v1]
 
 
-class _Security:
-    """Django's SecurityMiddleware, applied to the views this application serves itself."""
-
-    def __init__(self) -> None:
-        self.middleware = SecurityMiddleware(lambda request: json_response({}))
-
-    def redirect(self, request: HttpRequest) -> HttpResponseBase | None:
-        return self.middleware.process_request(request)
-
-    def headers(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
-        # Typed for HttpResponse, it only sets headers: a StreamingHttpResponse takes them as well.
-        return self.middleware.process_response(request, response)  # type: ignore[arg-type]
+_security: Security | None = None
 
 
-_security: _Security | None = None
-
-
-def respond(view: View, request: HttpRequest) -> HttpResponseBase:
+def respond(view: View, request: Request) -> Response:
     """Run a view as Django's middleware would guard it: the host check, the SECURE_* settings,
     and a JSON 500 for a crash."""
     global _security
-    if _security is None:
-        _security = _Security()  # reads the settings once, as Django's middleware does
-    request_id = invoke.request_id(request.META.get("HTTP_X_REQUEST_ID"))
-    request.request_id = request_id  # type: ignore[attr-defined]  # the view's record and logs carry it
-    try:
-        request.get_host()  # ALLOWED_HOSTS
-        response = _security.redirect(request) or view(request)
-    except DisallowedHost:
+    security = _security
+    if security is None:
+        security = _security = Security()  # reads the settings once, as Django's middleware does
+    request_id = request.request_id = invoke.request_id(request.header("x-request-id"))
+    if not security.host_allowed(request):
         response = json_response({"detail": "Bad Request: the Host header is not allowed."}, 400)
-    except Exception:
-        logger.exception("invocation failed: %s (request %s)", request.path, request_id)
-        response = json_response({"detail": "Internal Server Error"}, 500)
+    else:
+        try:
+            response = security.redirect_to_https(request) or view(request)
+        except Exception:
+            logger.exception("invocation failed: %s (request %s)", request.path, request_id)
+            response = json_response({"detail": "Internal Server Error"}, 500)
     response["X-Request-Id"] = request_id
-    return _security.headers(request, response)
+    security.add_headers(request, response)
+    return response
 
 
 class GatewayApplication:
@@ -150,18 +133,14 @@ class GatewayApplication:
             body = b""
         if body is None:
             return  # the client went away before sending its whole request
-        response = await _run_view(view, ASGIRequest(scope, io.BytesIO(body)), receive)
+        response = await _run_view(view, Request(scope, body), receive)
         if response is None:
             return  # the client went away while the view waited on its upstream
         if too_large:
             response["Connection"] = "close"
-        await send({
-            "type": "http.response.start",
-            "status": response.status_code,
-            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.items()],
-        })
-        if not response.streaming:
-            await send({"type": "http.response.body", "body": response.content})  # type: ignore[attr-defined]
+        await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers()})
+        if response.stream is None:
+            await send({"type": "http.response.body", "body": response.body})
             return
         await _pass_stream(response, receive, send)
 
@@ -173,7 +152,7 @@ STOPPING_MESSAGE = "The server is shutting down; retry the request."
 WATCH_FOR_DISCONNECT_AFTER_SECONDS = 1.0
 
 
-async def _run_view(view: View, request: HttpRequest, receive: Receive) -> HttpResponseBase | None:
+async def _run_view(view: View, request: Request, receive: Receive) -> Response | None:
     """Run the view in the async bridge; None if the client went away before it answered. Then the
     view is cancelled where it waits (the upstream call, whose connection is closed), so a long
     completion nobody will read stops holding the worker and the vendor's connection. Streams have
@@ -194,7 +173,7 @@ async def _run_view(view: View, request: HttpRequest, receive: Receive) -> HttpR
         if watcher is None or not _client_left(watcher):
             # The server is stopping and its grace period is over (uvicorn cancels what is still running).
             logger.warning("the server stopped before the answer: %s cancelled (request %s)", request.path,
-                           getattr(request, "request_id", "-"))
+                           request.request_id or "-")
             response = json_response({"detail": STOPPING_MESSAGE}, 503)
             response["Connection"] = "close"
             return response
@@ -206,7 +185,7 @@ async def _run_view(view: View, request: HttpRequest, receive: Receive) -> HttpR
             watcher.cancel()
 
 
-async def _pass_stream(response: HttpResponseBase, receive: Receive, send: Send) -> None:
+async def _pass_stream(response: Response, receive: Receive, send: Send) -> None:
     """Send a stream; if the client goes away first, stop it, which closes the upstream stream (no
     tokens are generated and paid for that nobody reads). uvicorn's send() drops data for a gone
     client silently: only receive() says so."""
@@ -242,11 +221,12 @@ def _client_left(watcher: asyncio.Future[None]) -> bool:
     return watcher.done() and not watcher.cancelled()
 
 
-def _send_stream(response: HttpResponseBase, send: Send) -> None:
+def _send_stream(response: Response, send: Send) -> None:
     """Pass a streaming response on chunk by chunk, in one greenlet for the whole stream: each upstream
     read and each send waits on the event loop."""
+    assert response.stream is not None
     try:
-        for index, chunk in enumerate(response.streaming_content):  # type: ignore[attr-defined]
+        for index, chunk in enumerate(response.stream):
             await_(send({"type": "http.response.body", "body": chunk, "more_body": True}))
             if index == 0:
                 # The worker's transport sends what one loop step wrote at the end of that step

@@ -1,9 +1,10 @@
 """The invocation views: the hot path.
 
-Plain Django views on purpose (see bench/README.md): they authenticate the caller, parse with orjson,
-validate with the pydantic wire schemas, run the invocation (serving.invoke) and render JSON or SSE.
-This module imports no DRF, so a worker that only serves invocations and health checks never loads
-it. Their OpenAPI entries come from the same schemas (endpoints_app.openapi).
+Lean views on purpose (see bench/README.md): a serving.http Request in, a serving.http Response out,
+no Django request or response object. They authenticate the caller, parse with orjson, validate with
+the pydantic wire schemas, run the invocation (serving.invoke) and render JSON or SSE. This module
+imports no DRF, so a worker that only serves invocations and health checks never loads it. Their
+OpenAPI entries come from the same schemas (endpoints_app.openapi).
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
-from django.views.decorators.csrf import csrf_exempt
 
-from endpoints_app.errors import dumps, json_response, mlflow_error, openai_error
+from endpoints_app.errors import (
+    dumps,
+    error_headers,
+    log_error,
+    mlflow_body,
+    openai_body,
+    openai_status,
+)
 from endpoints_app.schemas import validate_request
 from providers.errors import (
     EndpointNotFound,
@@ -30,6 +35,7 @@ from providers.errors import (
 )
 from providers.shapes import CHAT, COMPLETIONS, EMBEDDINGS
 from serving import invoke, runtime
+from serving.http import Request, Response, json_response
 from serving.invoke import Invocation
 from serving.ratelimit import RateState
 from serving.runtime import EndpointTable
@@ -37,7 +43,7 @@ from serving.runtime import EndpointTable
 logger = logging.getLogger(__name__)
 
 
-def health(request: HttpRequest) -> HttpResponse:
+def health(request: Request) -> Response:
     """GET /health: liveness, and the config version this process serves."""
     if request.method not in ("GET", "HEAD"):
         response = json_response({"detail": "Method Not Allowed"}, 405)
@@ -51,16 +57,16 @@ def health(request: HttpRequest) -> HttpResponse:
     return json_response({"status": "OK", "config_version": runtime.served_version(), "pid": os.getpid()})
 
 
-def read_json_body(request: HttpRequest) -> Any:
-    try:
-        body = request.body
-    except RequestDataTooBig:
+def read_json_body(request: Request) -> Any:
+    body = request.body
+    length = request.header("content-length")
+    if length is not None and length.isdigit() and int(length) > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
         raise RequestTooLarge(
             f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes (GATEWAY_MAX_REQUEST_BYTES)."
-        ) from None
+        )
     if not body:
         raise RequestValidationError([{"type": "missing", "loc": ["body"], "msg": "Field required", "input": None}])
-    content_type = request.content_type or ""
+    content_type = request.content_type
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise RequestValidationError(
             [
@@ -88,10 +94,6 @@ def read_json_body(request: HttpRequest) -> Any:
         ) from None
 
 
-def _rate_headers(rate: RateState | None) -> dict[str, str] | None:
-    return rate.headers() if rate is not None else None
-
-
 def error_event(error: GatewayError) -> bytes:
     """The final event of a stream that failed after its first byte."""
     return (
@@ -103,7 +105,7 @@ def error_event(error: GatewayError) -> bytes:
     )
 
 
-def sse_response(chunks: Iterator[dict[str, Any]], rate: RateState | None) -> StreamingHttpResponse:
+def sse_response(chunks: Iterator[dict[str, Any]], rate: RateState | None) -> Response:
     """Chunks as Server-Sent Events, passed on one by one; errors after the first byte become a
     final `data: {"error": ...}` event and a clean end."""
     first, rest = invoke.stream_with_first(chunks)
@@ -124,35 +126,36 @@ def sse_response(chunks: Iterator[dict[str, Any]], rate: RateState | None) -> St
             return
         yield b"data: [DONE]\n\n"
 
-    response = StreamingHttpResponse(events(), content_type="text/event-stream; charset=utf-8")
+    response = Response(content_type="text/event-stream; charset=utf-8", stream=events())
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
-    for key, value in (_rate_headers(rate) or {}).items():
-        response[key] = value
+    if rate is not None:
+        response.headers.update(rate.headers())
     return response
 
 
-def _invoke(table: EndpointTable, inv: Invocation, endpoint_type: str, payload: dict[str, Any]) -> HttpResponseBase:
+def _invoke(table: EndpointTable, inv: Invocation, endpoint_type: str, payload: dict[str, Any]) -> Response:
     stream = endpoint_type != EMBEDDINGS and bool(payload.pop("stream", False))
     invoke.prepare(table, inv)
     result = invoke.call(inv, payload, stream=stream)
     if stream:
-        response: HttpResponseBase = sse_response(invoke.metered(inv, result), inv.rate)
+        response = sse_response(invoke.metered(inv, result), inv.rate)
     else:
         invoke.finish(inv, 200, usage=result.get("usage"), response=result)
-        response = json_response(result, headers=_rate_headers(inv.rate))
+        rate = inv.rate
+        response = json_response(result, headers=rate.headers() if rate is not None else None)
     if inv.route and inv.endpoint is not None:
         response["X-Gateway-Destination"] = inv.endpoint.name  # which of the route's endpoints answered
     return response
 
 
-def _begin(request: HttpRequest, family: str) -> Invocation:
-    return invoke.begin(getattr(request, "request_id", None), family, request.META.get("HTTP_TRACEPARENT"))
+def _begin(request: Request, family: str) -> Invocation:
+    return invoke.begin(request.request_id or None, family, request.header("traceparent"))
 
 
-def _authenticated(request: HttpRequest, inv: Invocation) -> EndpointTable:
+def _authenticated(request: Request, inv: Invocation) -> EndpointTable:
     table = runtime.current_table()
-    authorization = request.META.get("HTTP_AUTHORIZATION")
+    authorization = request.header("authorization")
     try:
         invoke.authenticate(table, inv, authorization)
     except Unauthorized:
@@ -171,14 +174,25 @@ def _refused(inv: Invocation, error: GatewayError) -> None:
     invoke.finish(inv, error.status, error=error)
 
 
-def _method_not_allowed(render: Callable[[GatewayError], HttpResponse]) -> HttpResponse:
+def mlflow_error(error: GatewayError) -> Response:
+    """An error in MLflow's shape (the MLflow routes)."""
+    log_error(error)
+    return json_response(mlflow_body(error), error.status, error_headers(error))
+
+
+def openai_error(error: GatewayError) -> Response:
+    """An error in OpenAI's envelope (the /v1 routes)."""
+    log_error(error)
+    return json_response(openai_body(error), openai_status(error), error_headers(error))
+
+
+def _method_not_allowed(render: Callable[[GatewayError], Response]) -> Response:
     response = render(GatewayError("Method Not Allowed", status=405, code="method_not_allowed"))
     response["Allow"] = "POST"
     return response
 
 
-@csrf_exempt
-def endpoint_invocations(request: HttpRequest, name: str) -> HttpResponseBase:
+def endpoint_invocations(request: Request, name: str) -> Response:
     """POST /endpoints/<name>/invocations (and /gateway/<name>/invocations): MLflow's route."""
     if request.method != "POST":
         return _method_not_allowed(mlflow_error)
@@ -197,9 +211,8 @@ def endpoint_invocations(request: HttpRequest, name: str) -> HttpResponseBase:
         return mlflow_error(error)
 
 
-def _openai_view(expected_type: str) -> Callable[[HttpRequest], HttpResponseBase]:
-    @csrf_exempt
-    def view(request: HttpRequest) -> HttpResponseBase:
+def _openai_view(expected_type: str) -> Callable[[Request], Response]:
+    def view(request: Request) -> Response:
         if request.method != "POST":
             return _method_not_allowed(openai_error)
         inv = _begin(request, "v1")
