@@ -115,13 +115,16 @@ class HoldingStreamHandler(logging.StreamHandler[Any]):
     def flush(self) -> None:
         self.acquire()
         try:
-            if self._held and self.stream is not None:
-                lines, self._held = self._held, []
-                self.stream.write(self.terminator.join(lines) + self.terminator)
+            lines, self._held = self._held, []
+            if self.stream is not None:
+                if lines:
+                    self.stream.write(self.terminator.join(lines) + self.terminator)
+                if hasattr(self.stream, "flush"):
+                    self.stream.flush()
+        except (OSError, ValueError):  # a stream closed under us (the process ending): as emit() does, a line
+            pass  # that cannot be written never fails the caller
         finally:
             self.release()
-        super().flush()
-
 
 class Formatter(logging.Formatter):
     """logging's Formatter (settings.LOGGING's formatters), with the time of day formatted once a second

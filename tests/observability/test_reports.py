@@ -155,3 +155,9 @@ def test_a_timer_left_on_a_loop_that_has_gone_does_not_hold_later_reports(access
     assert reports.pending() == 0
     assert [orjson.loads(line)["request_id"] for line in access_stream.getvalue().splitlines()] == ["left-behind",
                                                                                                      "later"]
+
+
+def test_a_closed_stream_fails_no_invocation(access_stream: CountingStream) -> None:
+    access_stream.close()
+    reports.report(entry("closed"), "chat", None)  # no running loop: written at once, to a closed stream
+    assert reports.pending() == 0
