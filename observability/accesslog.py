@@ -37,16 +37,11 @@ def fields(entry: Entry, endpoint: str) -> dict[str, object]:
     }
 
 
-def log(entry: Entry, endpoint: str) -> None:
-    """One line. `endpoint`: the name called, or `unknown` when the config has no such name (a client's free
-    text is not logged: the usage record keeps it)."""
-    log_batch([(entry, endpoint, None)])
-
-
 def log_batch(batch: Sequence[tuple[Entry, str, Any]]) -> None:
     """A line for each (usage record, endpoint label, ...) of a batch (observability.reports), written
     together: the records reach the handlers one by one as usual, and a HoldingStreamHandler writes the
-    lines it held in one go when the batch ends."""
+    lines it held in one go when the batch ends. The endpoint label is the name called, or `unknown` when
+    the config has no such name (a client's free text is not logged: the usage record keeps it)."""
     if not batch or not logger.isEnabledFor(logging.INFO):
         return
     if settings.GATEWAY_LOG_FORMAT == "json":
@@ -125,6 +120,7 @@ class HoldingStreamHandler(logging.StreamHandler[Any]):
             pass  # that cannot be written never fails the caller
         finally:
             self.release()
+
 
 class Formatter(logging.Formatter):
     """logging's Formatter (settings.LOGGING's formatters), with the time of day formatted once a second

@@ -108,10 +108,6 @@ class Metrics:
             found = self._children[key] = metric.labels(*labels)
         return found
 
-    def record(self, entry: Entry, endpoint: str, upstream_seconds: float | None) -> None:
-        """One finished invocation."""
-        self.record_batch([(entry, endpoint, upstream_seconds)])
-
     def record_batch(self, batch: Sequence[tuple[Entry, str, float | None]]) -> None:
         """Finished invocations (observability.reports hands them over in batches): added up per label
         combination first, then each sum added once to its value (in multiprocess mode each addition is a

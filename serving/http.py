@@ -17,11 +17,10 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-import orjson
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
-JSON = "application/json"
+from endpoints_app.errors import JSON, dumps
 
 
 class Request:
@@ -107,7 +106,7 @@ class Response:
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(data, default=str), status, JSON, headers)
+    return Response(dumps(data), status, JSON, headers)
 
 
 class Security:
