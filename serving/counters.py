@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from django.conf import settings
+from django.core.signals import setting_changed
 
 from serving.bridge import await_
 from serving.resp import AsyncRedis, RedisAddress, RespConnectionError, RespError
@@ -81,6 +82,27 @@ def key(*parts: str | int) -> str:
     return ":".join((settings.GATEWAY_REDIS_PREFIX, *(str(part) for part in parts)))
 
 
+_window_keys: dict[tuple[str, str, int, int], str] = {}
+
+
+def window_key(kind: str, scope: str, period: int, window: int) -> str:
+    """key(kind, scope, period, window), worked out once per window (every call of a window needs it)."""
+    found = _window_keys.get((kind, scope, period, window))
+    if found is None:
+        if len(_window_keys) >= 4096:  # windows pass and scopes come and go with the config
+            _window_keys.clear()
+        found = _window_keys[kind, scope, period, window] = key(kind, scope, period, window)
+    return found
+
+
+def _prefix_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "GATEWAY_REDIS_PREFIX":  # tests: keys under another prefix from now on
+        _window_keys.clear()
+
+
+setting_changed.connect(_prefix_changed, dispatch_uid="serving.counters.prefix")
+
+
 def add_to_window(key: str, ttl: int, amount: int) -> list[tuple[str | int, ...]]:
     """The commands that add `amount` to a window's count, creating it (at 0, expiring in `ttl` seconds) if
     needed: SET NX EX then INCRBY works on Redis 6 and 7, and the stores run this pair without parsing it."""
@@ -114,39 +136,121 @@ def _answered(replies: list[Any]) -> list[Any]:
 
 def execute(commands: Sequence[Sequence[str | bytes | int | float]]) -> list[Any]:
     """execute_async, from code running in the async bridge (an invocation). A store in this process or in
-    shared memory is called directly: it does no I/O, so there is nothing to wait for on the loop."""
+    shared memory is called directly: it does no I/O, so there is nothing to wait for on the loop.
+
+    With a local store, the counts submitted and not sent yet go first, under the same lock: what this
+    process counted is counted before it checks a limit again. (Redis's are not taken along: a call
+    cancelled while it waits would lose them.)"""
     local = _get().local
     if local is None:
         return await_(execute_async(commands))
+    queued = _take_queued()
+    if queued is not None:
+        commands = [*queued.commands, *commands]
     try:
         replies = local.run(commands)
     except OSError as exc:
+        if queued is not None:
+            _warn(f"{len(queued.commands)} counts could not be added: {_unavailable(exc)}")
         raise _unavailable(exc) from exc
+    if queued is not None:
+        queued.deliver(replies[:len(queued.commands)])
+        replies = replies[len(queued.commands):]
     return _answered(replies)
 
 
 _pending: set[asyncio.Future[Any]] = set()
 
+# How long a submitted count may wait to go out with others (or with the next check of a limit, which takes
+# it along at once): under load, the counts of a worker's answers go in one trip instead of one each.
+QUEUE_SECONDS = 0.002
+
+
+class _Queued:
+    """Commands submitted and not sent yet, and who wants their replies."""
+
+    __slots__ = ("commands", "thens")
+
+    def __init__(self) -> None:
+        self.commands: list[Sequence[str | bytes | int | float]] = []
+        self.thens: list[tuple[int, int, Callable[[list[Any]], None]]] = []  # (offset, count, then)
+
+    def deliver(self, replies: list[Any]) -> None:
+        """Each submitter's replies to its `then`; an error reply is logged instead."""
+        failed = next((reply for reply in replies if isinstance(reply, RespError)), None)
+        if failed is not None:
+            _warn(f"a count could not be added: error reply: {failed}")
+        for offset, count, then in self.thens:
+            mine = replies[offset:offset + count]
+            if not any(isinstance(reply, RespError) for reply in mine):
+                then(mine)
+
+
+_queued: _Queued | None = None
+_drain: asyncio.TimerHandle | None = None
+_drain_on: asyncio.AbstractEventLoop | None = None  # the loop of the _drain timer
+
+
+def _take_queued() -> _Queued | None:
+    global _queued, _drain
+    queued, _queued = _queued, None
+    if _drain is not None:
+        _drain.cancel()
+        _drain = None
+    return queued
+
 
 def submit(commands: Sequence[Sequence[str | bytes | int | float]],
            then: Callable[[list[Any]], None] | None = None) -> None:
     """Send commands without waiting for them (counts added after an answer: the client is not kept
-    waiting for them), then pass their replies to `then`, if given. A failure is logged, at most once per
-    interval. A store in this process or in shared memory does no I/O: it runs them at once, with no task."""
-    if _get().local is None:
-        future = asyncio.ensure_future(execute_async(commands))
-        track(future)
+    waiting for them), then pass their replies to `then`, if given. They go out within QUEUE_SECONDS,
+    together with the others submitted meanwhile, or sooner with this process's next execute(). A
+    failure is logged, at most once per interval. Outside an event loop they are sent at once."""
+    global _queued, _drain, _drain_on
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if loop is None:
+        if _get().local is None:
+            raise RuntimeError("counts are sent to Redis from an event loop")
+        try:
+            replies = execute(commands)  # a local store: no I/O, nothing to wait for
+        except CounterUnavailable as exc:
+            _warn(f"a count could not be added: {exc}")
+            return
         if then is not None:
-            future.add_done_callback(lambda done: None if done.cancelled() or done.exception() is not None
-                                     else then(done.result()))
+            then(replies)
+        return
+    queued = _queued
+    if queued is None:
+        queued = _queued = _Queued()
+    if then is not None:
+        queued.thens.append((len(queued.commands), len(commands), then))
+    queued.commands += commands
+    if _drain is None or _drain_on is not loop:  # none yet, or one on a loop that is gone (tests)
+        if _drain is not None:
+            _drain.cancel()
+        _drain, _drain_on = loop.call_later(QUEUE_SECONDS, send_queued), loop
+
+
+def send_queued() -> None:
+    """Send the submitted counts now (the timer's callback; settle() at shutdown)."""
+    queued = _take_queued()
+    if queued is None:
+        return
+    if _get().local is None:
+        future = asyncio.ensure_future(_get().backend().execute(queued.commands))
+        track(future)
+        future.add_done_callback(lambda done: None if done.cancelled() or done.exception() is not None
+                                 else queued.deliver(done.result()))
         return
     try:
-        replies = execute(commands)  # a local store: no I/O, nothing to wait for
-    except CounterUnavailable as exc:
-        _warn(f"a count could not be added: {exc}")
+        replies = _get().local.run(queued.commands)  # type: ignore[union-attr]
+    except OSError as exc:
+        _warn(f"{len(queued.commands)} counts could not be added: {_unavailable(exc)}")
         return
-    if then is not None:
-        then(replies)
+    queued.deliver(replies)
 
 
 def track(future: asyncio.Future[Any]) -> None:
@@ -158,6 +262,7 @@ def track(future: asyncio.Future[Any]) -> None:
 async def settle(timeout: float = 5.0) -> None:
     """Wait (up to `timeout` seconds) for the counts sent without waiting: at shutdown, so that a worker
     stopped by SIGTERM does not drop a spend or token count it was sending."""
+    send_queued()
     if _pending:
         await asyncio.wait(list(_pending), timeout=timeout)
 
@@ -203,6 +308,7 @@ def where() -> str:
 
 
 def reset() -> None:
-    """Forget the backend and its connections (tests that change the settings)."""
+    """Forget the backend and its connections (tests that change the settings), and the counts not sent."""
     global _counters
+    _take_queued()
     _counters = None

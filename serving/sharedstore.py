@@ -83,7 +83,7 @@ class SharedStore(Store):
         with self._lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
-                return [self._one(command) for command in commands]
+                return self._run(commands)
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
 
@@ -160,6 +160,23 @@ class SharedStore(Store):
             raise RespError("ERR increment or decrement would overflow")
         _SLOT.pack_into(self._map, offset, key_hash, expires, number % _WORD)
         return number
+
+    def _add_window(self, key: bytes, start: int, expires: float, amount: int) -> tuple[Any, Any]:
+        key_hash, offset, live = self._find(key)  # one lookup for both commands
+        if offset < 0:
+            full = RespError("ERR the shared counters table is full")
+            return full, full
+        if live:
+            at, number = self._value(offset)
+        else:
+            at, number = int(expires * 1000), start
+        number += amount
+        if not -_SIGN <= number < _SIGN:
+            if not live:  # SET NX creates the window even when the increment fails
+                _SLOT.pack_into(self._map, offset, key_hash, at, start % _WORD)
+            return ("OK" if not live else None), RespError("ERR increment or decrement would overflow")
+        _SLOT.pack_into(self._map, offset, key_hash, at, number % _WORD)
+        return ("OK" if not live else None), number
 
     def _set_expiry(self, key: bytes, at: float) -> None:
         key_hash, offset, live = self._find(key)

@@ -96,7 +96,24 @@ class Store:
 
     def run(self, commands: Sequence[Command]) -> list[Reply]:
         with self._lock:
-            return [self._one(command) for command in commands]
+            return self._run(commands)
+
+    def _run(self, commands: Sequence[Command]) -> list[Reply]:
+        """The commands' replies, in order. A window's pair (serving.counters.add_to_window: `SET key <int> EX
+        <seconds> NX` then `INCRBY key <int>`) is one step: the key is looked up once."""
+        replies: list[Reply] = []
+        index, count = 0, len(commands)
+        while index < count:
+            command = commands[index]
+            if index + 1 < count and command[0] == "SET":
+                pair = _fast_pair(self, command, commands[index + 1])
+                if pair is not None:
+                    replies += pair
+                    index += 2
+                    continue
+            replies.append(self._one(command))
+            index += 1
+        return replies
 
     def _one(self, command: Command) -> Reply:
         if not command:
@@ -211,6 +228,18 @@ class Store:
         self._set(key, str(value).encode(), expires)
         return True
 
+    def _add_window(self, key: bytes, start: int, expires: float, amount: int) -> tuple[Reply, Reply]:
+        """SET key start EX … NX, then INCRBY key amount: both replies."""
+        try:
+            created = self._set_new(key, start, expires)
+        except RespError as error:
+            created = error
+        try:
+            number: Reply = self._incrby(key, amount)
+        except RespError as error:
+            number = error
+        return ("OK" if created is True else None if created is False else created), number
+
     def _incrby(self, key: bytes, amount: int) -> int:
         current = self._get(key)
         number = (_int(current) if current is not None else 0) + amount
@@ -298,6 +327,19 @@ def _fast_set(store: Store, command: Command) -> Reply:
         return "OK" if store._set_new(_bytes(command[1]), value, store._clock() + seconds) else None
     except RespError as error:
         return error
+
+
+def _fast_pair(store: Store, command: Command, following: Command) -> tuple[Reply, Reply] | None:
+    """A window's `SET key <int> EX <seconds> NX` + `INCRBY key <int>` in one step, or None if the two
+    commands are not that shape."""
+    if (len(command) != 6 or command[3] != "EX" or command[5] != "NX" or len(following) != 3
+            or following[0] != "INCRBY" or following[1] != command[1]):
+        return None
+    value, seconds, amount = command[2], command[4], following[2]
+    if (type(value) is not int or type(seconds) is not int or type(amount) is not int
+            or not -_LONG <= value < _LONG or not 0 < seconds < _LONG or not -_LONG <= amount < _LONG):
+        return None
+    return store._add_window(_bytes(command[1]), value, store._clock() + seconds, amount)
 
 
 def _fast_incrby(store: Store, command: Command) -> Reply:

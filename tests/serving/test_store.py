@@ -189,6 +189,24 @@ SCRIPTS: dict[str, list[Step]] = {
         (("TTL", A), -1),
         (("SET", A, 0, "EX", 5, "NX"), None),
     ],
+    "window-pairs": [  # SET NX + INCRBY on one key: the stores run such a pair as one step when piped together
+        (("SET", A, 0, "EX", 60, "NX"), "OK"),
+        (("INCRBY", A, 1), 1),
+        (("SET", A, 0, "EX", 60, "NX"), None),
+        (("INCRBY", A, 2**63 - 1), Error("increment or decrement would overflow")),
+        (("GET", A), b"1"),
+        (("SET", B, 5, "EX", 60, "NX"), "OK"),
+        (("INCRBY", B, -2), 3),
+        (("SET", C, 2**63 - 1, "EX", 60, "NX"), "OK"),
+        (("INCRBY", C, 1), Error("increment or decrement would overflow")),
+        (("GET", C), str(2**63 - 1).encode()),  # created by the SET, whatever the INCRBY did
+        (("TTL", C), 60),
+        (("SET", D, 0, "EX", 60, "NX"), "OK"),
+        (("INCRBY", A, 1), 2),  # another key's INCRBY: not a pair
+        (("SET", D, 0, "EX", 60, "NX"), None),
+        (("INCRBY", D, "1"), 1),  # text, as another client may send it
+        (("TTL", A), 60),
+    ],
     "ping-and-unknown-commands": [
         (("PING",), "PONG"),
         (("PING", "hi"), b"hi"),
@@ -292,7 +310,47 @@ def test_a_pipeline_gets_one_answer_per_command_errors_included() -> None:
 # -- the shared-memory store of start_server's workers ----------------------------------------------------
 # The scripts whose values are all integers (the shared store holds nothing else, as the gateway counts).
 INTEGER_SCRIPTS = ("set-nx-xx-ex-px", "ttl-pttl-and-expiry", "expire-nx-xx", "the-rate-limit-window",
-                   "the-window-as-the-gateway-sends-it", "ping-and-unknown-commands")
+                   "the-window-as-the-gateway-sends-it", "window-pairs", "ping-and-unknown-commands")
+
+
+def pipelines(steps: list[Step]) -> Iterator[list[Step] | Wait]:
+    """The steps as a client sends them: a SET followed by an INCRBY in one pipeline (the two on one key are
+    a window's pair, which the stores run as one step), every other command alone."""
+    index = 0
+    while index < len(steps):
+        step = steps[index]
+        following = steps[index + 1] if index + 1 < len(steps) else None
+        if (not isinstance(step, Wait) and not isinstance(following, Wait) and following is not None
+                and step[0][0] == "SET" and following[0][0] == "INCRBY"):
+            yield [step, following]
+            index += 2
+        else:
+            yield step if isinstance(step, Wait) else [step]
+            index += 1
+
+
+@pytest.mark.parametrize("kind", ["memory", "shared"])
+@pytest.mark.parametrize("name", INTEGER_SCRIPTS)
+def test_a_window_pair_in_one_pipeline_answers_as_its_two_commands_do(name: str, kind: str, tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = Store(clock=clock) if kind == "memory" else shared(tmp_path / "counters", clock)
+    pairs = 0
+    for group in pipelines(SCRIPTS[name]):
+        if isinstance(group, Wait):
+            clock.now += group.seconds
+            continue
+        pairs += len(group) == 2
+        replies = store.run([command for command, _ in group])
+        for (command, expected), reply in zip(group, replies, strict=True):
+            check(command, reply, expected, status_type=str)
+    assert pairs or name in ("set-nx-xx-ex-px", "ttl-pttl-and-expiry", "expire-nx-xx", "ping-and-unknown-commands")
+
+
+def test_a_window_pair_in_a_full_shared_table_is_two_error_replies(tmp_path: Path) -> None:
+    store = shared(tmp_path / "counters", slots=8)
+    store.run([("SET", f"k{n}", "1") for n in range(8)])
+    created, counted = store.run([("SET", "new", 0, "EX", 60, "NX"), ("INCRBY", "new", 1)])
+    assert str(created) == str(counted) == "ERR the shared counters table is full"
 
 
 def shared(path: Path, clock: Any = time.monotonic, slots: int = 1024) -> SharedStore:
@@ -417,3 +475,13 @@ def test_a_counters_file_that_cannot_be_made_leaves_no_directory_behind(tmp_path
 def test_with_redis_url_the_supervisor_makes_no_counters_file(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
     assert supervisor.start_counter_store() is None
+
+
+def test_a_window_pair_looks_its_key_up_once_in_the_shared_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = shared(tmp_path / "counters")
+    lookups: list[bytes] = []
+    find = store._find
+    monkeypatch.setattr(store, "_find", lambda key: lookups.append(key) or find(key))
+    assert store.run([("SET", "w", 0, "EX", 60, "NX"), ("INCRBY", "w", 1), ("SET", "v", 0, "EX", 60, "NX"),
+                      ("INCRBY", "v", 4)]) == ["OK", 1, "OK", 4]
+    assert lookups == [b"w", b"v"]
