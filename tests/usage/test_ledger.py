@@ -4,6 +4,7 @@ batches off the request path, and reports whose totals are the records'."""
 from __future__ import annotations
 
 import logging
+import os
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -82,6 +83,23 @@ def test_the_client_request_id_is_kept_and_a_bad_one_replaced(client: Any, endpo
     assert replaced["X-Request-Id"] != "no spaces allowed" and len(replaced["X-Request-Id"]) == 24
     assert [r.request_id for r in flush()] == ["trace-abc-123", replaced["X-Request-Id"]]
     assert client.get("/api/2.0/endpoints/")["X-Request-Id"]  # Django's answers carry one too
+
+
+def test_request_ids_made_here_are_unique_and_differ_in_a_forked_worker() -> None:
+    from serving.invoke import request_id
+
+    made = {request_id(None) for _ in range(20_000)}
+    assert len(made) == 20_000 and all(len(i) == 24 and int(i, 16) >= 0 for i in made)
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, as a worker forked from a parent would make it
+        os.write(writer, request_id(None).encode())
+        os._exit(0)
+    os.close(writer)
+    os.waitpid(pid, 0)
+    child = os.read(reader, 64).decode()
+    os.close(reader)
+    assert len(child) == 24 and child != request_id(None) and child not in made
 
 
 def test_refusals_are_recorded_with_the_consumer_and_key_without_an_upstream_call(
