@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 from django.conf import settings
+from django.core.signals import setting_changed
 
 from providers.errors import RateLimited
 from serving import counters
@@ -90,18 +91,26 @@ def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime]:
 def window(scope: str, budget: Budget, now: float) -> Window:
     """The budget's current period; the same object for every call of the period (worked out once)."""
     cached = _windows.get((scope, budget))
-    if cached is not None and cached[1] <= now < cached[2] and cached[3] == settings.GATEWAY_REDIS_PREFIX:
+    if cached is not None and cached[1] <= now < cached[2]:
         return cached[0]
     start, end = period_bounds(budget.period, datetime.fromtimestamp(now, UTC))
     period_id = start.strftime("%Y-%m-%d")
     win = Window(scope, budget, counters.key("spend", scope, budget.period, period_id), start, end)
     if len(_windows) > 10_000:  # consumers and endpoints come and go with the config
         _windows.clear()
-    _windows[scope, budget] = (win, start.timestamp(), end.timestamp(), settings.GATEWAY_REDIS_PREFIX)
+    _windows[scope, budget] = (win, start.timestamp(), end.timestamp())
     return win
 
 
-_windows: dict[tuple[str, Budget], tuple[Window, float, float, str]] = {}
+_windows: dict[tuple[str, Budget], tuple[Window, float, float]] = {}
+
+
+def _prefix_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "GATEWAY_REDIS_PREFIX":  # tests: the windows' keys under another prefix from now on
+        _windows.clear()
+
+
+setting_changed.connect(_prefix_changed, dispatch_uid="serving.budgets.prefix")
 
 
 def exceeded(win: Window, spent: int, now: float) -> RateLimited:

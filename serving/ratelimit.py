@@ -20,8 +20,8 @@ import re
 import reprlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from django.conf import settings
 
@@ -66,8 +66,7 @@ class RateLimit:
     description: str  # "2 per 1 minute" (MLflow's wording)
 
 
-@dataclass(frozen=True)
-class RateState:
+class RateState(NamedTuple):  # a tuple: made on every call, at a fraction of a frozen dataclass's cost
     limit: int
     remaining: int
     reset_seconds: int
@@ -96,14 +95,12 @@ def token_limit(tokens: int, renewal_period: str) -> TokenLimit:
     return TokenLimit(tokens, period_seconds(renewal_period), f"{tokens} tokens per {multiples} {granularity}")
 
 
-def _window(period: int, now: float) -> tuple[int, int]:
-    """The window's number and the seconds until the next one starts."""
-    window = int(now // period)
-    return window, max(1, math.ceil((window + 1) * period - now))
+def _reset(period: int, window: int, now: float) -> int:
+    """The seconds until the window after `window` starts."""
+    return max(1, math.ceil((window + 1) * period - now))
 
 
-@dataclass(frozen=True)
-class Admitted:
+class Admitted(NamedTuple):
     """What the checks before a call found: the tightest call window (for the X-RateLimit-* headers), the
     token windows to add the call's tokens to, and the budget windows to add its cost to, once it has
     answered."""
@@ -111,7 +108,7 @@ class Admitted:
     rate: RateState | None
     token_keys: tuple[tuple[str, int], ...]  # (key, ttl)
     budget_windows: tuple[budgets.Window, ...] = ()
-    reads: list[Any] = field(default_factory=list)  # the replies to the caller's extra reads
+    reads: Sequence[Any] = ()  # the replies to the caller's extra reads
 
 
 NOTHING_COUNTED = Admitted(None, ())
@@ -132,18 +129,20 @@ def admit(calls: list[tuple[str, RateLimit]], tokens: list[tuple[str, TokenLimit
     commands: list[tuple[str | int, ...]] = []
     call_windows = []
     for scope, limit in calls:
-        window, reset = _window(limit.period_seconds, now)
+        period = limit.period_seconds
+        window = int(now // period)
         if limit.calls == 0:
-            raise _limited(limit.calls, limit.description, reset)
-        key = counters.key("ratelimit", scope, limit.period_seconds, window)
-        commands += counters.add_to_window(key, limit.period_seconds + 1, 1)
-        call_windows.append((limit, reset))
+            raise _limited(limit.calls, limit.description, _reset(period, window, now))
+        key = counters.window_key("ratelimit", scope, period, window)
+        commands += (("SET", key, 0, "EX", period + 1, "NX"), ("INCRBY", key, 1))  # counters.add_to_window
+        call_windows.append((limit, window))
     token_windows = []
     for scope, token_limit_ in tokens:
-        window, reset = _window(token_limit_.period_seconds, now)
-        key = counters.key("tokens", scope, token_limit_.period_seconds, window)
+        period = token_limit_.period_seconds
+        window = int(now // period)
+        key = counters.window_key("tokens", scope, period, window)
         commands.append(("GET", key))
-        token_windows.append((token_limit_, reset, key))
+        token_windows.append((token_limit_, _reset(period, window, now), key))
     budget_windows = [budgets.window(scope, budget, now) for scope, budget in spending]
     commands += [("GET", win.key) for win in budget_windows]
     commands += reads
@@ -155,13 +154,13 @@ def admit(calls: list[tuple[str, RateLimit]], tokens: list[tuple[str, TokenLimit
         _cannot_count(", ".join(scope for scope, _ in [*calls, *tokens, *spending]), str(exc))
         return NOTHING_COUNTED
     tightest: RateState | None = None
-    for index, (limit, reset) in enumerate(call_windows):
+    for index, (limit, window) in enumerate(call_windows):
         count = int(replies[2 * index + 1])
+        reset = _reset(limit.period_seconds, window, now)
         if count > limit.calls:
             raise _limited(limit.calls, limit.description, reset)
-        state = RateState(limit=limit.calls, remaining=limit.calls - count, reset_seconds=reset)
-        if tightest is None or state.remaining < tightest.remaining:
-            tightest = state
+        if tightest is None or limit.calls - count < tightest.remaining:
+            tightest = RateState(limit.calls, limit.calls - count, reset)
     offset = 2 * len(call_windows)
     for index, (token_limit_, reset, _) in enumerate(token_windows):
         used = int(replies[offset + index] or 0)
