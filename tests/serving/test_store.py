@@ -340,7 +340,7 @@ def test_a_window_pair_in_one_pipeline_answers_as_its_two_commands_do(name: str,
             clock.now += group.seconds
             continue
         pairs += len(group) == 2
-        replies = store.run([command for command, _ in group])
+        replies = store.run([plain(command) for command, _ in group])
         for (command, expected), reply in zip(group, replies, strict=True):
             check(command, reply, expected, status_type=str)
     assert pairs or name in ("set-nx-xx-ex-px", "ttl-pttl-and-expiry", "expire-nx-xx", "ping-and-unknown-commands")
@@ -368,8 +368,13 @@ def test_the_shared_store_answers_each_command_as_redis_does(name: str, tmp_path
             clock.now += step.seconds
             continue
         command, expected = step
-        (reply,) = store.run([command])
+        (reply,) = store.run([plain(command)])
         check(command, reply, expected, status_type=str)
+
+
+def plain(command: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """The command with its keys as the gateway sends them: plain str (the shared store reads those itself)."""
+    return tuple(str(arg) if isinstance(arg, Key) else arg for arg in command)
 
 
 def test_the_shared_store_holds_integers_only(tmp_path: Path) -> None:
@@ -477,11 +482,12 @@ def test_with_redis_url_the_supervisor_makes_no_counters_file(monkeypatch: pytes
     assert supervisor.start_counter_store() is None
 
 
-def test_a_window_pair_looks_its_key_up_once_in_the_shared_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_window_pair_looks_its_key_up_once_in_the_shared_table(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     store = shared(tmp_path / "counters")
     lookups: list[bytes] = []
     find = store._find
-    monkeypatch.setattr(store, "_find", lambda key: lookups.append(key) or find(key))
+    monkeypatch.setattr(store, "_find", lambda key, *now: lookups.append(key) or find(key, *now))
     assert store.run([("SET", "w", 0, "EX", 60, "NX"), ("INCRBY", "w", 1), ("SET", "v", 0, "EX", 60, "NX"),
                       ("INCRBY", "v", 4)]) == ["OK", 1, "OK", 4]
     assert lookups == [b"w", b"v"]
