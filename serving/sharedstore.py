@@ -16,6 +16,7 @@ This module imports no Django: the supervisor creates the file.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import functools
 import hashlib
@@ -47,6 +48,35 @@ def create(path: str, slots: int = SLOTS) -> None:
         os.pwrite(fd, _MAGIC + struct.pack("<Q", slots), 0)
     finally:
         os.close(fd)
+
+
+def _native_flock() -> Callable[[int, int], int] | None:
+    """libc's flock(2) called with the GIL held (ctypes.PyDLL), or None where it cannot be found."""
+    try:
+        function = ctypes.PyDLL(None).flock
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int)
+    function.restype = ctypes.c_int
+    return function
+
+
+_held_flock = _native_flock()
+
+
+def _lock(fd: int) -> None:
+    """Take the file's lock. Free (nearly always: a worker holds it for microseconds), it is taken without
+    letting go of the GIL: fcntl.flock lets go of it around every call, and taking it back from the
+    worker's other threads cost about 8 us of CPU per call in a serving worker.
+    Held by another process (or another store in this one), it is waited for as fcntl.flock waits, without
+    the GIL, so that the holder can always finish."""
+    if _held_flock is None or _held_flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB) != 0:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def _unlock(fd: int) -> None:
+    if _held_flock is None or _held_flock(fd, fcntl.LOCK_UN) != 0:
+        fcntl.flock(fd, fcntl.LOCK_UN)  # raises what went wrong
 
 
 @functools.lru_cache(maxsize=4096)
@@ -81,11 +111,11 @@ class SharedStore(Store):
 
     def run(self, commands: Sequence[Command]) -> list[Any]:
         with self._lock:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            _lock(self._fd)
             try:
                 return self._run(commands)
             finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                _unlock(self._fd)
 
     def _run(self, commands: Sequence[Command]) -> list[Any]:
         """Store._run, with what every call sends (a window's SET NX + INCRBY pair, a GET) read here at once,

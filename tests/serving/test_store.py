@@ -416,6 +416,36 @@ def test_counts_from_several_processes_at_once_are_exact(tmp_path: Path) -> None
     assert store.run([("GET", "total")]) == [b"10000"]
 
 
+def test_a_lock_held_by_another_store_of_the_process_is_waited_for_without_the_gil(tmp_path: Path) -> None:
+    """The lock is taken holding the GIL only when it is free: a store that waits for it lets the holder (here
+    another thread of the same process) finish, instead of stopping every thread of the process."""
+    import threading
+
+    first, second = shared(tmp_path / "counters"), shared(tmp_path / "counters")
+    inside, release = threading.Event(), threading.Event()
+    slow_run = first._run
+
+    def hold(commands: Any) -> Any:
+        inside.set()
+        release.wait(10)  # lets go of the GIL: the other threads run while the lock is held
+        return slow_run(commands)
+
+    first._run = hold  # type: ignore[method-assign]
+    holder = threading.Thread(target=first.run, args=([("INCRBY", "n", 1)],))
+    holder.start()
+    assert inside.wait(5)
+    replies: list[Any] = []
+    waiter = threading.Thread(target=lambda: replies.extend(second.run([("INCRBY", "n", 10)])))
+    waiter.start()
+    time.sleep(0.2)
+    assert waiter.is_alive() and not replies  # waiting for the lock, without stopping this thread
+    release.set()
+    holder.join(5)
+    waiter.join(5)
+    assert not holder.is_alive() and not waiter.is_alive()
+    assert replies == [11] and first.run([("GET", "n")]) == [b"11"]
+
+
 def test_expired_slots_are_reused_and_a_full_table_is_an_error_reply(tmp_path: Path) -> None:
     clock = FakeClock()
     store = shared(tmp_path / "counters", clock, slots=64)
