@@ -67,10 +67,7 @@ class Window:
     key: str
     start: datetime
     end: datetime
-
-    @property
-    def ttl(self) -> int:
-        return int((self.end - self.start).total_seconds()) + 86400
+    ttl: int = 0  # how long the counter lives: the period and a day (worked out by window())
 
     def retry_after(self, now: float) -> int:
         return max(1, int(self.end.timestamp() - now) + 1)
@@ -95,7 +92,8 @@ def window(scope: str, budget: Budget, now: float) -> Window:
         return cached[0]
     start, end = period_bounds(budget.period, datetime.fromtimestamp(now, UTC))
     period_id = start.strftime("%Y-%m-%d")
-    win = Window(scope, budget, counters.key("spend", scope, budget.period, period_id), start, end)
+    win = Window(scope, budget, counters.key("spend", scope, budget.period, period_id), start, end,
+                 int((end - start).total_seconds()) + 86400)
     if len(_windows) > 10_000:  # consumers and endpoints come and go with the config
         _windows.clear()
     _windows[scope, budget] = (win, start.timestamp(), end.timestamp())
@@ -138,8 +136,9 @@ def spent(replies: list[Any], windows: tuple[Window, ...], cost: int) -> None:
     spend_commands)."""
     for index, win in enumerate(windows):
         total = int(replies[2 * index + 1])
-        for percent in crossed(total - cost, total, win.budget.picousd):
-            _alert(win, percent, total)
+        if total * 100 >= THRESHOLDS[0] * win.budget.picousd:  # below the first threshold nothing is crossed
+            for percent in crossed(total - cost, total, win.budget.picousd):
+                _alert(win, percent, total)
 
 
 def crossed(before: int, after: int, budget: int) -> list[int]:
