@@ -19,6 +19,7 @@ The same application runs under start_server's workers, `manage.py runserver` an
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -56,13 +57,21 @@ def find_view(path: str) -> View | None:
         return invocations.health
     if path == "/metrics":
         return metrics.view
+    view = _views.get(path)
+    if view is not None:
+        return view
     match = match_invocation(path)
     if match is None:
         return None
     name, v1 = match
-    if name is not None:
-        return lambda request: invocations.endpoint_invocations(request, name)
-    return _V1_VIEWS[v1]
+    view = _V1_VIEWS[v1] if name is None else functools.partial(invocations.endpoint_invocations, name=name)
+    if len(_views) >= 1024:  # paths come from clients: the cache stays small whatever they send
+        _views.clear()
+    _views[path] = view
+    return view
+
+
+_views: dict[str, View] = {}  # the invocation paths called lately, and their view
 
 
 _security: Security | None = None
