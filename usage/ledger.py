@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
@@ -59,6 +60,9 @@ _WARN_EVERY_SECONDS = 10.0
 _MAX_BACKOFF_SECONDS = 30.0
 
 
+_ledgers: weakref.WeakSet[Ledger] = weakref.WeakSet()
+
+
 class Ledger:
     def __init__(self, capacity: int, batch: int, flush_seconds: float) -> None:
         self.capacity = capacity
@@ -74,6 +78,7 @@ class Ledger:
         self._pid = 0
         self._last_warning = 0.0
         self._failures = 0
+        _ledgers.add(self)
 
     def __len__(self) -> int:
         return len(self._buffer)
@@ -86,7 +91,7 @@ class Ledger:
                        "is the database reachable?")
             return
         self._buffer.append(entry)
-        if self._pid != os.getpid():
+        if self._thread is None:
             self._start()
         if len(self._buffer) >= self.batch:
             self._wake.set()
@@ -196,6 +201,15 @@ def write(entries: Sequence[Entry]) -> None:
 
 
 _ledger: Ledger | None = None
+
+
+def _forget_writers_after_fork() -> None:
+    """In a forked child the parents' writer threads do not run: the next record starts one of its own."""
+    for ledger in list(_ledgers):
+        ledger._thread = None
+
+
+os.register_at_fork(after_in_child=_forget_writers_after_fork)
 
 
 def get() -> Ledger:

@@ -102,6 +102,30 @@ def test_request_ids_made_here_are_unique_and_differ_in_a_forked_worker() -> Non
     assert len(child) == 24 and child != request_id(None) and child not in made
 
 
+def test_a_forked_worker_starts_its_own_writer_at_its_first_record() -> None:
+    book = ledger.Ledger(capacity=100, batch=100, flush_seconds=60)
+    entry = ledger.Entry(0.0, "r1", "v1", "", "", "chat", "", "chat", "openai", "m", False, 200, "", "", 1, 1, 2,
+                         1.0, None, 0, 0, 0)
+    book.record(entry)
+    parent_writer = book._thread
+    assert parent_writer is not None and parent_writer.is_alive()
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        book.record(entry)
+        started = book._thread is not None and book._thread is not parent_writer and book._thread.is_alive()
+        os.write(writer, b"yes" if started else b"no")
+        os._exit(0)
+    os.close(writer)
+    os.waitpid(pid, 0)
+    answer = os.read(reader, 8)
+    os.close(reader)
+    book.discard()
+    book._stop.set()
+    book._wake.set()
+    assert answer == b"yes" and book._thread is parent_writer
+
+
 def test_refusals_are_recorded_with_the_consumer_and_key_without_an_upstream_call(
         client: Any, endpoints: None, make_consumer: MakeConsumer, settings: Any) -> None:
     settings.GATEWAY_AUTH = "keys"
