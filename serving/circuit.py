@@ -16,7 +16,7 @@ success is written without waiting.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +46,7 @@ def read_commands(endpoints: list[str]) -> list[tuple[str, ...]]:
     return commands
 
 
-def states(endpoints: list[str], replies: list[Any]) -> dict[str, tuple[str, int]]:
+def states(endpoints: list[str], replies: Sequence[Any]) -> dict[str, tuple[str, int]]:
     """Each endpoint's circuit (its state and its consecutive failures), from read_commands' replies."""
     threshold = settings.GATEWAY_CIRCUIT_FAILURES
     out = {}

@@ -230,6 +230,7 @@ class Store:
 
     def _add_window(self, key: bytes, start: int, expires: float, amount: int) -> tuple[Reply, Reply]:
         """SET key start EX … NX, then INCRBY key amount: both replies."""
+        created: bool | RespError
         try:
             created = self._set_new(key, start, expires)
         except RespError as error:

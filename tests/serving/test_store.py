@@ -313,19 +313,22 @@ INTEGER_SCRIPTS = ("set-nx-xx-ex-px", "ttl-pttl-and-expiry", "expire-nx-xx", "th
                    "the-window-as-the-gateway-sends-it", "window-pairs", "ping-and-unknown-commands")
 
 
-def pipelines(steps: list[Step]) -> Iterator[list[Step] | Wait]:
+def pipelines(steps: list[Step]) -> Iterator[list[tuple[tuple[str | int, ...], Any]] | Wait]:
     """The steps as a client sends them: a SET followed by an INCRBY in one pipeline (the two on one key are
     a window's pair, which the stores run as one step), every other command alone."""
     index = 0
     while index < len(steps):
         step = steps[index]
         following = steps[index + 1] if index + 1 < len(steps) else None
-        if (not isinstance(step, Wait) and not isinstance(following, Wait) and following is not None
-                and step[0][0] == "SET" and following[0][0] == "INCRBY"):
+        if isinstance(step, Wait):
+            yield step
+            index += 1
+        elif not isinstance(following, Wait) and following is not None and step[0][0] == "SET" \
+                and following[0][0] == "INCRBY":
             yield [step, following]
             index += 2
         else:
-            yield step if isinstance(step, Wait) else [step]
+            yield [step]
             index += 1
 
 
@@ -517,7 +520,11 @@ def test_a_window_pair_looks_its_key_up_once_in_the_shared_table(tmp_path: Path,
     store = shared(tmp_path / "counters")
     lookups: list[bytes] = []
     find = store._find
-    monkeypatch.setattr(store, "_find", lambda key, *now: lookups.append(key) or find(key, *now))
+    def counted(key: bytes, *now: int) -> tuple[int, int, bool]:
+        lookups.append(key)
+        return find(key, *now)
+
+    monkeypatch.setattr(store, "_find", counted)
     assert store.run([("SET", "w", 0, "EX", 60, "NX"), ("INCRBY", "w", 1), ("SET", "v", 0, "EX", 60, "NX"),
                       ("INCRBY", "v", 4)]) == ["OK", 1, "OK", 4]
     assert lookups == [b"w", b"v"]
