@@ -56,6 +56,7 @@ class BaseProvider:
         self.model_name = model_name
         self.stored_config = config
         self.timeouts = timeouts or Timeouts()
+        self._fixed_config: dict[str, Any] | None = None  # the resolved config, when nothing in it can change
 
     # -- load-time checks -------------------------------------------------------------------------
     @classmethod
@@ -73,10 +74,20 @@ class BaseProvider:
     # -- the config, resolved at call time --------------------------------------------------------
     @property
     def config(self) -> dict[str, Any]:
+        """The config with its references resolved and its defaults filled. A config that references no
+        environment variable and no key file (literal values, keys stored encrypted) cannot change while
+        this provider exists (a change to the endpoint builds a new one): it is resolved once."""
+        fixed = self._fixed_config
+        if fixed is not None:
+            return dict(fixed)
         try:
-            return provider_config.resolve(self.config_class.fields, self.stored_config)
+            resolved = provider_config.resolve(self.config_class.fields, self.stored_config)
         except SecretError as exc:
             raise ConfigurationError(exc.message) from None
+        if not provider_config.has_references(self.config_class.fields, self.stored_config, ("$env", "$file")):
+            self._fixed_config = resolved
+            return dict(resolved)
+        return resolved
 
     def call_secrets(self) -> list[str]:
         """Every secret value a call of this provider may carry: its config's secrets, resolved (and, in

@@ -197,6 +197,18 @@ def resolve(config_fields: tuple[ConfigField, ...], stored: Mapping[str, Any]) -
     return out
 
 
+def has_references(config_fields: tuple[ConfigField, ...], stored: Mapping[str, Any], kinds: tuple[str, ...]) -> bool:
+    """Whether a secret or URL field of the stored config is a reference of one of `kinds` ("$env", "$file")."""
+    for f in config_fields:
+        value = stored.get(f.name)
+        if f.children:
+            if isinstance(value, Mapping) and has_references(f.children, value, kinds):
+                return True
+        elif isinstance(value, Mapping) and any(kind in value for kind in kinds):
+            return True
+    return False
+
+
 def export(config_fields: tuple[ConfigField, ...], stored: Mapping[str, Any], *, reveal: bool) -> dict[str, Any]:
     """The stored config as YAML should show it: references as written, literal keys hidden."""
     out: dict[str, Any] = {}

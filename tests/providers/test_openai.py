@@ -234,3 +234,33 @@ def test_azure_uses_the_deployment_url_api_key_header_and_no_model(make_endpoint
     assert seen[0].headers["api-key"] == "azure-key"
     assert "Authorization" not in seen[0].headers
     assert "model" not in _json_of(seen[0])
+
+
+def test_a_config_without_references_is_resolved_once_and_one_with_them_on_every_call(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from providers import config as provider_config
+    from providers import secrets
+    from providers.openai import OpenAIProvider
+
+    calls: list[int] = []
+    resolve = provider_config.resolve
+
+    def counted(*args: Any) -> dict[str, Any]:
+        calls.append(1)
+        return resolve(*args)
+
+    monkeypatch.setattr(provider_config, "resolve", counted)
+    fixed = OpenAIProvider(provider_name="openai", model_name="gpt-4o-mini",
+                           config={"openai_api_key": secrets.store_secret("sk-literal", "openai_api_key"),
+                                   "openai_api_base": "http://127.0.0.1:9/v1"})
+    first = fixed.config
+    first["openai_api_key"] = "changed by a caller"
+    assert [fixed.config["openai_api_key"] for _ in range(3)] == ["sk-literal"] * 3 and len(calls) == 1
+
+    monkeypatch.setenv("TEST_OPENAI_ROTATED_KEY", "sk-from-env")
+    live = OpenAIProvider(provider_name="openai", model_name="gpt-4o-mini",
+                          config={"openai_api_key": {"$env": "TEST_OPENAI_ROTATED_KEY"}})
+    assert live.config["openai_api_key"] == "sk-from-env"
+    monkeypatch.setenv("TEST_OPENAI_ROTATED_KEY", "sk-rotated")
+    assert live.config["openai_api_key"] == "sk-rotated"  # an environment variable is read at each call
+    assert len(calls) == 3
