@@ -124,10 +124,14 @@ def http_get(url: str, timeout: float = 2.0, headers: list[str] | None = None) -
 def wait_key_known(server: Server, timeout: float = 20) -> bool:
     """True once every worker knows the key just created: each worker learns it when its poller sees the
     config version move (GATEWAY_CONFIG_POLL_SECONDS), so a request right after create_key may meet one
-    that has not yet. Fresh connections spread over the workers; 20 accepted in a row means all know it."""
+    that has not yet. Fresh connections spread over the workers; 20 accepted in a row means all know it.
+    It asks with a chat invocation, what the benchmark sends: a listing (/api/2.0/endpoints/, /v1/models) is
+    a DRF view, and a worker that serves one loads DRF (about 23 MiB more per worker, measured), which the
+    benchmark's load would not."""
     deadline, accepted = time.monotonic() + timeout, 0
+    url = f"{server.base_url}/endpoints/{KINDS['chat']['endpoint']}/invocations"
     while accepted < 20 and time.monotonic() < deadline:
-        if http_get(server.base_url + "/api/2.0/endpoints/", headers=server.headers) == 200:
+        if http_post(url, CHAT_BODY, headers=server.headers)[0] == 200:
             accepted += 1
         else:
             accepted = 0
