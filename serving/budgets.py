@@ -87,7 +87,8 @@ def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime]:
 
 def window(scope: str, budget: Budget, now: float) -> Window:
     """The budget's current period; the same object for every call of the period (worked out once)."""
-    cached = _windows.get((scope, budget))
+    cache_key = (scope, budget.period, budget.picousd, budget.action)  # hashing the Budget itself hashes a Decimal
+    cached = _windows.get(cache_key)
     if cached is not None and cached[1] <= now < cached[2]:
         return cached[0]
     start, end = period_bounds(budget.period, datetime.fromtimestamp(now, UTC))
@@ -96,11 +97,11 @@ def window(scope: str, budget: Budget, now: float) -> Window:
                  int((end - start).total_seconds()) + 86400)
     if len(_windows) > 10_000:  # consumers and endpoints come and go with the config
         _windows.clear()
-    _windows[scope, budget] = (win, start.timestamp(), end.timestamp())
+    _windows[cache_key] = (win, start.timestamp(), end.timestamp())
     return win
 
 
-_windows: dict[tuple[str, Budget], tuple[Window, float, float]] = {}
+_windows: dict[tuple[str, str, int, str], tuple[Window, float, float]] = {}
 
 
 def _prefix_changed(*, setting: str, **kwargs: Any) -> None:
