@@ -161,8 +161,10 @@ def execute(commands: Sequence[Sequence[str | bytes | int | float]]) -> list[Any
 
 _pending: set[asyncio.Future[Any]] = set()
 
-# How long a submitted count may wait to go out with others (or with the next check of a limit, which takes
-# it along at once): under load, the counts of a worker's answers go in one trip instead of one each.
+# How long a submitted count may wait to go out with others in a store without Redis (where the next check of
+# a limit takes it along at once): under load, the counts of a worker's answers go in one trip instead of
+# one each. With Redis they leave at the next step of the event loop (the counts submitted within one step
+# together), as soon as a task of their own would: a check does not take them along there.
 QUEUE_SECONDS = 0.002
 
 
@@ -187,7 +189,7 @@ class _Queued:
 
 
 _queued: _Queued | None = None
-_drain: asyncio.TimerHandle | None = None
+_drain: asyncio.Handle | None = None
 _drain_on: asyncio.AbstractEventLoop | None = None  # the loop of the _drain timer
 
 
@@ -203,8 +205,9 @@ def _take_queued() -> _Queued | None:
 def submit(commands: Sequence[Sequence[str | bytes | int | float]],
            then: Callable[[list[Any]], None] | None = None) -> None:
     """Send commands without waiting for them (counts added after an answer: the client is not kept
-    waiting for them), then pass their replies to `then`, if given. They go out within QUEUE_SECONDS,
-    together with the others submitted meanwhile, or sooner with this process's next execute(). A
+    waiting for them), then pass their replies to `then`, if given. They go out together with the others
+    submitted meanwhile: with Redis at the loop's next step, otherwise within QUEUE_SECONDS or sooner
+    with this process's next execute(). A
     failure is logged, at most once per interval. Outside an event loop they are sent at once."""
     global _queued, _drain, _drain_on
     try:
@@ -231,7 +234,8 @@ def submit(commands: Sequence[Sequence[str | bytes | int | float]],
     if _drain is None or _drain_on is not loop:  # none yet, or one on a loop that is gone (tests)
         if _drain is not None:
             _drain.cancel()
-        _drain, _drain_on = loop.call_later(QUEUE_SECONDS, send_queued), loop
+        _drain = loop.call_soon(send_queued) if _get().local is None else loop.call_later(QUEUE_SECONDS, send_queued)
+        _drain_on = loop
 
 
 def send_queued() -> None:

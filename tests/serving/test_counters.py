@@ -79,3 +79,28 @@ def test_an_error_reply_to_a_queued_count_is_logged_and_its_submitter_not_called
 def test_outside_an_event_loop_a_local_count_is_added_at_once(store: CountingStore) -> None:
     counters.submit(counters.add_to_window("now", 60, 2))
     assert store.run([("GET", "now")]) == [b"2"]
+
+
+def test_with_redis_the_counts_of_one_loop_step_leave_together_at_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    counters.reset()
+    backend = counters._get()
+    sent: list[list[Any]] = []
+
+    class Recorder:
+        async def execute(self, commands: Sequence[Command]) -> list[Any]:
+            sent.append(list(commands))
+            return [1] * len(commands)
+
+    monkeypatch.setattr(backend, "local", None)
+    monkeypatch.setattr(backend, "backend", lambda: Recorder())
+    seen: list[list[Any]] = []
+
+    async def answers() -> None:
+        counters.submit([("INCRBY", "a", 1)], seen.append)
+        counters.submit([("INCRBY", "b", 2)], seen.append)
+        for _ in range(3):  # the next step sends them; a task's step later their replies are in
+            await asyncio.sleep(0)
+
+    asyncio.run(answers())
+    counters.reset()
+    assert sent == [[("INCRBY", "a", 1), ("INCRBY", "b", 2)]] and seen == [[1], [1]]
