@@ -72,7 +72,8 @@ def held_round(server: bench.Server, upstream: bench.Server) -> float:
     rps = float(result.get("rps") or 0)
     latency = result.get("latency_ms", {})
     print(f"  {server.name}: {rps:.1f} req/s ({100 * rps / bench.IDEAL_HELD_RPS:.2f} % of ideal), mean "
-          f"{latency.get('mean')} ms, p99 {latency.get('p99')} ms", flush=True)
+          f"{latency.get('mean')} ms, p99 {latency.get('p99')} ms, server CPU {result.get('server_cpu_ms_per_req')} ms "
+          "per request", flush=True)
     return rps
 
 
