@@ -117,35 +117,6 @@ class SharedStore(Store):
             finally:
                 _unlock(self._fd)
 
-    def _run(self, commands: Sequence[Command]) -> list[Any]:
-        """Store._run, with what every call sends (a window's SET NX + INCRBY pair, a GET) read here at once,
-        on one reading of the clock: a third of the Python of going through Store's dispatch."""
-        replies: list[Any] = []
-        clock = self._clock()
-        now = int(clock * 1000)
-        index, count = 0, len(commands)
-        while index < count:
-            command = commands[index]
-            name = command[0]
-            if name == "GET" and len(command) == 2 and type(command[1]) is str:
-                _, offset, live = self._find(command[1].encode(), now)
-                replies.append(str(self._value(offset)[1]).encode() if live else None)
-                index += 1
-                continue
-            if name == "SET" and index + 1 < count and len(command) == 6 and type(command[1]) is str:
-                following = commands[index + 1]
-                value, seconds = command[2], command[4]
-                if (command[3] == "EX" and command[5] == "NX" and len(following) == 3 and following[0] == "INCRBY"
-                        and following[1] == command[1] and type(following[2]) is int and type(value) is int
-                        and type(seconds) is int and -_SIGN <= value < _SIGN and 0 < seconds < _SIGN
-                        and -_SIGN <= following[2] < _SIGN):
-                    replies += self._add_window(command[1].encode(), value, clock + seconds, following[2], now)
-                    index += 2
-                    continue
-            replies.append(self._one(command))
-            index += 1
-        return replies
-
     # -- the slots ---------------------------------------------------------------------------------
     def _now(self) -> int:
         return int(self._clock() * 1000)
@@ -154,12 +125,12 @@ class SharedStore(Store):
     def _live(stored: int, expires: int, now: int) -> bool:
         return stored > _DELETED and not (expires and expires <= now)
 
-    def _find(self, key: bytes, now: int | None = None) -> tuple[int, int, bool]:
-        """(the key's hash, its slot, whether it holds the key, live). When it does not, the slot is where
-        to put it: the first one on its way that is free, deleted or expired, or -1 if there is none."""
+    def _find(self, key: bytes, clock: float | None = None) -> tuple[int, int, bool]:
+        """(the key's hash, its slot, whether it holds the key, live), at the time `clock` (now if not given).
+        When it does not hold the key, the slot is where to put it: the first one on its way that is free,
+        deleted or expired, or -1 if there is none."""
         key_hash = _hash(key)
-        if now is None:
-            now = self._now()
+        now = int((self._clock() if clock is None else clock) * 1000)
         offset = _HEADER + (key_hash % self._slots) * _SLOT.size
         free = -1
         for _ in range(_PROBES):
@@ -180,6 +151,10 @@ class SharedStore(Store):
         return expires, word - _WORD if word >= _SIGN else word
 
     # -- the storage primitives of Store ---------------------------------------------------------------
+    def _read(self, key: bytes, clock: float) -> bytes | None:
+        _, offset, live = self._find(key, clock)
+        return str(self._value(offset)[1]).encode() if live else None
+
     def _get(self, key: bytes) -> bytes | None:
         _, offset, live = self._find(key)
         return str(self._value(offset)[1]).encode() if live else None
@@ -222,8 +197,8 @@ class SharedStore(Store):
         return number
 
     def _add_window(self, key: bytes, start: int, expires: float, amount: int,
-                    now: int | None = None) -> tuple[Any, Any]:
-        key_hash, offset, live = self._find(key, now)  # one lookup for both commands
+                    clock: float | None = None) -> tuple[Any, Any]:
+        key_hash, offset, live = self._find(key, clock)  # one lookup for both commands
         if offset < 0:
             full = RespError("ERR the shared counters table is full")
             return full, full

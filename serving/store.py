@@ -99,16 +99,24 @@ class Store:
             return self._run(commands)
 
     def _run(self, commands: Sequence[Command]) -> list[Reply]:
-        """The commands' replies, in order. A window's pair (serving.counters.add_to_window: `SET key <int> EX
-        <seconds> NX` then `INCRBY key <int>`) is one step: the key is looked up once."""
+        """The commands' replies, in order. What every call sends is read here without Store's dispatch: a
+        GET, and a window's pair (serving.counters.add_to_window: `SET key <int> EX <seconds> NX` then
+        `INCRBY key <int>`) as one step, its key looked up once."""
         replies: list[Reply] = []
+        clock = self._clock()  # one reading for the whole pipeline
         index, count = 0, len(commands)
         while index < count:
             command = commands[index]
-            if index + 1 < count and command[0] == "SET":
-                pair = _fast_pair(self, command, commands[index + 1])
+            name = command[0]
+            if name == "GET" and len(command) == 2:
+                replies.append(self._read(_bytes(command[1]), clock))
+                index += 1
+                continue
+            if name == "SET" and index + 1 < count:
+                pair = _window_pair(command, commands[index + 1])
                 if pair is not None:
-                    replies += pair
+                    start, seconds, amount = pair
+                    replies += self._add_window(_bytes(command[1]), start, clock + seconds, amount, clock)
                     index += 2
                     continue
             replies.append(self._one(command))
@@ -228,8 +236,13 @@ class Store:
         self._set(key, str(value).encode(), expires)
         return True
 
-    def _add_window(self, key: bytes, start: int, expires: float, amount: int) -> tuple[Reply, Reply]:
-        """SET key start EX … NX, then INCRBY key amount: both replies."""
+    def _read(self, key: bytes, clock: float) -> bytes | None:
+        """GET, at the time `clock` (the pipeline's reading; a store elsewhere reads its slots with it)."""
+        return self._get(key)
+
+    def _add_window(self, key: bytes, start: int, expires: float, amount: int,
+                    clock: float | None = None) -> tuple[Reply, Reply]:
+        """SET key start EX … NX, then INCRBY key amount: both replies (at the time `clock`, if given)."""
         created: bool | RespError
         try:
             created = self._set_new(key, start, expires)
@@ -330,9 +343,9 @@ def _fast_set(store: Store, command: Command) -> Reply:
         return error
 
 
-def _fast_pair(store: Store, command: Command, following: Command) -> tuple[Reply, Reply] | None:
-    """A window's `SET key <int> EX <seconds> NX` + `INCRBY key <int>` in one step, or None if the two
-    commands are not that shape."""
+def _window_pair(command: Command, following: Command) -> tuple[int, int, int] | None:
+    """(start, seconds, amount) when the two commands are a window's `SET key <int> EX <seconds> NX` +
+    `INCRBY key <int>`, else None."""
     if (len(command) != 6 or command[3] != "EX" or command[5] != "NX" or len(following) != 3
             or following[0] != "INCRBY" or following[1] != command[1]):
         return None
@@ -340,7 +353,7 @@ def _fast_pair(store: Store, command: Command, following: Command) -> tuple[Repl
     if (type(value) is not int or type(seconds) is not int or type(amount) is not int
             or not -_LONG <= value < _LONG or not 0 < seconds < _LONG or not -_LONG <= amount < _LONG):
         return None
-    return store._add_window(_bytes(command[1]), value, store._clock() + seconds, amount)
+    return value, seconds, amount
 
 
 def _fast_incrby(store: Store, command: Command) -> Reply:
@@ -352,11 +365,7 @@ def _fast_incrby(store: Store, command: Command) -> Reply:
         return error
 
 
-def _fast_get(store: Store, command: Command) -> Reply:
-    return store._get(_bytes(command[1])) if len(command) == 2 else _PARSE
-
-
-_FAST: dict[Any, Callable[[Store, Command], Reply]] = {"SET": _fast_set, "INCRBY": _fast_incrby, "GET": _fast_get}
+_FAST: dict[Any, Callable[[Store, Command], Reply]] = {"SET": _fast_set, "INCRBY": _fast_incrby}  # GET: in _run
 
 # Each command's handler and its arity as Redis counts it (the name included): n exactly, -n at least n.
 _COMMANDS: dict[str, tuple[Callable[[Store, list[Any]], Reply], int]] = {

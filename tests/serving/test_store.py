@@ -376,7 +376,7 @@ def test_the_shared_store_answers_each_command_as_redis_does(name: str, tmp_path
 
 
 def plain(command: tuple[str | int, ...]) -> tuple[str | int, ...]:
-    """The command with its keys as the gateway sends them: plain str (the shared store reads those itself)."""
+    """The command with its keys as the gateway sends them: plain str."""
     return tuple(str(arg) if isinstance(arg, Key) else arg for arg in command)
 
 
@@ -520,9 +520,9 @@ def test_a_window_pair_looks_its_key_up_once_in_the_shared_table(tmp_path: Path,
     store = shared(tmp_path / "counters")
     lookups: list[bytes] = []
     find = store._find
-    def counted(key: bytes, *now: int) -> tuple[int, int, bool]:
+    def counted(key: bytes, clock: float | None = None) -> tuple[int, int, bool]:
         lookups.append(key)
-        return find(key, *now)
+        return find(key, clock)
 
     monkeypatch.setattr(store, "_find", counted)
     assert store.run([("SET", "w", 0, "EX", 60, "NX"), ("INCRBY", "w", 1), ("SET", "v", 0, "EX", 60, "NX"),
