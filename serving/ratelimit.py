@@ -134,7 +134,7 @@ def admit(calls: list[tuple[str, RateLimit]], tokens: list[tuple[str, TokenLimit
         if limit.calls == 0:
             raise _limited(limit.calls, limit.description, _reset(period, window, now))
         key = counters.window_key("ratelimit", scope, period, window)
-        commands += (("SET", key, 0, "EX", period + 1, "NX"), ("INCRBY", key, 1))  # counters.add_to_window
+        commands += counters.add_to_window(key, period + 1, 1)
         call_windows.append((limit, window))
     token_windows = []
     for scope, token_limit_ in tokens:
