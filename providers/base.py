@@ -56,7 +56,11 @@ class BaseProvider:
         self.model_name = model_name
         self.stored_config = config
         self.timeouts = timeouts or Timeouts()
-        self._fixed_config: dict[str, Any] | None = None  # the resolved config, when nothing in it can change
+        # A config that references no environment variable and no key file (literal values, keys stored
+        # encrypted) cannot change while this provider exists (a change to the endpoint builds a new one): it
+        # is resolved once, at its first call.
+        self._fixed = not provider_config.has_references(self.config_class.fields, config, ("$env", "$file"))
+        self._fixed_config: dict[str, Any] | None = None
 
     # -- load-time checks -------------------------------------------------------------------------
     @classmethod
@@ -74,9 +78,8 @@ class BaseProvider:
     # -- the config, resolved at call time --------------------------------------------------------
     @property
     def config(self) -> dict[str, Any]:
-        """The config with its references resolved and its defaults filled. A config that references no
-        environment variable and no key file (literal values, keys stored encrypted) cannot change while
-        this provider exists (a change to the endpoint builds a new one): it is resolved once."""
+        """The config with its references resolved and its defaults filled (a copy of the one resolved at the
+        first call, when it cannot change)."""
         fixed = self._fixed_config
         if fixed is not None:
             return dict(fixed)
@@ -84,7 +87,7 @@ class BaseProvider:
             resolved = provider_config.resolve(self.config_class.fields, self.stored_config)
         except SecretError as exc:
             raise ConfigurationError(exc.message) from None
-        if not provider_config.has_references(self.config_class.fields, self.stored_config, ("$env", "$file")):
+        if self._fixed:
             self._fixed_config = resolved
             return dict(resolved)
         return resolved
