@@ -211,9 +211,10 @@ def _is_int_from(low: int) -> Any:
     return lambda value: type(value) is int and value >= low
 
 
-# ChatRequest's fields in their declared order (model_dump's order), each with the test a value passes as it is:
-# no conversion by pydantic (an int for a float field becomes a float there), no error. None means: not plain.
-_PLAIN_CHAT_FIELDS: dict[str, Any] = {
+# For each of ChatRequest's fields, the test a value passes as it is: no conversion by pydantic (an int for a
+# float field becomes a float there), no error. None means: not plain. (tests/test_schemas.py checks that these
+# are ChatRequest's fields, all of them.)
+_PLAIN_CHAT_CHECKS: dict[str, Any] = {
     "temperature": _is_float_in(0, 2), "n": _is_int_from(1), "stop": None, "max_tokens": _is_int_from(1),
     "max_completion_tokens": _is_int_from(1), "stream": lambda value: type(value) is bool,
     "stream_options": lambda value: type(value) is dict and all(type(k) is str for k in value),
@@ -221,7 +222,9 @@ _PLAIN_CHAT_FIELDS: dict[str, Any] = {
     "presence_penalty": _is_float_in(-2, 2), "frequency_penalty": _is_float_in(-2, 2), "top_k": _is_int_from(1),
     "response_format": None, "messages": None, "tools": None, "tool_choice": None,
 }
+_CHAT_FIELDS = tuple(ChatRequest.model_fields)  # in model_dump's order
 _REQUIRED_CHAT_FIELDS = frozenset(("n", "messages"))  # no None: pydantic refuses it
+_DEFAULT_N = ChatRequest.model_fields["n"].default
 _SCALARS = (str, int, float, bool)
 
 
@@ -243,10 +246,10 @@ def _plain_chat(body: dict[str, Any]) -> dict[str, Any] | None:
         plain_messages.append({"role": role, "content": content})
     extras = {}
     for name, value in body.items():
-        if name in _PLAIN_CHAT_FIELDS:
+        if name in _PLAIN_CHAT_CHECKS:
             if value is None and name not in _REQUIRED_CHAT_FIELDS:
                 continue
-            check = _PLAIN_CHAT_FIELDS[name]
+            check = _PLAIN_CHAT_CHECKS[name]
             if name != "messages" and (check is None or not check(value)):
                 return None
         elif value is not None:
@@ -254,9 +257,9 @@ def _plain_chat(body: dict[str, Any]) -> dict[str, Any] | None:
                 return None
             extras[name] = value
     payload: dict[str, Any] = {}
-    for name in _PLAIN_CHAT_FIELDS:
+    for name in _CHAT_FIELDS:
         if name == "n":
-            payload["n"] = body.get("n", 1)
+            payload["n"] = body.get("n", _DEFAULT_N)
         elif name == "messages":
             payload["messages"] = plain_messages
         else:

@@ -235,6 +235,12 @@ def test_the_plain_chat_shortcut_gives_pydantics_payload_or_leaves_the_body_to_i
     assert taken > 800 and refused > 5000  # both roads were exercised
 
 
+def test_the_shortcut_has_a_check_for_each_of_chatrequests_fields() -> None:
+    from endpoints_app.schemas import _PLAIN_CHAT_CHECKS, ChatRequest
+
+    assert set(_PLAIN_CHAT_CHECKS) == set(ChatRequest.model_fields)  # a new field needs its check (or None)
+
+
 def test_the_shortcut_copies_what_it_keeps() -> None:
     from endpoints_app.schemas import _plain_chat
 
