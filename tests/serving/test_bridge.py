@@ -127,3 +127,64 @@ def test_blocking_work_runs_in_a_helper_thread_while_the_loop_goes_on() -> None:
     name = asyncio.run(scenario())
     assert name != threading.current_thread().name
     assert len(ticks) == 5 and ticks[-1] - ticks[0] < 0.19  # the loop ticked while the thread slept
+
+
+def test_a_finished_bridge_serves_the_next_call_in_an_empty_context() -> None:
+    """Greenlets are reused (a new one costs a fresh frame stack), but no call sees what the last one set."""
+    import contextvars
+
+    from greenlet import getcurrent
+
+    seen = contextvars.ContextVar("seen", default="unset")
+
+    def call(mark: str) -> tuple[object, str]:
+        before = seen.get()
+        seen.set(mark)
+        await_(_value(0))
+        return getcurrent(), before
+
+    async def calls() -> list[tuple[object, str]]:
+        return [await run_sync(call, "first"), await run_sync(call, "second")]
+
+    (first, before_first), (second, before_second) = asyncio.run(calls())
+    assert first is second  # the same greenlet ran both
+    assert before_first == before_second == "unset"
+
+
+def test_a_failed_call_leaves_its_bridge_usable_and_the_idle_ones_are_bounded() -> None:
+    from serving import bridge
+
+    def fail() -> None:
+        raise KeyError("inside")
+
+    def wait(value: int) -> int:
+        return await_(_value(value))
+
+    async def scenario() -> list[int]:
+        with pytest.raises(KeyError, match="inside"):
+            await run_sync(fail)
+        with pytest.raises(SystemExit):  # not only Exceptions travel
+            await run_sync(sys_exit)
+        return list(await asyncio.gather(*(run_sync(wait, n) for n in range(bridge.IDLE_BRIDGES + 30))))
+
+    def sys_exit() -> None:
+        raise SystemExit(3)
+
+    assert asyncio.run(scenario()) == list(range(bridge.IDLE_BRIDGES + 30))
+    assert len(bridge._idle.bridges) == bridge.IDLE_BRIDGES  # 94 ran at once; the rest ended
+
+
+def test_each_thread_has_its_own_idle_bridges() -> None:
+    import threading
+
+    from greenlet import getcurrent
+
+    def where() -> int:
+        return id(getcurrent().parent)
+
+    asyncio.run(run_sync(where))  # leaves an idle bridge in this thread
+    results: list[int] = []
+    thread = threading.Thread(target=lambda: results.append(asyncio.run(run_sync(where))))
+    thread.start()
+    thread.join()
+    assert results and results[0] != id(getcurrent())  # the other thread's bridge returned to that thread
