@@ -27,20 +27,20 @@ import run as bench  # re-execs under .venv when needed
 
 # A sample goes to the group of its innermost frame that matches one (groups checked in this order).
 GROUPS = (
-    ("upstream HTTP client (aioclient, urllib3, http.client, the seam)", ("providers/httpclient.py", "urllib3/",
-                                                                          "http/client.py", "socket.py",
-                                                                          "serving/upstream.py")),
+    ("upstream HTTP client (serving/httpclient.py and the seam, serving/upstream.py)", ("serving/httpclient.py",
+                                                                                       "serving/upstream.py")),
     ("async bridge (greenlet switches)", ("serving/bridge.py", "greenlet")),
     ("rate limit (ratelimit.py)", ("serving/ratelimit.py",)),
     ("request validation (schemas.py, pydantic)", ("endpoints_app/schemas.py", "pydantic")),
     ("response rendering (errors.json_response, HttpResponse)", ("json_response", "sse_response", "events (",
                                                                  "django/http/response.py")),
-    ("HTTP server (uvicorn, or granian)", ("uvicorn/", "granian/")),
+    ("HTTP server (uvicorn, serving/worker.py)", ("uvicorn/", "serving/worker.py")),
     ("ASGI fast path (serving/app.py, ASGIRequest)", ("serving/app.py",
                                                                  "django/core/handlers/asgi.py")),
     ("Django request handling and middleware", ("django/",)),
     ("provider translation (providers/*)", ("providers/",)),
     ("our view and runtime (other endpoints_app code)", ("endpoints_app/",)),
+    ("the rest of the request path (serving, usage, observability)", ("serving/", "usage/", "observability/")),
     ("event loop (asyncio, uvloop)", ("asyncio/", "uvloop")),
 )
 
