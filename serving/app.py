@@ -147,11 +147,25 @@ class GatewayApplication:
             return  # the client went away while the view waited on its upstream
         if too_large:
             response["Connection"] = "close"
-        await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers()})
-        if response.stream is None:
-            await send({"type": "http.response.body", "body": response.body})
-            return
-        await _pass_stream(response, receive, send)
+        try:
+            await send({"type": "http.response.start", "status": response.status_code,
+                        "headers": response.raw_headers()})
+            if response.stream is None:
+                await send({"type": "http.response.body", "body": response.body})
+                return
+            await _pass_stream(response, receive, send)
+        finally:
+            if response.after is not None:
+                # At the loop's next step: after the other answers that are ready now, which need not wait
+                # for this one's accounting.
+                asyncio.get_running_loop().call_soon(_after_answer, response.after, response.get("X-Request-Id"))
+
+
+def _after_answer(after: Callable[[], None], request_id: str | None) -> None:
+    try:
+        after()
+    except Exception:
+        logger.exception("accounting for an answer failed (request %s)", request_id or "-")
 
 
 STOPPING_MESSAGE = "The server is shutting down; retry the request."

@@ -14,7 +14,7 @@ allowed again with one dict look-up. The rules themselves are Django's, read fro
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.conf import settings
@@ -61,15 +61,18 @@ class Request:
 
 
 class Response:
-    """A status, headers by name, and a body: bytes, or (a stream) an iterator of bytes sent as they come."""
+    """A status, headers by name, and a body: bytes, or (a stream) an iterator of bytes sent as they come.
+    `after`, if set, is called once the answer has been sent (or could not be): work the client need not
+    wait for."""
 
-    __slots__ = ("body", "headers", "status_code", "stream")
+    __slots__ = ("after", "body", "headers", "status_code", "stream")
 
     def __init__(self, body: bytes = b"", status: int = 200, content_type: str = JSON,
                  headers: dict[str, str] | None = None, stream: Iterator[bytes] | None = None) -> None:
         self.status_code = status
         self.body = body
         self.stream = stream
+        self.after: Callable[[], None] | None = None
         self.headers = {"Content-Type": content_type}
         if headers:
             self.headers.update(headers)

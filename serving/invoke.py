@@ -331,10 +331,11 @@ def metered(inv: Invocation, chunks: Iterator[dict[str, Any]]) -> Iterator[dict[
 
 
 def finish(inv: Invocation, status: int, *, usage: Any = None, error: GatewayError | None = None,
-           response: dict[str, Any] | None = None) -> None:
+           response: dict[str, Any] | None = None, ended: float | None = None) -> None:
     """Account for the call once: its tokens and cost to the caller's windows and budgets (not waited
     for), its record to the ledger's buffer, and the same data to the metrics, the access log and the
-    span. `response`: a non-streamed answer (the span reads its model, and its content if asked to)."""
+    span. `response`: a non-streamed answer (the span reads its model, and its content if asked to).
+    `ended`: when the answer was ready (time.perf_counter()), if that was before now."""
     if inv.finished:
         return
     inv.finished = True
@@ -345,7 +346,7 @@ def finish(inv: Invocation, status: int, *, usage: Any = None, error: GatewayErr
         cost = (prompt or 0) * endpoint.prices[0] + (completion or 0) * endpoint.prices[1]
     _count(inv, total or 0, cost)
     caller = inv.caller
-    now = time.perf_counter()
+    now = time.perf_counter() if ended is None else ended
     entry = ledger.Entry(
         inv.wall, inv.request_id, inv.family, caller.consumer.name if caller else "",
         caller.key_prefix if caller else "", inv.name, inv.route, endpoint.name if endpoint else "",

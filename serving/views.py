@@ -9,8 +9,10 @@ OpenAPI entries come from the same schemas (endpoints_app.openapi).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -141,9 +143,13 @@ def _invoke(table: EndpointTable, inv: Invocation, endpoint_type: str, payload: 
     if stream:
         response = sse_response(invoke.metered(inv, result), inv.rate)
     else:
-        invoke.finish(inv, 200, usage=result.get("usage"), response=result)
+        ended = time.perf_counter()
         rate = inv.rate
         response = json_response(result, headers=rate.headers() if rate is not None else None)
+        # Accounted for once the answer is sent: the client does not wait for it, nor do the answers that
+        # arrived from upstream together with this one.
+        response.after = functools.partial(invoke.finish, inv, 200, usage=result.get("usage"), response=result,
+                                           ended=ended)
     if inv.route and inv.endpoint is not None:
         response["X-Gateway-Destination"] = inv.endpoint.name  # which of the route's endpoints answered
     return response

@@ -174,6 +174,7 @@ class ASGIClient:
         """Run the application; its messages (or the exception it raised) go to `messages`."""
         sent = False
         finished = asyncio.Event()
+        held: list[Mapping[str, Any]] = []  # a whole answer is handed over once the application is done
 
         async def receive() -> dict[str, Any]:
             nonlocal sent
@@ -184,17 +185,27 @@ class ASGIClient:
             return {"type": "http.disconnect"}
 
         async def send(message: Mapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                held.append(message)
+                return
             if message["type"] == "http.response.body" and not message.get("more_body"):
-                # The invocation's metrics and access line, which a worker writes a moment later
-                # (observability.reports; tests/observability/test_reports.py), are in before the test reads on.
-                reports.flush()
-                messages.put(message)
+                held.append(message)
                 finished.set()
                 return
+            while held:  # a stream: its head and each chunk as they come
+                messages.put(held.pop(0))
             messages.put(message)
 
         try:
             await self.application(scope, receive, send)
         except BaseException as exc:
+            while held:
+                messages.put(held.pop(0))
             messages.put(exc)
             raise
+        # What a worker does a moment after the answer is in before the test reads on: the accounting of the
+        # call (at the loop's next step, serving.app) and its metrics and access line (observability.reports).
+        await asyncio.sleep(0)
+        reports.flush()
+        while held:
+            messages.put(held.pop(0))

@@ -216,3 +216,68 @@ def test_a_quick_answer_never_listens_for_a_disconnect(endpoints: None) -> None:
     asyncio.run_coroutine_threadsafe(application(STREAM_SCOPE, receive, send), event_loop()).result(timeout=10)
     assert sent[0]["status"] == 200 and b'"choices"' in sent[1]["body"]
     assert calls == 1
+
+
+def _run_chat(record: list[str]) -> list[Mapping[str, Any]]:
+    """One non-streamed chat through the application on the test loop; `record` gets "start", "body"."""
+    from gateway_project.asgi import application
+
+    runtime.load_table()
+    sent: list[Mapping[str, Any]] = []
+    received = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal received
+        if not received:
+            received = True
+            return {"type": "http.request", "body": orjson.dumps(HI), "more_body": False}
+        await asyncio.sleep(60)
+        return {"type": "http.disconnect"}
+
+    async def send(message: Mapping[str, Any]) -> None:
+        record.append("start" if message["type"] == "http.response.start" else "body")
+        sent.append(message)
+
+    async def call() -> None:
+        await application(STREAM_SCOPE, receive, send)
+        await asyncio.sleep(0)  # the loop's next step
+
+    asyncio.run_coroutine_threadsafe(call(), event_loop()).result(timeout=10)
+    return sent
+
+
+def test_a_call_is_accounted_for_after_its_answer_is_sent(endpoints: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ledger record, counts, metrics and access line of a whole answer are made once it is sent (at the
+    loop's next step), with the latency of the answer, not of its sending."""
+    import time
+
+    from serving import invoke
+
+    order: list[str] = []
+    endings: list[float] = []
+    finish = invoke.finish
+
+    def recording_finish(*args: Any, **kwargs: Any) -> None:
+        order.append("accounted")
+        endings.append(kwargs["ended"])
+        finish(*args, **kwargs)
+
+    monkeypatch.setattr(invoke, "finish", recording_finish)
+    before = time.perf_counter()
+    sent = _run_chat(order)
+    assert sent[0]["status"] == 200
+    assert order == ["start", "body", "accounted"]
+    assert before < endings[0] < time.perf_counter()
+
+
+def test_accounting_that_fails_is_logged_and_the_answer_stands(endpoints: None, monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    from serving import invoke
+
+    def broken_finish(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the ledger is gone")
+
+    monkeypatch.setattr(invoke, "finish", broken_finish)
+    sent = _run_chat([])
+    assert sent[0]["status"] == 200 and b'"choices"' in sent[1]["body"]
+    assert "accounting for an answer failed" in caplog.text and "the ledger is gone" in caplog.text
