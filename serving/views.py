@@ -145,11 +145,8 @@ def _invoke(table: EndpointTable, inv: Invocation, endpoint_type: str, payload: 
     else:
         ended = time.perf_counter()
         rate = inv.rate
-        response = json_response(result, headers=rate.headers() if rate is not None else None)
-        # Accounted for once the answer is sent: the client does not wait for it, nor do the answers that
-        # arrived from upstream together with this one.
-        response.after = functools.partial(invoke.finish, inv, 200, usage=result.get("usage"), response=result,
-                                           ended=ended)
+        response = _accounted_after(json_response(result, headers=rate.headers() if rate is not None else None),
+                                    inv, 200, ended, usage=result.get("usage"), response=result)
     if inv.route and inv.endpoint is not None:
         response["X-Gateway-Destination"] = inv.endpoint.name  # which of the route's endpoints answered
     return response
@@ -175,9 +172,18 @@ def _authenticated(request: Request, inv: Invocation) -> EndpointTable:
     return table
 
 
-def _refused(inv: Invocation, error: GatewayError) -> None:
-    """A request that ends in an error before its answer: it is in the ledger too."""
-    invoke.finish(inv, error.status, error=error)
+def _accounted_after(answer: Response, inv: Invocation, status: int, ended: float, **details: Any) -> Response:
+    """`answer`, with the call's accounting (invoke.finish) made once it is sent (serving.app): neither the
+    client nor the answers that arrived from upstream together with this one wait for it. `ended`: when
+    the answer was ready (its latency)."""
+    answer.after = functools.partial(invoke.finish, inv, status, ended=ended, **details)
+    return answer
+
+
+def _refused(inv: Invocation, error: GatewayError, render: Callable[[GatewayError], Response]) -> Response:
+    """The answer to a request that ends in an error before its answer: it is in the ledger too."""
+    ended = time.perf_counter()
+    return _accounted_after(render(error), inv, error.status, ended, error=error)
 
 
 def mlflow_error(error: GatewayError) -> Response:
@@ -213,8 +219,7 @@ def endpoint_invocations(request: Request, name: str) -> Response:
         payload = validate_request(endpoint_type, read_json_body(request), allow_model=False)
         return _invoke(table, inv, endpoint_type, payload)
     except GatewayError as error:
-        _refused(inv, error)
-        return mlflow_error(error)
+        return _refused(inv, error, mlflow_error)
 
 
 def _openai_view(expected_type: str) -> Callable[[Request], Response]:
@@ -244,8 +249,7 @@ def _openai_view(expected_type: str) -> Callable[[Request], Response]:
             payload = validate_request(expected_type, body, allow_model=True)
             return _invoke(table, inv, expected_type, payload)
         except GatewayError as error:
-            _refused(inv, error)
-            return openai_error(error)
+            return _refused(inv, error, openai_error)
 
     view.__name__ = f"openai_{expected_type.rsplit('/', 1)[-1]}"
     return view

@@ -218,7 +218,7 @@ def test_a_quick_answer_never_listens_for_a_disconnect(endpoints: None) -> None:
     assert calls == 1
 
 
-def _run_chat(record: list[str]) -> list[Mapping[str, Any]]:
+def _run_chat(record: list[str], path: str = "/endpoints/chat/invocations") -> list[Mapping[str, Any]]:
     """One non-streamed chat through the application on the test loop; `record` gets "start", "body"."""
     from gateway_project.asgi import application
 
@@ -239,7 +239,7 @@ def _run_chat(record: list[str]) -> list[Mapping[str, Any]]:
         sent.append(message)
 
     async def call() -> None:
-        await application(STREAM_SCOPE, receive, send)
+        await application({**STREAM_SCOPE, "path": path}, receive, send)
         await asyncio.sleep(0)  # the loop's next step
 
     asyncio.run_coroutine_threadsafe(call(), event_loop()).result(timeout=10)
@@ -268,6 +268,10 @@ def test_a_call_is_accounted_for_after_its_answer_is_sent(endpoints: None, monke
     assert sent[0]["status"] == 200
     assert order == ["start", "body", "accounted"]
     assert before < endings[0] < time.perf_counter()
+    order.clear()
+    sent = _run_chat(order, "/endpoints/nowhere/invocations")  # an error answer too
+    assert sent[0]["status"] == 404
+    assert order == ["start", "body", "accounted"]
 
 
 def test_accounting_that_fails_is_logged_and_the_answer_stands(endpoints: None, monkeypatch: pytest.MonkeyPatch,
