@@ -109,6 +109,28 @@ STREAM_SCOPE = {"type": "http", "method": "POST", "path": "/endpoints/chat/invoc
                 "root_path": "", "headers": [(b"host", b"testserver"), (b"content-type", b"application/json")]}
 
 
+class _Client:
+    """One client of the application: it sends a chat request, then leaves `leaves_after` seconds after it
+    is next asked (receive); what it is sent is in `sent` (and "start" / "body" in `record`)."""
+
+    def __init__(self, leaves_after: float, record: list[str] | None = None) -> None:
+        self.leaves_after = leaves_after
+        self.record = record if record is not None else []
+        self.sent: list[Mapping[str, Any]] = []
+        self.calls = 0
+
+    async def receive(self) -> dict[str, Any]:
+        self.calls += 1
+        if self.calls == 1:
+            return {"type": "http.request", "body": orjson.dumps(HI), "more_body": False}
+        await asyncio.sleep(self.leaves_after)
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Mapping[str, Any]) -> None:
+        self.record.append("start" if message["type"] == "http.response.start" else "body")
+        self.sent.append(message)
+
+
 @pytest.mark.parametrize("how", ["send fails", "receive says so"])
 def test_a_client_that_goes_away_mid_stream_closes_the_upstream_stream(make_endpoint: Any, how: str) -> None:
     """Some servers raise from send() for a gone client; uvicorn's send() drops the data silently and
@@ -173,21 +195,10 @@ def test_a_client_that_goes_away_before_a_slow_answer_cancels_the_upstream_call(
         runtime.load_table()
         from gateway_project.asgi import application
 
-        sent: list[Mapping[str, Any]] = []
-        requested = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal requested
-            if not requested:
-                requested = True
-                return {"type": "http.request", "body": orjson.dumps(HI), "more_body": False}
-            await asyncio.sleep(0.3)  # the client gives up
-            return {"type": "http.disconnect"}
-
-        async def send(message: Mapping[str, Any]) -> None:
-            sent.append(message)
-
-        future = asyncio.run_coroutine_threadsafe(application(STREAM_SCOPE, receive, send), event_loop())
+        client = _Client(leaves_after=0.3)  # the client gives up
+        sent = client.sent
+        future = asyncio.run_coroutine_threadsafe(application(STREAM_SCOPE, client.receive, client.send),
+                                                  event_loop())
         future.result(timeout=10)  # returns quietly, long before the upstream's read timeout
         assert upstream_saw_close.wait(5)
         assert sent == []
@@ -199,23 +210,11 @@ def test_a_quick_answer_never_listens_for_a_disconnect(endpoints: None) -> None:
     from gateway_project.asgi import application
 
     runtime.load_table()
-    calls = 0
-    sent: list[Mapping[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            return {"type": "http.request", "body": orjson.dumps(HI), "more_body": False}
-        await asyncio.sleep(60)
-        return {"type": "http.disconnect"}
-
-    async def send(message: Mapping[str, Any]) -> None:
-        sent.append(message)
-
-    asyncio.run_coroutine_threadsafe(application(STREAM_SCOPE, receive, send), event_loop()).result(timeout=10)
-    assert sent[0]["status"] == 200 and b'"choices"' in sent[1]["body"]
-    assert calls == 1
+    client = _Client(leaves_after=60)
+    asyncio.run_coroutine_threadsafe(application(STREAM_SCOPE, client.receive, client.send),
+                                     event_loop()).result(timeout=10)
+    assert client.sent[0]["status"] == 200 and b'"choices"' in client.sent[1]["body"]
+    assert client.calls == 1
 
 
 def _run_chat(record: list[str], path: str = "/endpoints/chat/invocations") -> list[Mapping[str, Any]]:
@@ -223,27 +222,14 @@ def _run_chat(record: list[str], path: str = "/endpoints/chat/invocations") -> l
     from gateway_project.asgi import application
 
     runtime.load_table()
-    sent: list[Mapping[str, Any]] = []
-    received = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal received
-        if not received:
-            received = True
-            return {"type": "http.request", "body": orjson.dumps(HI), "more_body": False}
-        await asyncio.sleep(60)
-        return {"type": "http.disconnect"}
-
-    async def send(message: Mapping[str, Any]) -> None:
-        record.append("start" if message["type"] == "http.response.start" else "body")
-        sent.append(message)
+    client = _Client(leaves_after=60, record=record)
 
     async def call() -> None:
-        await application({**STREAM_SCOPE, "path": path}, receive, send)
+        await application({**STREAM_SCOPE, "path": path}, client.receive, client.send)
         await asyncio.sleep(0)  # the loop's next step
 
     asyncio.run_coroutine_threadsafe(call(), event_loop()).result(timeout=10)
-    return sent
+    return client.sent
 
 
 def test_a_call_is_accounted_for_after_its_answer_is_sent(endpoints: None, monkeypatch: pytest.MonkeyPatch) -> None:
