@@ -32,16 +32,20 @@ IDLE_BRIDGES = 64  # finished greenlets kept per thread for the next calls
 class _Bridge(greenlet):  # type: ignore[misc]  # greenlet ships no type information
     """A greenlet running synchronous code for a coroutine (its parent, the event loop's greenlet)."""
 
+    outcome: _Outcome | None = None  # how its last call ended, until run_sync takes it
+
 
 class _Outcome:
-    """How a call ended, handed to run_sync by the greenlet that made it (anything else it hands over
-    is an awaitable)."""
+    """How a call ended: its value, or what it raised."""
 
     __slots__ = ("error", "value")
 
     def __init__(self, value: Any = None, error: BaseException | None = None) -> None:
         self.value = value
         self.error = error
+
+
+_FINISHED = object()  # what a bridge hands over when its call has ended (anything else is an awaitable)
 
 
 class _Idle(threading.local):
@@ -52,22 +56,23 @@ class _Idle(threading.local):
 _idle = _Idle()
 
 
-def _serve(fn: Callable[..., Any], args: tuple[Any, ...]) -> _Outcome:
-    """A bridge's life: make a call, hand its outcome over, wait in the idle list for the next call."""
+def _serve(fn: Callable[..., Any], args: tuple[Any, ...]) -> object:
+    """A bridge's life: make a call, leave its outcome on the bridge, wait in the idle list for the next call.
+    Nothing of a call is held while the bridge waits: the outcome is on the bridge, not in this frame."""
+    this = getcurrent()
     idle = _idle.bridges
     while True:
         try:
-            outcome = _Outcome(fn(*args))
+            this.outcome = _Outcome(fn(*args))
         except GreenletExit:  # the greenlet is being collected in the middle of a call: let it end
             raise
         except BaseException as error:  # the caller raises it
-            outcome = _Outcome(error=error)
-        fn = args = None  # type: ignore[assignment]  # nothing of the call is held while idle
+            this.outcome = _Outcome(error=error)
+        fn = args = None  # type: ignore[assignment]
         if len(idle) >= IDLE_BRIDGES:
-            return outcome
-        this = getcurrent()
+            return _FINISHED
         idle.append(this)
-        fn, args = this.parent.switch(outcome)
+        fn, args = this.parent.switch(_FINISHED)
 
 
 def await_(awaitable: Awaitable[T]) -> T:
@@ -96,16 +101,22 @@ async def run_sync(fn: Callable[..., T], *args: Any) -> T:
     else:
         bridge = _Bridge(_serve, here)
     result = bridge.switch(fn, args)
-    while not isinstance(result, _Outcome):
+    while result is not _FINISHED:
         try:
             value = await result
         except BaseException:
             result = bridge.throw(*sys.exc_info())
         else:
             result = bridge.switch(value)
-    if result.error is not None:
-        raise result.error
-    return cast(T, result.value)
+    outcome, bridge.outcome = bridge.outcome, None
+    assert outcome is not None
+    if outcome.error is None:
+        return cast(T, outcome.value)
+    error, outcome = outcome.error, None
+    try:
+        raise error
+    finally:
+        del error  # no cycle through this frame's traceback
 
 
 def sleep(seconds: float) -> None:

@@ -188,3 +188,40 @@ def test_each_thread_has_its_own_idle_bridges() -> None:
     thread.start()
     thread.join()
     assert results and results[0] != id(getcurrent())  # the other thread's bridge returned to that thread
+
+
+def test_an_idle_bridge_holds_nothing_of_its_last_call() -> None:
+    """A reused greenlet must not keep its last answer (or an error's traceback and its frames) alive while it
+    waits: with the garbage collector off, both are freed as soon as the caller drops them."""
+    import gc
+    import weakref
+
+    class Big:
+        pass
+
+    refs: list[weakref.ref[Big]] = []
+
+    def answer() -> Big:
+        big = Big()
+        refs.append(weakref.ref(big))
+        return await_(_value(0)) or big
+
+    def fail() -> None:
+        big = Big()
+        refs.append(weakref.ref(big))
+        await_(_value(0))
+        raise ValueError(f"failed beside {big!r}")
+
+    async def scenario() -> None:
+        await run_sync(answer)  # the answer is dropped at once
+        try:
+            await run_sync(fail)
+        except ValueError:
+            pass
+
+    gc.disable()
+    try:
+        asyncio.run(scenario())
+        assert [ref() for ref in refs] == [None, None]
+    finally:
+        gc.enable()
