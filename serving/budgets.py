@@ -137,13 +137,14 @@ def spent(replies: list[Any], windows: tuple[Window, ...], cost: int) -> None:
     spend_commands)."""
     for index, win in enumerate(windows):
         total = int(replies[2 * index + 1])
-        if total * 100 >= THRESHOLDS[0] * win.budget.picousd:  # below the first threshold nothing is crossed
-            for percent in crossed(total - cost, total, win.budget.picousd):
-                _alert(win, percent, total)
+        for percent in crossed(total - cost, total, win.budget.picousd):
+            _alert(win, percent, total)
 
 
 def crossed(before: int, after: int, budget: int) -> list[int]:
     """The thresholds (percent) that a spend going from `before` to `after` crosses."""
+    if after * 100 < THRESHOLDS[0] * budget:  # most calls: below the first threshold, nothing to look at
+        return []
     return [p for p in THRESHOLDS if before * 100 < p * budget <= after * 100]
 
 

@@ -151,13 +151,12 @@ class SharedStore(Store):
         return expires, word - _WORD if word >= _SIGN else word
 
     # -- the storage primitives of Store ---------------------------------------------------------------
-    def _read(self, key: bytes, clock: float) -> bytes | None:
+    def _read(self, key: bytes, clock: float | None = None) -> bytes | None:
         _, offset, live = self._find(key, clock)
         return str(self._value(offset)[1]).encode() if live else None
 
     def _get(self, key: bytes) -> bytes | None:
-        _, offset, live = self._find(key)
-        return str(self._value(offset)[1]).encode() if live else None
+        return self._read(key)
 
     def _expiry(self, key: bytes) -> float | None:
         _, offset, live = self._find(key)

@@ -242,7 +242,8 @@ class Store:
 
     def _add_window(self, key: bytes, start: int, expires: float, amount: int,
                     clock: float | None = None) -> tuple[Reply, Reply]:
-        """SET key start EX … NX, then INCRBY key amount: both replies (at the time `clock`, if given)."""
+        """SET key start EX … NX, then INCRBY key amount: both replies. `clock`: the pipeline's reading, for a
+        store that looks its slots up with it (this one reads its own clock)."""
         created: bool | RespError
         try:
             created = self._set_new(key, start, expires)

@@ -74,8 +74,7 @@ class Ledger:
         self._lock = threading.Lock()  # writers of the buffer's ends; appends are atomic on their own
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
+        self._thread: threading.Thread | None = None  # this process's writer (forgotten in a forked child)
         self._last_warning = 0.0
         self._failures = 0
         _ledgers.add(self)
@@ -91,7 +90,7 @@ class Ledger:
                        "is the database reachable?")
             return
         self._buffer.append(entry)
-        if self._thread is None:
+        if self._thread is None and self.flush_seconds > 0:
             self._start()
         if len(self._buffer) >= self.batch:
             self._wake.set()
@@ -99,13 +98,11 @@ class Ledger:
     # -- the writer ------------------------------------------------------------------------------------
     def _start(self) -> None:
         with self._lock:
-            if self._pid == os.getpid():
+            if self._thread is not None:
                 return
-            self._pid = os.getpid()
-            if self.flush_seconds > 0:
-                self._thread = threading.Thread(target=self._run, name="usage-ledger", daemon=True)
-                self._thread.start()
-                atexit.register(self.close)
+            self._thread = threading.Thread(target=self._run, name="usage-ledger", daemon=True)
+            self._thread.start()
+            atexit.register(self.close)
 
     def _run(self) -> None:
         while not self._stop.is_set():
